@@ -1,0 +1,114 @@
+"""Atomic checkpoints: written under a temporary name, then renamed, so ``latest`` never sees a half-written one.
+
+A checkpoint directory ``checkpoints/step_NNNNNN`` holds the engine's state (policy, reference,
+optimizer, scheduler), the loop's state (step, data position, reference-updater state, cached SFT
+log-probs, RNG states of every rank) and the resolved config, in ``meta.json``/``loop.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustregion.errors import ConfigError
+
+PREFIX = "step_"
+COMPLETE = "COMPLETE"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """The temporary directory to write step ``step``'s checkpoint into."""
+    tmp = checkpoint_dir(run_dir) / f".tmp-{PREFIX}{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, keep_last: int) -> Path:
+    """Mark ``tmp`` complete, rename it into place, and prune all but the newest ``keep_last``."""
+    (tmp / COMPLETE).write_text("ok\n")
+    final = tmp.parent / tmp.name[len(".tmp-"):]
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(tmp.parent.parent)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint dir that ``trainer.resume`` names, checked; None to start fresh."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        found = complete_checkpoints(path)
+        if not found:
+            raise ConfigError(f"trainer.resume={resume}: the run has no complete checkpoint; start without trainer.resume")
+        return found[-1]
+    if not path.is_dir():
+        raise ConfigError(f"trainer.resume={resume}: no such checkpoint directory; set trainer.resume to a checkpoints/step_* dir or 'latest'")
+    if not (path / COMPLETE).exists() or not (path / "meta.json").exists():
+        raise ConfigError(f"trainer.resume={resume}: incomplete or corrupt checkpoint (no {COMPLETE} marker); pick an earlier step_* dir")
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"trainer.resume={path}: unreadable meta.json ({e}); pick another checkpoint") from e
+
+
+def check_compatible(meta: dict, current: dict, path: Path) -> None:
+    """Refuse to resume a checkpoint of another model, method or world size."""
+    for key in ("model", "method", "world_size"):
+        if meta.get(key) != current.get(key):
+            raise ConfigError(
+                f"trainer.resume={path}: checkpoint has {key}={meta.get(key)} but this run has {key}={current.get(key)}; "
+                f"resume with the same {key} or start a new run"
+            )

@@ -1,0 +1,259 @@
+"""Structured configs: one dataclass per config group option, registered with Hydra's ConfigStore.
+
+Each YAML file under ``conf/<group>/`` starts from its schema here (``defaults: [<schema>]``), so an
+unknown key or a value of the wrong type fails at start-up. Range checks that types cannot express
+(alpha in (0, 1], beta > 0, ...) are in ``validate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from trustregion.errors import ConfigError
+
+
+class MethodName(str, Enum):
+    dpo = "dpo"
+    ipo = "ipo"
+    kto = "kto"
+
+
+class KTOReferencePoint(str, Enum):
+    mismatched = "mismatched"  # canonical KTO: detached batch mean on mismatched pairs
+    paired = "paired"  # the TR paper's authors' library: each half against the other half
+
+
+class OnBadRow(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class ZeroUpdate(str, Enum):
+    sharded = "sharded"  # each rank lerps its own shards, no communication
+    gathered = "gathered"  # GatheredParameters on both models (slower; for comparison)
+
+
+@dataclass
+class MethodConfig:
+    name: MethodName = MethodName.dpo
+    beta: float = 0.1
+    # Average log-probs over response tokens instead of summing them (TRL's IPO does; the IPO paper does not).
+    average_logps: bool = False
+
+
+@dataclass
+class KTOConfig(MethodConfig):
+    name: MethodName = MethodName.kto
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
+
+
+@dataclass
+class RefUpdateConfig:
+    """Every ``tau`` optimizer steps: ref <- alpha*policy + (1-alpha)*ref. ``tau: null`` never updates."""
+
+    name: str = "none"
+    alpha: float = 1.0
+    tau: Optional[int] = None
+    zero3: ZeroUpdate = ZeroUpdate.sharded
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # HF hub name or local directory for from_pretrained; null builds the tiny GPT-NeoX below from scratch.
+    path: Optional[str] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; null = transformers' default
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    # The tiny model (path: null): GPT-NeoX (Pythia) architecture, random init, tokenizer trained on the data.
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 256
+    vocab_size: int = 512
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    max_length: int = 128  # prompt + response tokens
+    max_prompt_length: int = 64  # prompts are cut from the left to this many tokens first
+    max_samples: Optional[int] = None
+    eval_samples: int = 64  # held-out pairs for evaluation (taken from the train split if no eval split)
+    on_bad_row: OnBadRow = OnBadRow.error
+    seed: int = 0
+
+
+@dataclass
+class ToyDatasetConfig(DatasetConfig):
+    """A seeded Markov-chain language with a programmatic gold reward (see ``trustregion.data.toy``)."""
+
+    name: str = "toy"
+    num_pairs: int = 1024
+    vocab: int = 24
+    successors: int = 4
+    prompt_len: int = 3
+    response_len: int = 8
+    label_temperature: float = 0.25  # Bradley-Terry labels: P(a > b) = sigmoid((r(a) - r(b)) / T)
+    # SFT corpus (the process's own samples) and the policy that samples the pairs
+    sft_samples: int = 4096
+    pairs_from: str = "process"  # process | sft (sample pairs from the SFT model at model.path)
+
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """Local or hub data through ``datasets.load_dataset``."""
+
+    name: str = "jsonl"
+    path: Optional[str] = None  # hub name, a local file, or a save_to_disk directory
+    data_files: Optional[Any] = None
+    format: Optional[str] = None  # json | parquet | arrow | csv; inferred from the file name if null
+    split: str = "train"
+    eval_split: Optional[str] = None
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Schedule = Schedule.constant
+    warmup_steps: int = 0
+    batch_size: int = 8  # pairs per micro-batch per process
+    grad_accum: int = 1
+    max_steps: Optional[int] = None  # optimizer steps; null: run `epochs` passes over the data
+    epochs: float = 1.0
+    max_grad_norm: Optional[float] = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    save_every: int = 0  # 0: checkpoint at the end only
+    keep_last: int = 2
+    resume: Optional[str] = None  # a checkpoint dir, or "latest" (newest complete one in this run dir)
+    save_models: bool = True  # save_pretrained policy/ and reference/ at the end
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: Optional[int] = None
+    shuffle: bool = True
+    # With a frozen reference (ref_update=none) on one process, reuse the cached SFT log-probs as the
+    # reference's instead of running it every step (they are the same model on the same data).
+    cache_reference: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none; metrics.jsonl is always written
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "trustregion"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the sweep's dir name in multirun, else the method+update family
+    name: Optional[str] = None  # null: derived from method, ref_update, alpha, tau, seed
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    generate: bool = False  # sample from the policy and score it (tasks with a gold judge: the toy task)
+    prompts: int = 64  # held-out prompts sampled for generation-based evaluation
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    greedy: bool = False
+    plot: bool = True
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 0  # 0: plain torch (one process or DDP-free CPU); 2 or 3: ZeRO
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # ZeRO-3 keeps parameters below this size whole on every rank; 0 shards them all (see reference.py).
+    param_persistence_threshold: int = 0
+    bf16: bool = False
+    backend: Optional[str] = None  # null: nccl on GPUs, gloo on CPU
+
+
+@dataclass
+class Config:
+    method: MethodConfig = MISSING
+    ref_update: RefUpdateConfig = MISSING
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    deepspeed: DeepSpeedConfig = MISSING
+    run_name: Optional[str] = None
+
+
+def register() -> None:
+    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="method", name="base_method", node=MethodConfig)
+    cs.store(group="method", name="base_kto", node=KTOConfig)
+    cs.store(group="ref_update", name="base_ref_update", node=RefUpdateConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="dataset", name="base_toy", node=ToyDatasetConfig)
+    cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks the schema types cannot express; raises ConfigError naming the field and the fix."""
+
+    def check(ok: bool, key: str, value: Any, want: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!s} is invalid: set {key} to {want}")
+
+    m, r, t, d = cfg.method, cfg.ref_update, cfg.trainer, cfg.dataset
+    check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
+    if m.name == MethodName.kto:
+        check(m.desirable_weight > 0, "method.desirable_weight", m.desirable_weight, "a number > 0")
+        check(m.undesirable_weight > 0, "method.undesirable_weight", m.undesirable_weight, "a number > 0")
+    if r.tau is not None:
+        check(0 < r.alpha <= 1, "ref_update.alpha", r.alpha, "a number in (0, 1] (1 = hard update)")
+        check(r.tau >= 1, "ref_update.tau", r.tau, "an integer >= 1 (optimizer steps between updates), or null")
+    check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
+    check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
+    check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
+    check(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")
+    check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "an integer >= 1 or null")
+    check(t.epochs > 0, "trainer.epochs", t.epochs, "a number > 0")
+    check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
+    check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
+    check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "an integer >= 1")
+    check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "trainer.device", t.device,
+          "auto, cpu or cuda")
+    check(t.max_grad_norm is None or t.max_grad_norm > 0, "trainer.max_grad_norm", t.max_grad_norm,
+          "a number > 0 or null")
+    check(d.max_length >= 2, "dataset.max_length", d.max_length, "an integer >= 2")
+    check(0 <= d.max_prompt_length < d.max_length, "dataset.max_prompt_length", d.max_prompt_length,
+          f"an integer in [0, dataset.max_length={d.max_length}) so responses keep at least one token")
+    check(cfg.logger.backend in ("wandb", "none"), "logger.backend", cfg.logger.backend, "wandb or none")
+    check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
+          "offline, online or disabled")
+    check(cfg.deepspeed.stage in (0, 1, 2, 3), "deepspeed.stage", cfg.deepspeed.stage, "0 (off), 1, 2 or 3")

@@ -1,0 +1,25 @@
+"""The toy task as a preference data source (``dataset=toy``)."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from trustregion.data import PreferenceData, register
+from trustregion.data.rows import RowReport
+from trustregion.data.toy import task_from_config
+
+
+@register("toy")
+def load(cfg) -> PreferenceData:
+    task = task_from_config(cfg)
+    n = cfg.num_pairs if cfg.max_samples is None else min(cfg.num_pairs, cfg.max_samples)
+    train = task.preference_rows(n, seed=1, label_temperature=cfg.label_temperature)
+    held_out = task.preference_rows(cfg.eval_samples, seed=2, label_temperature=cfg.label_temperature)
+    sft = task.sft_rows(cfg.sft_samples, seed=3)
+    return PreferenceData(
+        train=Dataset.from_list(train),
+        eval=Dataset.from_list(held_out),
+        report=RowReport(kept=len(train)),
+        task=task,
+        sft=Dataset.from_list(sft),
+    )

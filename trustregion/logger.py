@@ -1,0 +1,97 @@
+"""Run logging: metrics.jsonl in the run dir always, and wandb (offline unless asked) when enabled."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable name from the things a sweep varies: method, update rule, alpha, tau, beta, seed."""
+    if cfg.logger.name:
+        return cfg.logger.name
+    r = cfg.ref_update
+    rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
+    return f"{cfg.method.name.value}-{rule}-b{cfg.method.beta:g}-s{cfg.trainer.seed}"
+
+
+def run_group(cfg: DictConfig, sweep_dir: str | None) -> str:
+    if cfg.logger.group:
+        return cfg.logger.group
+    if sweep_dir:
+        return "sweep-" + "_".join(Path(sweep_dir).parts[-2:])
+    return f"{cfg.method.name.value}-{cfg.ref_update.name}"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLogger:
+    """Writes one JSON object per logged step to ``metrics.jsonl``; mirrors it to wandb if configured."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, enabled: bool = True, sweep_dir: str | None = None,
+                 job_type: str = "align") -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb = None
+        if not enabled:
+            return
+        self.file = open(self.path, "a", encoding="utf-8")
+        if cfg.logger.backend == "wandb" and cfg.logger.mode != "disabled":
+            import wandb
+
+            mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
+            r = cfg.ref_update
+            self.wandb = wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                group=run_group(cfg, sweep_dir),
+                name=run_name(cfg),
+                job_type=job_type,
+                tags=list(cfg.logger.tags) + [cfg.method.name.value, f"ref_update={r.name}"],
+                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                dir=str(run_dir),
+                mode=mode,
+                settings=wandb.Settings(quiet=True, console="off", x_disable_stats=True),
+            )
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def log_artifact_image(self, key: str, path: Path, step: int) -> None:
+        if self.enabled and self.wandb is not None and path.exists():
+            import wandb
+
+            self.wandb.log({key: wandb.Image(str(path))}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
+        if self.enabled and self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.enabled and self.wandb is not None:
+            self.wandb.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None

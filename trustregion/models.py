@@ -1,0 +1,135 @@
+"""Policy, reference and tokenizer: the tiny default built offline, or any causal LM by name or path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from trustregion.errors import ConfigError
+from trustregion.reference import freeze
+
+EOS = "<|endoftext|>"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts`` (offline, deterministic), GPT-NeoX style.
+
+    ``<|endoftext|>`` is EOS, BOS and padding, as in Pythia's tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None,
+        padding_side="right", model_max_length=1 << 20,
+    )
+
+
+def tiny_model(cfg, vocab_size: int, seed: int) -> nn.Module:
+    """A GPT-NeoX (Pythia architecture) causal LM with random weights, sized by ``cfg``."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    if cfg.attn_implementation:
+        config._attn_implementation = cfg.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(config)
+    return model.to(torch_dtype(cfg.dtype))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_pretrained(cfg) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    except OSError as e:
+        local = Path(cfg.path).expanduser()
+        hint = "no such directory" if not local.exists() and cfg.path.startswith((".", "/", "~")) else str(e).splitlines()[0]
+        raise ConfigError(f"model.path={cfg.path}: cannot load it ({hint}); set model.path to a saved model dir or a hub name") from e
+
+
+def load_policy(cfg, texts: Iterable[str] | None, seed: int):
+    """(policy, tokenizer). The tiny model trains its tokenizer on ``texts``; a named model loads its own."""
+    if cfg.path is None:
+        if texts is None:
+            raise ConfigError("model.path is null and there is no text to build the tiny tokenizer from")
+        tokenizer = build_tokenizer(texts, cfg.vocab_size)
+        policy = tiny_model(cfg, len(tokenizer), seed)
+    else:
+        tokenizer = load_tokenizer(cfg.path)
+        policy = load_pretrained(cfg)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+    return policy, tokenizer
+
+
+def make_reference(policy: nn.Module) -> nn.Module:
+    """A frozen copy of ``policy`` with its own storage (also materialises memory-mapped weights)."""
+    reference = copy.deepcopy(policy)
+    return freeze(reference)
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each sequence's response tokens, summed or averaged; response token counts).
+
+    Uses ``logsumexp`` and a gather rather than a full ``log_softmax``, so no second logits-sized tensor.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, :-1].float()
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["response_mask"][:, 1:]
+    token_logps = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    token_logps = token_logps.masked_fill(~mask, 0.0)
+    counts = mask.sum(-1)
+    total = token_logps.sum(-1)
+    return (total / counts.clamp(min=1) if average else total), counts
+

@@ -1,0 +1,141 @@
+"""Reference-model updates of Trust-Region alignment: every tau optimizer steps, ref <- alpha*policy + (1-alpha)*ref.
+
+alpha = 1 is the hard update (copy), alpha < 1 the soft one; ``ReferenceUpdater.none()`` never updates.
+The mix is one fused ``torch._foreach_lerp_`` over all tensors, in place. Where the reference is kept
+in a 16-bit dtype the mix happens in an fp32 master copy, then is cast back, so that a small alpha
+does not round away. Floating-point buffers follow the same rule as parameters (in causal LMs they
+are constants such as rotary frequencies, identical in both models, so this is a no-op for them).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+_CHUNK = 1 << 24  # elements upcast at once when policy and master dtypes differ
+
+
+def mixable_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors a reference update touches: parameters, then floating-point buffers, in a fixed order."""
+    tensors = [p for p in model.parameters()]
+    tensors += [b for b in model.buffers() if b.is_floating_point()]
+    return tensors
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Make ``model`` a reference: no gradients, eval mode (no dropout)."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+class ReferenceUpdater:
+    """Applies the (alpha, tau) rule to ``reference`` from ``policy`` after optimizer steps.
+
+    ``policy_tensors`` and ``reference_tensors`` are matching lists (same order, same shapes): whole
+    tensors on one process, or each rank's own shards under ZeRO-3 (see ``trustregion.distributed``).
+    """
+
+    def __init__(
+        self,
+        policy_tensors: Iterable[torch.Tensor],
+        reference_tensors: Iterable[torch.Tensor],
+        alpha: float,
+        tau: int | None,
+    ) -> None:
+        self.policy = list(policy_tensors)
+        self.reference = list(reference_tensors)
+        if len(self.policy) != len(self.reference):
+            raise ValueError(f"policy has {len(self.policy)} tensors, reference {len(self.reference)}")
+        for p, r in zip(self.policy, self.reference):
+            if p.shape != r.shape:
+                raise ValueError(f"policy and reference tensor shapes differ: {tuple(p.shape)} vs {tuple(r.shape)}")
+        if tau is not None and (not 0.0 < alpha <= 1.0 or tau < 1):
+            raise ValueError(f"need 0 < alpha <= 1 and tau >= 1, got alpha={alpha}, tau={tau}")
+        self.alpha = float(alpha)
+        self.tau = tau
+        self.num_updates = 0
+        # fp32 masters only for low-precision references; fp32 references are mixed in place.
+        self.masters: list[torch.Tensor] | None = None
+        if any(r.dtype in (torch.bfloat16, torch.float16) for r in self.reference):
+            self.masters = [r.detach().float().clone() for r in self.reference]
+
+    @classmethod
+    def for_models(cls, policy: nn.Module, reference: nn.Module, alpha: float, tau: int | None) -> "ReferenceUpdater":
+        return cls(mixable_tensors(policy), mixable_tensors(reference), alpha, tau)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tau is not None
+
+    def due(self, step: int) -> bool:
+        """Whether the update runs after optimizer step ``step`` (1-based)."""
+        return self.tau is not None and step > 0 and step % self.tau == 0
+
+    def maybe_update(self, step: int) -> bool:
+        if not self.due(step):
+            return False
+        self.update()
+        return True
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """ref <- alpha*policy + (1-alpha)*ref, once, now."""
+        if self.masters is None:
+            if self.alpha == 1.0:
+                torch._foreach_copy_(self.reference, self.policy)
+            else:
+                torch._foreach_lerp_(self.reference, self.policy, self.alpha)
+        else:
+            self._update_masters()
+            torch._foreach_copy_(self.reference, self.masters)
+        self.num_updates += 1
+
+    def _update_masters(self) -> None:
+        same = [(m, p) for m, p in zip(self.masters, self.policy) if p.dtype == m.dtype]
+        if same:
+            torch._foreach_lerp_([m for m, _ in same], [p for _, p in same], self.alpha)
+        # Policy tensors in another dtype are upcast a chunk at a time to bound extra memory.
+        batch_m: list[torch.Tensor] = []
+        batch_p: list[torch.Tensor] = []
+        size = 0
+        for m, p in zip(self.masters, self.policy):
+            if p.dtype == m.dtype:
+                continue
+            batch_m.append(m)
+            batch_p.append(p.float())
+            size += p.numel()
+            if size >= _CHUNK:
+                torch._foreach_lerp_(batch_m, batch_p, self.alpha)
+                batch_m, batch_p, size = [], [], 0
+        if batch_m:
+            torch._foreach_lerp_(batch_m, batch_p, self.alpha)
+
+    @torch.no_grad()
+    def distance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of squared ||ref - policy||, sum of squared ||policy||) over the local tensors.
+
+        Returned as squares so that ranks holding shards can all-reduce them before the ratio.
+        """
+        ref = self.masters if self.masters is not None else self.reference
+        diff_sq = torch.zeros((), dtype=torch.float64)
+        norm_sq = torch.zeros((), dtype=torch.float64)
+        for r, p in zip(ref, self.policy):
+            pf = p.float()
+            diff_sq += torch.linalg.vector_norm(r.float() - pf).double().cpu() ** 2
+            norm_sq += torch.linalg.vector_norm(pf).double().cpu() ** 2
+        return diff_sq, norm_sq
+
+    def state_dict(self) -> dict:
+        state: dict = {"num_updates": self.num_updates}
+        if self.masters is not None:
+            state["masters"] = [m.detach().cpu().clone() for m in self.masters]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_updates = int(state["num_updates"])
+        if self.masters is not None and "masters" in state:
+            with torch.no_grad():
+                torch._foreach_copy_(self.masters, [m.to(self.masters[0].device) for m in state["masters"]])

@@ -1,0 +1,399 @@
+"""Trust-Region preference training: DPO, IPO or KTO against a frozen, soft- or hard-updated reference.
+
+The recipe, top to bottom: load data and models; cache the SFT model's log-probs once; then per
+optimizer step run the policy and the reference on the chosen/rejected batch (one concatenated
+forward each), take the loss, step, apply the reference update rule, and log, evaluate and
+checkpoint on their intervals; at the end save policy/ and reference/ with ``save_pretrained``.
+
+    python -m trustregion.train method=ipo ref_update=hard ref_update.tau=64
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trustregion import checkpoint as ckpt
+from trustregion.batches import BatchStream
+from trustregion.config import MethodName, register, validate
+from trustregion.data import PreferenceData, load_preferences
+from trustregion.data.tokenize import PairCollator, tokenize_pairs
+from trustregion.errors import ConfigError, TrainingError, TrustRegionError
+from trustregion.logger import RunLogger
+from trustregion.losses import dpo_loss, ipo_loss, kto_loss
+from trustregion.models import load_policy, make_reference, sequence_logps
+
+register()
+
+
+# --- setup ----------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def texts_of(data: PreferenceData) -> Iterator[str]:
+    """Every text the tiny tokenizer should learn from."""
+    for row in data.train:
+        yield row["prompt"]
+        yield row["chosen"]
+        yield row["rejected"]
+    if data.sft is not None:
+        for row in data.sft:
+            yield row["prompt"]
+            yield row["response"]
+
+
+def chunks_for(cfg: DictConfig) -> tuple[str, ...]:
+    """Which sequences each pair contributes to a forward: KTO's canonical reference point adds a mismatched one."""
+    if cfg.method.name == MethodName.kto and str(cfg.method.reference_point.value) == "mismatched":
+        return ("chosen", "rejected", "mismatched")
+    return ("chosen", "rejected")
+
+
+def make_engine(cfg: DictConfig, policy, reference, total_steps: int):
+    if cfg.deepspeed.stage > 0:
+        from trustregion.distributed import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, policy, reference, total_steps)
+    from trustregion.engine import Engine
+
+    return Engine(policy, reference, cfg.trainer, total_steps)
+
+
+def total_optimizer_steps(cfg: DictConfig, num_rows: int, world_size: int) -> int:
+    t = cfg.trainer
+    per_epoch = num_rows // (t.batch_size * world_size)
+    if per_epoch == 0:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} (x {world_size} processes) exceeds the {num_rows} training pairs; "
+            f"lower trainer.batch_size or use more data"
+        )
+    if t.max_steps is not None:
+        return t.max_steps
+    return max(1, int(t.epochs * per_epoch) // t.grad_accum)
+
+
+# --- log-probs -----------------------------------------------------------------------------------
+@torch.no_grad()
+def cached_logps(engine, rows, collator: PairCollator, batch_size: int, average: bool) -> torch.Tensor:
+    """Log-probs of every row's chunks under the reference as it is now: a [rows, chunks] tensor.
+
+    Called before training, when the reference is still the SFT model. Each rank computes its
+    share; every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively).
+    """
+    n, k = len(rows), len(collator.chunks)
+    out = torch.zeros(n, k, dtype=torch.float32)
+    per_rank = -(-n // engine.world_size)
+    mine = list(range(engine.rank * per_rank, min(n, (engine.rank + 1) * per_rank)))
+    steps = -(-per_rank // batch_size)
+    for s in range(steps):
+        idx = mine[s * batch_size : (s + 1) * batch_size] or [0]
+        batch = to_device(collator([rows[i] for i in idx]), engine.device)
+        logps, _ = sequence_logps(engine.reference, batch, average)
+        if mine[s * batch_size : (s + 1) * batch_size]:
+            out[torch.tensor(idx)] = logps.view(k, -1).t().float().cpu()
+    return engine.reduce_sum(out.to(engine.device)).cpu()
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    tokens: torch.Tensor
+
+
+def preference_step(engine, cfg: DictConfig, batch: dict, sft: torch.Tensor, reference_from_cache: bool,
+                    grad: bool = True) -> StepOutput:
+    """Forward policy and reference on one batch, and the method's loss with its metrics (all tensors)."""
+    m = cfg.method
+    average = bool(m.average_logps)
+    with torch.set_grad_enabled(grad):
+        logps, counts = sequence_logps(engine.policy, batch, average)
+    if reference_from_cache:
+        ref = sft.t().reshape(-1).to(logps.device)
+    else:
+        with torch.no_grad():
+            ref, _ = sequence_logps(engine.reference, batch, average)
+    k, b = sft.shape[1], sft.shape[0]
+    pol, ref_c, sft_c = logps.view(k, b), ref.view(k, b), sft.t().to(logps.device)
+    if m.name == MethodName.dpo:
+        losses, cr, rr = dpo_loss(pol[0], pol[1], ref_c[0], ref_c[1], m.beta)
+    elif m.name == MethodName.ipo:
+        losses, cr, rr = ipo_loss(pol[0], pol[1], ref_c[0], ref_c[1], m.beta)
+    else:
+        mismatched = k == 3
+        losses, cr, rr = kto_loss(
+            pol[0], pol[1], ref_c[0], ref_c[1], m.beta,
+            desirable_weight=m.desirable_weight, undesirable_weight=m.undesirable_weight,
+            reference_point=str(m.reference_point.value),
+            policy_mismatched_logps=pol[2] if mismatched else None,
+            reference_mismatched_logps=ref_c[2] if mismatched else None,
+        )
+    loss = losses.mean()
+    with torch.no_grad():
+        sc, sr = m.beta * (pol[0] - sft_c[0]), m.beta * (pol[1] - sft_c[1])
+        pair_counts = counts.view(k, b)[:2]
+        log_ratio = (pol[:2] - ref_c[:2])
+        kl = (log_ratio.mean() if average else log_ratio.sum() / pair_counts.sum().clamp(min=1))
+        metrics = {
+            "loss": loss.detach(),
+            "rewards/chosen": cr.mean(),
+            "rewards/rejected": rr.mean(),
+            "rewards/margins": (cr - rr).mean(),
+            "rewards/accuracies": (cr > rr).float().mean(),
+            "rewards/grad_term": (m.beta * torch.sigmoid(rr - cr)).mean(),
+            "logps/chosen": pol[0].detach().mean(),
+            "logps/rejected": pol[1].detach().mean(),
+            "ref/logps/chosen": ref_c[0].mean(),
+            "ref/logps/rejected": ref_c[1].mean(),
+            "rewards_sft/chosen": sc.mean(),
+            "rewards_sft/rejected": sr.mean(),
+            "rewards_sft/margins": (sc - sr).mean(),
+            "rewards_sft/accuracies": (sc > sr).float().mean(),
+            "kl/policy_ref": kl.detach(),
+            "lengths/chosen": pair_counts[0].float().mean(),
+            "lengths/rejected": pair_counts[1].float().mean(),
+        }
+    return StepOutput(loss, metrics, counts.sum())
+
+
+class MetricBuffer:
+    """Weighted sums of metric tensors between log steps: the host syncs once per log, not once per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float() * weight
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def drain(self, engine) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        means = torch.stack([self.sums[k] / self.weights[k] for k in keys])
+        values = engine.reduce_mean(means).tolist()
+        self.sums, self.weights = {}, {}
+        return dict(zip(keys, values))
+
+
+# --- the run -------------------------------------------------------------------------------------
+def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[str, float]:
+    """Run one experiment into ``run_dir``; returns the last logged metrics."""
+    validate(cfg)
+    t = cfg.trainer
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    seed_everything(t.seed)
+    if cfg.deepspeed.stage > 0:
+        from trustregion.distributed import init_distributed
+
+        init_distributed(cfg)
+
+    data = load_preferences(cfg.dataset)
+    policy, tokenizer = load_policy(cfg.model, texts_of(data) if cfg.model.path is None else None, t.seed)
+    chunks = chunks_for(cfg)
+    d = cfg.dataset
+    train_rows, trunc = tokenize_pairs(data.train, tokenizer, d.max_length, d.max_prompt_length, "mismatched" in chunks)
+    eval_rows, _ = tokenize_pairs(data.eval, tokenizer, d.max_length, d.max_prompt_length, "mismatched" in chunks)
+    collator = PairCollator(tokenizer.pad_token_id, chunks)
+
+    reference = make_reference(policy)
+    sft_model = make_reference(policy) if (cfg.eval.generate and data.task is not None) else None
+    world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
+    total_steps = total_optimizer_steps(cfg, len(train_rows), world)
+    engine = make_engine(cfg, policy, reference, total_steps)
+    if sft_model is not None:
+        sft_model = engine.prepare_frozen(sft_model) if hasattr(engine, "prepare_frozen") else sft_model.to(engine.device)
+    r = cfg.ref_update
+    updater = engine.updater(r.alpha, r.tau, str(r.zero3.value))
+    stream = BatchStream(len(train_rows), t.batch_size, engine.world_size, engine.rank, t.seed, t.shuffle)
+    reference_from_cache = r.tau is None and engine.world_size == 1 and t.cache_reference
+
+    identity = {"model": OmegaConf.to_container(cfg.model, resolve=True), "method": str(cfg.method.name.value),
+                "world_size": engine.world_size}
+    step, first_bad = 0, torch.tensor(-1, device=engine.device)
+    resume_from = ckpt.resolve_resume(t.resume, run_dir)
+    if resume_from is not None:
+        ckpt.check_compatible(ckpt.read_meta(resume_from), identity, resume_from)
+        state = engine.load(resume_from)
+        loop = torch.load(resume_from / "loop.pt", weights_only=False)
+        step = loop["step"]
+        stream.load_state_dict(loop["stream"])
+        updater.load_state_dict(loop["updater"])
+        sft_train, sft_eval = loop["sft_train"], loop["sft_eval"]
+        ckpt.set_rng_state(loop["rng"][engine.rank])
+        del state
+    else:
+        sft_train = cached_logps(engine, train_rows, collator, t.batch_size, bool(cfg.method.average_logps))
+        sft_eval = cached_logps(engine, eval_rows, collator, t.batch_size, bool(cfg.method.average_logps))
+
+    logger = RunLogger(run_dir, cfg, enabled=engine.is_main, sweep_dir=sweep_dir)
+    if engine.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        n_params = sum(p.numel() for p in policy.parameters())
+        print(f"[trustregion] {len(train_rows)} train / {len(eval_rows)} eval pairs, {total_steps} steps, "
+              f"{n_params / 1e6:.2f}M params, run dir {run_dir}", flush=True)
+    if step == 0:
+        logger.log(0, {"data/train_pairs": len(train_rows), "data/skipped_rows": data.report.skipped,
+                       "data/truncated_prompts": trunc.truncated_prompts,
+                       "data/truncated_responses": trunc.truncated_responses})
+
+    def check_finite() -> None:
+        if int(first_bad) >= 0:
+            raise TrainingError(f"non-finite loss at step {int(first_bad)}; lower trainer.lr or method.beta "
+                                f"(checkpoints and metrics up to the last good step are kept in {run_dir})")
+
+    def save(at: int) -> None:
+        check_finite()
+        tmp = ckpt.begin(run_dir, at) if engine.is_main else None
+        tmp = engine.broadcast_path(tmp) if hasattr(engine, "broadcast_path") else tmp
+        engine.save(tmp, {})
+        rngs = engine.gather_objects(ckpt.rng_state()) if hasattr(engine, "gather_objects") else [ckpt.rng_state()]
+        if engine.is_main:
+            torch.save({"step": at, "stream": stream.state_dict(), "updater": updater.state_dict(),
+                        "sft_train": sft_train, "sft_eval": sft_eval, "rng": rngs}, tmp / "loop.pt")
+            ckpt.write_meta(tmp, {**identity, "step": at})
+            OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+            ckpt.commit(tmp, t.keep_last)
+        engine.barrier()
+
+    buffer = MetricBuffer()
+    last: dict[str, float] = {}
+    tokens = torch.zeros((), dtype=torch.long, device=engine.device)
+    clock = time.perf_counter()
+    try:
+        while step < total_steps:
+            for _ in range(t.grad_accum):
+                idx = stream.next()
+                batch = to_device(collator([train_rows[i] for i in idx]), engine.device)
+                out = preference_step(engine, cfg, batch, sft_train[idx], reference_from_cache)
+                engine.backward(out.loss / t.grad_accum)
+                buffer.add(out.metrics, 1.0 / t.grad_accum)
+                tokens = tokens + out.tokens
+            grad_norm = engine.step()
+            step += 1
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.metrics["loss"]), step, first_bad)
+            tic = time.perf_counter()
+            updated = updater.maybe_update(step)
+            update_ms = (time.perf_counter() - tic) * 1e3
+            buffer.add({"grad_norm": grad_norm})
+
+            if step % t.log_every == 0 or step == total_steps:
+                metrics = buffer.drain(engine)
+                check_finite()
+                elapsed = time.perf_counter() - clock
+                diff_sq, norm_sq = updater.distance()
+                stacked = engine.reduce_sum(torch.stack([diff_sq, norm_sq]).to(engine.device)).cpu()
+                metrics.update({
+                    "lr": engine.lr(),
+                    "tokens_per_s": float(engine.reduce_sum(tokens)) / max(elapsed, 1e-9),
+                    "ref_updates": updater.num_updates,
+                    "ref/distance": float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt()),
+                    "ref/update_ms": update_ms if updated else 0.0,
+                    "epoch": stream.epoch + stream.position / max(1, stream.batches_per_epoch),
+                })
+                logger.log(step, metrics)
+                last = metrics
+                tokens.zero_()
+                clock = time.perf_counter()
+            if t.eval_every and step % t.eval_every == 0 and step < total_steps:
+                last.update(evaluate(engine, cfg, eval_rows, collator, sft_eval, data, tokenizer, sft_model, logger, step, run_dir))
+            if t.save_every and step % t.save_every == 0 and step < total_steps:
+                save(step)
+        last.update(evaluate(engine, cfg, eval_rows, collator, sft_eval, data, tokenizer, sft_model, logger, step, run_dir))
+        save(step)
+        if t.save_models:
+            export_models(engine, tokenizer, run_dir)
+        logger.summary(last)
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    logger.finish()
+    return last
+
+
+def evaluate(engine, cfg, eval_rows, collator, sft_eval, data, tokenizer, sft_model, logger, step, run_dir) -> dict:
+    """Held-out preference metrics, plus generation-based ones where the task has a gold judge."""
+    from trustregion.evaluation import evaluate_preferences
+
+    engine.policy.eval()
+    try:
+        metrics = evaluate_preferences(engine, cfg, eval_rows, collator, sft_eval)
+        if sft_model is not None:
+            from trustregion.evaluation.generation import evaluate_generation
+
+            metrics.update(evaluate_generation(engine, cfg, data, tokenizer, sft_model, logger, step, run_dir))
+    finally:
+        engine.policy.train()
+    logger.log(step, metrics)
+    return metrics
+
+
+def export_models(engine, tokenizer, run_dir: Path) -> None:
+    """policy/ and reference/ with save_pretrained, tokenizer beside each (consolidated under ZeRO-3)."""
+    for which in ("policy", "reference"):
+        if hasattr(engine, "export"):
+            engine.export(which, run_dir / which)
+        elif engine.is_main:
+            engine.unwrap(which).save_pretrained(run_dir / which)
+        if engine.is_main:
+            tokenizer.save_pretrained(run_dir / which)
+    engine.barrier()
+
+
+# --- entry points --------------------------------------------------------------------------------
+def hydra_run_dir() -> tuple[Path, str | None]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    sweep = hc.sweep.dir if str(hc.mode) == "RunMode.MULTIRUN" else None
+    return Path(hc.runtime.output_dir), sweep
+
+
+def report_errors(fn):
+    """Turn a TrustRegionError into one line on stderr and exit code 2 (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrustRegionError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapped
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    run_dir, sweep = hydra_run_dir()
+    report_errors(train)(cfg, run_dir, sweep)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
