@@ -44,10 +44,10 @@ class Engine:
     world_size = 1
     is_main = True
 
-    def __init__(self, policy: nn.Module, reference: nn.Module, trainer_cfg, total_steps: int) -> None:
+    def __init__(self, policy: nn.Module, reference: nn.Module | None, trainer_cfg, total_steps: int) -> None:
         self.device = resolve_device(trainer_cfg.device)
         self.policy = policy.to(self.device)
-        self.reference = reference.to(self.device)
+        self.reference = reference.to(self.device) if reference is not None else None
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
