@@ -101,37 +101,6 @@ class DatasetConfig:
 
 
 @dataclass
-class ToyDatasetConfig(DatasetConfig):
-    """A seeded Markov-chain language with a programmatic gold reward (see ``trustregion.data.toy``)."""
-
-    name: str = "toy"
-    num_pairs: int = 1024
-    vocab: int = 24
-    successors: int = 4
-    prompt_len: int = 3
-    response_len: int = 8
-    label_temperature: float = 0.25  # Bradley-Terry labels: P(a > b) = sigmoid((r(a) - r(b)) / T)
-    # SFT corpus (the process's own samples) and the policy that samples the pairs
-    sft_samples: int = 4096
-    pairs_from: str = "process"  # process | sft (sample pairs from the SFT model at model.path)
-
-
-@dataclass
-class FileDatasetConfig(DatasetConfig):
-    """Local or hub data through ``datasets.load_dataset``."""
-
-    name: str = "jsonl"
-    path: Optional[str] = None  # hub name, a local file, or a save_to_disk directory
-    data_files: Optional[Any] = None
-    format: Optional[str] = None  # json | parquet | arrow | csv; inferred from the file name if null
-    split: str = "train"
-    eval_split: Optional[str] = None
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-
-
-@dataclass
 class TrainerConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -212,11 +181,12 @@ def register() -> None:
     cs.store(group="method", name="base_kto", node=KTOConfig)
     cs.store(group="ref_update", name="base_ref_update", node=RefUpdateConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="dataset", name="base_toy", node=ToyDatasetConfig)
-    cs.store(group="dataset", name="base_file", node=FileDatasetConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
     cs.store(group="deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
+    from trustregion.data import import_loaders
+
+    import_loaders()  # each data source registers its own dataset schema
 
 
 _DTYPES = ("float32", "bfloat16", "float16")

@@ -24,6 +24,15 @@ class PreferenceData:
 
 
 LOADERS: dict[str, Callable[[Any], PreferenceData]] = {}
+# Modules that define a data source: each registers its loader and its dataset schema on import.
+SOURCE_MODULES = ("toy_source", "files")
+
+
+def import_loaders() -> None:
+    import importlib
+
+    for name in SOURCE_MODULES:
+        importlib.import_module(f"trustregion.data.{name}")
 
 
 def register(name: str) -> Callable:
@@ -35,8 +44,7 @@ def register(name: str) -> Callable:
 
 def load_preferences(cfg) -> PreferenceData:
     """Load ``cfg`` (a dataset config) with the loader its ``name`` selects."""
-    from trustregion.data import files, toy_source  # noqa: F401  (registers loaders)
-
+    import_loaders()
     if cfg.name not in LOADERS:
         raise ConfigError(f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(LOADERS))}")
     return LOADERS[cfg.name](cfg)

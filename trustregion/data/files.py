@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import datasets
 from datasets import Dataset
+from hydra.core.config_store import ConfigStore
 
+from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, register
 from trustregion.data.rows import RowReport, clean_rows
 from trustregion.errors import ConfigError, DataError
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """Local files or a hub dataset through ``datasets.load_dataset``, with field-name mapping."""
+
+    name: str = "jsonl"
+    path: Optional[str] = None  # hub name, a local file, or a save_to_disk directory
+    data_files: Optional[Any] = None
+    format: Optional[str] = None  # json | parquet | arrow | csv; inferred from the file name if null
+    split: str = "train"
+    eval_split: Optional[str] = None
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+
+
+ConfigStore.instance().store(group="dataset", name="base_file", node=FileDatasetConfig)
 
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from datasets import Dataset
+from dataclasses import dataclass
 
+from datasets import Dataset
+from hydra.core.config_store import ConfigStore
+
+from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, register
 from trustregion.data.rows import RowReport
 from trustregion.data.toy import task_from_config
+
+
+@dataclass
+class ToyDatasetConfig(DatasetConfig):
+    """A seeded Markov-chain language with a programmatic gold reward (see ``trustregion.data.toy``)."""
+
+    name: str = "toy"
+    num_pairs: int = 1024
+    vocab: int = 24
+    successors: int = 4
+    prompt_len: int = 3
+    response_len: int = 8
+    label_temperature: float = 0.25  # Bradley-Terry labels: P(a > b) = sigmoid((r(a) - r(b)) / T)
+    sft_samples: int = 4096  # the SFT corpus: the process's own samples
+
+
+ConfigStore.instance().store(group="dataset", name="base_toy", node=ToyDatasetConfig)
 
 
 @register("toy")
