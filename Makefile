@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The default experiment: SFT of the tiny model on the toy task, then TR-DPO (soft update) from it.
+RUN := outputs/make-train/$(shell date +%Y-%m-%d_%H-%M-%S)
 train: install
-	$(BIN)/python -m trustregion.sft
-	$(BIN)/python -m trustregion.train model.path=outputs/sft/latest
+	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft
+	$(BIN)/python -m trustregion.train model.path=$(RUN)/sft/policy hydra.run.dir=$(RUN)/tr-dpo
+	@echo "run dirs: $(RUN)/sft $(RUN)/tr-dpo"
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -39,6 +39,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train ``cfg.model`` on the SFT corpus of ``cfg.dataset``; save it to ``run_dir/policy``."""
     validate(cfg)
     t, d = cfg.trainer, cfg.dataset
+    run_dir.mkdir(parents=True, exist_ok=True)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)

@@ -201,6 +201,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     """Run one experiment into ``run_dir``; returns the last logged metrics."""
     validate(cfg)
     t = cfg.trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
