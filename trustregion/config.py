@@ -173,8 +173,21 @@ class Config:
     run_name: Optional[str] = None
 
 
+def _run_time(fmt: str) -> str:
+    """``${run_time:%H-%M-%S}``: like Hydra's ``${now:}``, but every rank of one launch gets rank 0's time."""
+    import os
+    from datetime import datetime
+
+    stamp = os.environ.get("TRUSTREGION_RUN_TIME")
+    return (datetime.fromtimestamp(float(stamp)) if stamp else datetime.now()).strftime(fmt)
+
+
 def register() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore, and the ``run_time`` resolver (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_time"):
+        OmegaConf.register_new_resolver("run_time", _run_time, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="method", name="base_method", node=MethodConfig)

@@ -9,7 +9,7 @@ are constants such as rotary frequencies, identical in both models, so this is a
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -44,8 +44,13 @@ class ReferenceUpdater:
         reference_tensors: Iterable[torch.Tensor],
         alpha: float,
         tau: int | None,
+        late_pairs: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     ) -> None:
         self.policy = list(policy_tensors)
+        # Tensors whose storage is swapped during training (ZeRO-3 persistent parameters): looked up
+        # at every update as (policy, reference) pairs; empty ones (not gathered yet) are skipped.
+        self.late_pairs = late_pairs
+        self._late_masters: dict[int, torch.Tensor] = {}
         self.reference = list(reference_tensors)
         if len(self.policy) != len(self.reference):
             raise ValueError(f"policy has {len(self.policy)} tensors, reference {len(self.reference)}")
@@ -91,7 +96,23 @@ class ReferenceUpdater:
         else:
             self._update_masters()
             torch._foreach_copy_(self.reference, self.masters)
+        if self.late_pairs is not None:
+            self._update_late()
         self.num_updates += 1
+
+    def _update_late(self) -> None:
+        pairs = [(i, p, r) for i, (p, r) in enumerate(self.late_pairs()) if r.numel() > 0 and p.shape == r.shape]
+        exact = [(p, r) for _, p, r in pairs if r.dtype == p.dtype == torch.float32]
+        if exact:
+            torch._foreach_lerp_([r for _, r in exact], [p for p, _ in exact], self.alpha)
+        for i, p, r in pairs:
+            if r.dtype == p.dtype == torch.float32:
+                continue
+            master = self._late_masters.get(i)
+            if master is None or master.shape != r.shape:
+                master = self._late_masters[i] = r.float()
+            master.lerp_(p.float(), self.alpha)
+            r.copy_(master)
 
     def _update_masters(self) -> None:
         same = [(m, p) for m, p in zip(self.masters, self.policy) if p.dtype == m.dtype]

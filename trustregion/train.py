@@ -236,14 +236,14 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     resume_from = ckpt.resolve_resume(t.resume, run_dir)
     if resume_from is not None:
         ckpt.check_compatible(ckpt.read_meta(resume_from), identity, resume_from)
-        state = engine.load(resume_from)
+        engine.load(resume_from)
         loop = torch.load(resume_from / "loop.pt", weights_only=False)
+        mine = torch.load(resume_from / f"rank{engine.rank}.pt", weights_only=False)
         step = loop["step"]
         stream.load_state_dict(loop["stream"])
-        updater.load_state_dict(loop["updater"])
         sft_train, sft_eval = loop["sft_train"], loop["sft_eval"]
-        ckpt.set_rng_state(loop["rng"][engine.rank])
-        del state
+        updater.load_state_dict(mine["updater"])
+        ckpt.set_rng_state(mine["rng"])
     else:
         sft_train = cached_logps(engine, train_rows, collator, t.batch_size, bool(cfg.method.average_logps))
         sft_eval = cached_logps(engine, eval_rows, collator, t.batch_size, bool(cfg.method.average_logps))
@@ -251,7 +251,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     logger = RunLogger(run_dir, cfg, enabled=engine.is_main, sweep_dir=sweep_dir)
     if engine.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        n_params = sum(p.numel() for p in policy.parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters())
         print(f"[trustregion] {len(train_rows)} train / {len(eval_rows)} eval pairs, {total_steps} steps, "
               f"{n_params / 1e6:.2f}M params, run dir {run_dir}", flush=True)
     if step == 0:
@@ -267,14 +267,16 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     def save(at: int) -> None:
         check_finite()
         tmp = ckpt.begin(run_dir, at) if engine.is_main else None
-        tmp = engine.broadcast_path(tmp) if hasattr(engine, "broadcast_path") else tmp
+        tmp = engine.broadcast_path(tmp) if engine.world_size > 1 else tmp
         engine.save(tmp, {})
-        rngs = engine.gather_objects(ckpt.rng_state()) if hasattr(engine, "gather_objects") else [ckpt.rng_state()]
+        torch.save({"updater": updater.state_dict(), "rng": ckpt.rng_state()}, tmp / f"rank{engine.rank}.pt")
         if engine.is_main:
-            torch.save({"step": at, "stream": stream.state_dict(), "updater": updater.state_dict(),
-                        "sft_train": sft_train, "sft_eval": sft_eval, "rng": rngs}, tmp / "loop.pt")
+            torch.save({"step": at, "stream": stream.state_dict(), "sft_train": sft_train, "sft_eval": sft_eval},
+                       tmp / "loop.pt")
             ckpt.write_meta(tmp, {**identity, "step": at})
             OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+        engine.barrier()
+        if engine.is_main:
             ckpt.commit(tmp, t.keep_last)
         engine.barrier()
 
@@ -389,10 +391,35 @@ def report_errors(fn):
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     run_dir, sweep = hydra_run_dir()
-    report_errors(train)(cfg, run_dir, sweep)
+    try:
+        report_errors(train)(cfg, run_dir, sweep)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from trustregion.distributed import shutdown
+
+            shutdown()
+
+
+def prepare_launch(argv: list[str]) -> list[str]:
+    """Adapt a multi-process launch to Hydra: take the deepspeed launcher's ``--local_rank``, agree on
+    one run dir across ranks, and let only rank 0 write ``.hydra/``."""
+    args = []
+    for arg in argv:
+        if arg.startswith("--local_rank"):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
+        else:
+            args.append(arg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trustregion.distributed import agree_on_run_time
+
+        agree_on_run_time()
+        if int(os.environ.get("RANK", "0")) > 0:
+            args.append("hydra.output_subdir=null")
+    return args
 
 
 def main() -> None:
+    sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
     _main()
 
 
