@@ -61,3 +61,29 @@ def test_two_ranks_match_one_process(one_process, tmp_path, options):
     assert ref_one.keys() == ref_two.keys()
     for key in ref_one:
         torch.testing.assert_close(ref_two[key], ref_one[key], atol=1e-6, rtol=0)
+
+
+def test_two_ranks_killed_and_resumed_log_the_same_metrics(tmp_path):
+    base = [*COMMON, "deepspeed=zero3", "trainer.batch_size=8", "trainer.max_steps=6", "trainer.save_every=2"]
+    torchrun(*base, f"hydra.run.dir={tmp_path / 'full'}")
+    run = tmp_path / "killed"
+    os.environ["TRUSTREGION_FAULT"] = "step:5"
+    try:
+        killed = torchrun(*base, f"hydra.run.dir={run}", check=False)
+    finally:
+        del os.environ["TRUSTREGION_FAULT"]
+    assert killed.returncode != 0
+    torchrun(*base, f"hydra.run.dir={run}", "trainer.resume=latest")
+    assert losses(run) == losses(tmp_path / "full")
+    full, resumed = weights(tmp_path / "full", "reference"), weights(run, "reference")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    base = [*COMMON, "deepspeed=zero3", "trainer.max_steps=2", "trainer.save_every=2"]
+    torchrun(*base, "trainer.batch_size=8", f"hydra.run.dir={tmp_path}")
+    out = torchrun(*base, "trainer.batch_size=16", "trainer.max_steps=4", f"hydra.run.dir={tmp_path}",
+                   "trainer.resume=latest", nproc=1, check=False)
+    assert out.returncode != 0
+    assert "world_size=2 but this run has world_size=1" in out.stderr
+    assert 'trustregion/train.py", line' not in out.stderr  # one line from us; torchrun adds its own report

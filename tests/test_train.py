@@ -1,6 +1,7 @@
 """The training recipe end to end on the tiny model and toy data, in-process and from the command line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -181,9 +182,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_what_was_written(fast_cfg, tmp_
 
 
 # --- the command line ----------------------------------------------------------------------------
-def cli(*args, module="trustregion.train"):
+def cli(*args, module="trustregion.train", env=None):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"},
+                          env={**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})},
                           timeout=300)
 
 
@@ -225,3 +226,27 @@ def test_cli_multirun_gives_each_alpha_its_own_run_dir(tmp_path):
                     for d in tmp_path.iterdir() if (d / "config.yaml").exists())
     assert alphas == [0.1, 0.5]
     assert all((tmp_path / str(i) / "metrics.jsonl").exists() for i in (0, 1))
+
+
+def test_killed_run_resumes_to_the_same_metrics(fast_cfg, tmp_path):
+    base = [*FAST, *TOY, "trainer.max_steps=8", "trainer.save_every=2", "ref_update.tau=1", "ref_update.alpha=0.3"]
+    train(fast_cfg(*base[len(FAST) + len(TOY):]), tmp_path / "full")
+    run = tmp_path / "killed"
+    env = {"TRUSTREGION_FAULT": "step:5"}
+    killed = cli(*base, f"hydra.run.dir={run}", env=env)
+    assert killed.returncode == -9
+    resumed = cli(*base, f"hydra.run.dir={run}", "trainer.resume=latest")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["loss"] for r in train_rows(run)] == [r["loss"] for r in train_rows(tmp_path / "full")]
+    assert all(torch.equal(a, b) for a, b in zip(weights(run, "reference").values(),
+                                                  weights(tmp_path / "full", "reference").values()))
+
+
+def test_checkpoint_cut_short_by_a_crash_is_never_resumed_from(fast_cfg, tmp_path):
+    base = [*FAST, *TOY, "trainer.max_steps=6", "trainer.save_every=2"]
+    killed = cli(*base, f"hydra.run.dir={tmp_path}", env={"TRUSTREGION_FAULT": "save:4"})
+    assert killed.returncode == -9
+    assert (tmp_path / "checkpoints" / ".tmp-step_000004").exists()
+    from trustregion.checkpoint import complete_checkpoints
+
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_000002"]

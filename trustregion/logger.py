@@ -38,12 +38,14 @@ class RunLogger:
     """Writes one JSON object per logged step to ``metrics.jsonl``; mirrors it to wandb if configured."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig, enabled: bool = True, sweep_dir: str | None = None,
-                 job_type: str = "align") -> None:
+                 job_type: str = "align", resume_step: int | None = None) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.wandb = None
         if not enabled:
             return
+        if resume_step is not None:
+            self._set_aside_after(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if cfg.logger.backend == "wandb" and cfg.logger.mode != "disabled":
             import wandb
@@ -62,6 +64,25 @@ class RunLogger:
                 mode=mode,
                 settings=wandb.Settings(quiet=True, console="off", x_disable_stats=True),
             )
+
+    def _set_aside_after(self, step: int) -> None:
+        """On resume in the same run dir, move rows logged after the checkpoint to metrics.superseded.jsonl:
+        the resumed run logs those steps again, and the file then reads as one uninterrupted run."""
+        if not self.path.exists():
+            return
+        keep, later = [], []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row_step = json.loads(line).get("step", 0)
+            except ValueError:
+                continue  # a line cut short by the crash
+            (keep if row_step <= step else later).append(line)
+        if later:
+            with open(self.path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
+                f.write("".join(x + "\n" for x in later))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+        tmp.replace(self.path)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

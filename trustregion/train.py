@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -83,6 +84,12 @@ def total_optimizer_steps(cfg: DictConfig, num_rows: int, world_size: int) -> in
     if t.max_steps is not None:
         return t.max_steps
     return max(1, int(t.epochs * per_epoch) // t.grad_accum)
+
+
+def fault(point: str, step: int) -> None:
+    """Testing hook: TRUSTREGION_FAULT=step:N (or save:N) SIGKILLs this process there, as a crash would."""
+    if os.environ.get("TRUSTREGION_FAULT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- log-probs -----------------------------------------------------------------------------------
@@ -248,7 +255,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         sft_train = cached_logps(engine, train_rows, collator, t.batch_size, bool(cfg.method.average_logps))
         sft_eval = cached_logps(engine, eval_rows, collator, t.batch_size, bool(cfg.method.average_logps))
 
-    logger = RunLogger(run_dir, cfg, enabled=engine.is_main, sweep_dir=sweep_dir)
+    logger = RunLogger(run_dir, cfg, enabled=engine.is_main, sweep_dir=sweep_dir, resume_step=step if resume_from else None)
     if engine.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters())
@@ -269,6 +276,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         tmp = ckpt.begin(run_dir, at) if engine.is_main else None
         tmp = engine.broadcast_path(tmp) if engine.world_size > 1 else tmp
         engine.save(tmp, {})
+        fault("save", at)
         torch.save({"updater": updater.state_dict(), "rng": ckpt.rng_state()}, tmp / f"rank{engine.rank}.pt")
         if engine.is_main:
             torch.save({"step": at, "stream": stream.state_dict(), "sft_train": sft_train, "sft_eval": sft_eval},
@@ -298,6 +306,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.metrics["loss"]), step, first_bad)
             tic = time.perf_counter()
             updated = updater.maybe_update(step)
+            fault("step", step)
             update_ms = (time.perf_counter() - tic) * 1e3
             buffer.add({"grad_norm": grad_norm})
 
