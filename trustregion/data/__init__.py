@@ -1,12 +1,15 @@
 """Preference data: loaders by ``dataset.name``, each giving prompt/chosen/rejected text rows.
 
 A loader is a function ``(DatasetConfig) -> PreferenceData``; register one in ``LOADERS`` to add a source.
+Chat sources also keep ``prompt_messages`` (the conversation before the answer) in each row; the
+tokenizer renders them with its chat template at tokenization, so loaders never need the tokenizer.
+Unpaired sources (``kind="unpaired"``) give prompt/completion/label rows instead of pairs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from datasets import Dataset
 
@@ -21,11 +24,31 @@ class PreferenceData:
     report: RowReport = field(default_factory=RowReport)
     task: Any = None  # a gold judge with score_text(prompt, response), where the source has one (toy)
     sft: Dataset | None = None  # columns prompt, response: the SFT corpus where it differs from prompt+chosen
+    kind: str = "pairs"  # "pairs" (prompt/chosen/rejected) or "unpaired" (prompt/completion/label, for KTO)
+
+    def sft_view(self) -> Dataset:
+        """The SFT corpus as prompt/response rows: ``sft`` if the source has one, else prompt + chosen."""
+        if self.sft is not None:
+            return self.sft
+        if self.kind == "unpaired":
+            good = self.train.filter(lambda label: bool(label), input_columns="label")
+            return good.remove_columns("label").rename_column("completion", "response")
+        return self.train.remove_columns("rejected").rename_column("chosen", "response")
+
+    def texts(self) -> Iterator[str]:
+        """Every text of the train split and the SFT corpus (what the tiny tokenizer is trained on)."""
+        columns = ("prompt", "completion") if self.kind == "unpaired" else ("prompt", "chosen", "rejected")
+        for row in self.train.select_columns(list(columns)):
+            yield from (row[c] for c in columns)
+        if self.sft is not None:
+            for row in self.sft.select_columns(["prompt", "response"]):
+                yield row["prompt"]
+                yield row["response"]
 
 
 LOADERS: dict[str, Callable[[Any], PreferenceData]] = {}
 # Modules that define a data source: each registers its loader and its dataset schema on import.
-SOURCE_MODULES = ("toy_source", "files")
+SOURCE_MODULES = ("toy_source", "files", "hh", "tldr", "ultrafeedback", "kto_unpaired")
 
 
 def import_loaders() -> None:

@@ -1,34 +1,46 @@
-"""Preference pairs from files or the hub through ``datasets.load_dataset`` (``dataset=jsonl``)."""
+"""Preference pairs from files or the hub (``dataset=local``, alias ``jsonl``), and the loading helpers
+every file-backed source shares: one split from a path, hub name or ``save_to_disk`` dir; schema checks;
+seeded shuffling, ``max_samples`` and the held-out eval rows.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import datasets
 from datasets import Dataset
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, register
-from trustregion.data.rows import RowReport, clean_rows
+from trustregion.data.rows import FIELDS, BadRow, RowReport, clean_rows, text_field
 from trustregion.errors import ConfigError, DataError
+
 
 @dataclass
 class FileDatasetConfig(DatasetConfig):
     """Local files or a hub dataset through ``datasets.load_dataset``, with field-name mapping."""
 
-    name: str = "jsonl"
-    path: Optional[str] = None  # hub name, a local file, or a save_to_disk directory
-    data_files: Optional[Any] = None
+    name: str = "local"
+    path: Optional[str] = None  # hub name, a local file or directory, or a save_to_disk directory
+    data_files: Optional[Any] = None  # a file, a list, or {split: file(s)}; used instead of path's files
+    subset: Optional[str] = None  # the hub dataset's config name (load_dataset's second argument)
     format: Optional[str] = None  # json | parquet | arrow | csv; inferred from the file name if null
     split: str = "train"
-    eval_split: Optional[str] = None
+    eval_split: Optional[str] = None  # null: hold out eval_samples rows of `split` (seeded)
     prompt_field: str = "prompt"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
+    # Tokenized rows are cached here, keyed by the data, tokenizer and lengths; null: no disk cache.
+    cache_dir: Optional[str] = "~/.cache/trustregion"
+    num_proc: Optional[int] = None  # processes for tokenization (datasets.map)
+    group_by_length: bool = False  # batches of similar lengths, to cut padding (see tokenize.length_grouped_order)
 
 
 ConfigStore.instance().store(group="dataset", name="base_file", node=FileDatasetConfig)
@@ -39,79 +51,207 @@ _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": 
 def _format_of(path: str, explicit: str | None) -> str:
     if explicit:
         return explicit
-    suffixes = Path(path).suffixes
-    for suffix in reversed(suffixes):
+    for suffix in reversed(Path(path).suffixes):
         if suffix in _FORMATS:
             return _FORMATS[suffix]
     raise ConfigError(f"dataset.path={path}: cannot tell the file format; set dataset.format to json, parquet, arrow or csv")
 
 
-def load_split(path: str | None, data_files, split: str, fmt: str | None, field_name: str = "dataset.path") -> Dataset:
-    """One split from a local file, a ``save_to_disk`` directory, or a hub name, with one-line errors."""
+def _local_files(data_files: Any) -> list[str]:
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, dict) or hasattr(data_files, "values"):
+        return [f for v in data_files.values() for f in _local_files(v)]
+    return [str(f) for f in data_files]
+
+
+def _check_files_exist(data_files: Any, field_name: str) -> None:
+    for f in _local_files(data_files):
+        if "://" in f or glob.has_magic(f):
+            continue
+        if not os.path.exists(os.path.expanduser(f)):
+            raise DataError(f"{field_name}={f}: no such file; set {field_name} to an existing data file")
+
+
+def _first_non_utf8(files: list[str]) -> tuple[str, int] | None:
+    """(file, 1-based line) of the first line that is not valid UTF-8 in local text files."""
+    for f in files:
+        path = os.path.expanduser(f)
+        if not os.path.isfile(path) or _format_of(path, None) in ("parquet", "arrow"):
+            continue
+        with open(path, "rb") as handle:
+            for n, line in enumerate(handle, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f, n
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
+               field_name: str = "dataset.path", subset: str | None = None) -> Dataset:
+    """One split from a local file, a directory of files, a ``save_to_disk`` directory, or a hub name.
+
+    Every failure is one ``DataError``/``ConfigError`` line naming the file or split and the fix.
+    """
     if not path and not data_files:
-        raise ConfigError(f"{field_name} is not set: set it to a data file (json/jsonl/parquet/arrow), a save_to_disk dir or a hub name")
+        raise ConfigError(f"{field_name} is not set: set it to a data file (json/jsonl/parquet/arrow), "
+                          f"a save_to_disk dir or a hub name")
+    if OmegaConf.is_config(data_files):
+        data_files = OmegaConf.to_container(data_files)
+    local = os.path.expanduser(path) if path else None
+    what = path or data_files
     try:
-        if path and os.path.isdir(path) and (Path(path) / "dataset_dict.json").exists():
-            return datasets.load_from_disk(path)[split]
-        if path and os.path.isdir(path) and (Path(path) / "dataset_info.json").exists():
-            return datasets.load_from_disk(path)
-        if data_files or (path and os.path.isfile(path)):
-            files = data_files or path
-            first = files if isinstance(files, str) else next(iter(files.values() if isinstance(files, dict) else files))
-            return datasets.load_dataset(_format_of(str(first), fmt), data_files=files, split=split)
-        if path and (path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS):
+        if data_files:
+            field_name, what = "dataset.data_files", data_files
+            _check_files_exist(data_files, field_name)
+            if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
+                if split not in data_files:
+                    raise DataError(f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
+                                    f"set dataset.split / dataset.eval_split to one it has")
+                data_files, what = data_files[split], data_files[split]
+                first = _local_files(data_files)[0]
+                return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split="train")
+            first = _local_files(data_files)[0]
+            return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split=split)
+        if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
+            saved = datasets.load_from_disk(local)
+            if split not in saved:
+                raise DataError(f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
+                                f"set dataset.split / dataset.eval_split to one it has")
+            return saved[split]
+        if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
+            return datasets.load_from_disk(local)
+        if os.path.isfile(local):
+            return datasets.load_dataset(_format_of(local, fmt), data_files=local, split=split)
+        if os.path.isdir(local):
+            return datasets.load_dataset(local, subset, split=split)
+        if path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS:
             raise DataError(f"{field_name}={path}: no such file or directory; set {field_name} to an existing data file")
-        return datasets.load_dataset(path, split=split)
+        return datasets.load_dataset(path, subset, split=split)
     except (ConfigError, DataError):
         raise
-    except KeyError as e:
-        raise DataError(f"{field_name}={path}: no split {e}; set dataset.split / dataset.eval_split to one it has") from e
-    except ValueError as e:
-        if "split" in str(e).lower():
-            raise DataError(f"{field_name}={path}: {str(e).splitlines()[0]}; set dataset.split to one it has") from e
-        raise DataError(f"{field_name}={path or data_files}: cannot read it ({str(e).splitlines()[0]})") from e
+    except (KeyError, ValueError) as e:
+        if "split" in str(e).lower() or isinstance(e, KeyError):
+            raise DataError(f"{field_name}={what}: no split '{split}' ({_first_line(e)}); "
+                            f"set dataset.split / dataset.eval_split to one it has") from e
+        raise DataError(f"{field_name}={what}: cannot read it ({_first_line(e)})") from e
+    except ConnectionError as e:
+        raise DataError(f"{field_name}={path}: cannot reach the hub ({_first_line(e)}); download it where there is "
+                        f"network and set {field_name} to the local copy") from e
     except Exception as e:  # datasets wraps parse errors in several exception types
         cause = e.__cause__ or e
-        line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise DataError(f"{field_name}={path or data_files}: cannot read it ({type(cause).__name__}: {line})") from e
+        if isinstance(cause, UnicodeDecodeError):
+            bad = _first_non_utf8(_local_files(data_files or local))
+            where = f"{bad[0]}, line {bad[1]}" if bad else f"{field_name}={what}"
+            raise DataError(f"{where}: bytes that are not UTF-8 ({_first_line(cause)}); re-save the file as UTF-8") from e
+        raise DataError(f"{field_name}={what}: cannot read it ({type(cause).__name__}: {_first_line(cause)})") from e
 
 
-def rename_fields(ds: Dataset, cfg) -> Dataset:
-    mapping = {cfg.prompt_field: "prompt", cfg.chosen_field: "chosen", cfg.rejected_field: "rejected"}
-    missing = [k for k in mapping if k not in ds.column_names]
-    if missing:
-        key = {cfg.prompt_field: "prompt_field", cfg.chosen_field: "chosen_field", cfg.rejected_field: "rejected_field"}[missing[0]]
-        raise DataError(
-            f"dataset.path={cfg.path}: no column '{missing[0]}' (columns: {', '.join(ds.column_names)}); "
-            f"set dataset.{key} to the column that holds it"
-        )
-    return ds.select_columns(list(mapping)).rename_columns({k: v for k, v in mapping.items() if k != v})
+def source_name(cfg, split: str) -> str:
+    """How error messages name one split of the data: its file (or files), or the path and split."""
+    data_files = OmegaConf.to_container(cfg.data_files) if OmegaConf.is_config(cfg.data_files) else cfg.data_files
+    if data_files:
+        if isinstance(data_files, dict) and split in data_files:
+            data_files = data_files[split]
+        files = _local_files(data_files)
+        return files[0] if len(files) == 1 else str(list(files))
+    if cfg.path and os.path.isfile(os.path.expanduser(cfg.path)):
+        return str(cfg.path)
+    return f"{cfg.path} [{split}]"
 
 
-def split_eval(rows: list[dict], cfg) -> tuple[list[dict], list[dict]]:
-    """Hold out ``eval_samples`` rows, chosen by a seeded shuffle, when the source has no eval split."""
-    import random
+def require_columns(ds: Dataset, columns: dict[str, str], source: str) -> None:
+    """Fail with one line if a column is missing; ``columns`` maps each column to the fix to suggest."""
+    for column, fix in columns.items():
+        if column not in ds.column_names:
+            raise DataError(f"{source}: no column '{column}' (columns: {', '.join(ds.column_names)}); {fix}")
 
-    order = list(range(len(rows)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = min(cfg.eval_samples, len(rows) // 5)
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+def _shuffled(n: int, seed: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def load_rows(
+    cfg,
+    convert: Callable[[dict], dict],
+    columns: Callable[[Dataset], dict[str, str]],
+    fields: tuple[str, ...] = FIELDS,
+) -> tuple[list[dict], list[dict], RowReport]:
+    """(train rows, eval rows, report) of a file-backed source, converted and checked row by row.
+
+    Rows are visited in a seeded shuffle (``dataset.seed``): ``max_samples`` takes the first good ones
+    (the same subset every run) and rows past it are not read. With no ``eval_split``, the first
+    ``min(eval_samples, rows // 5)`` rows of the shuffle are held out for evaluation. ``columns(ds)``
+    names the columns the split must have, each with the fix to suggest.
+    """
+    source = source_name(cfg, cfg.split)
+    train = load_split(cfg.path, cfg.data_files, cfg.split, cfg.format, subset=cfg.subset)
+    require_columns(train, columns(train), source)
+    order = _shuffled(len(train), cfg.seed)
+    if cfg.eval_split:
+        held_name = source_name(cfg, cfg.eval_split)
+        held = load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset)
+        require_columns(held, columns(held), held_name)
+        held_source, held_order = held, _shuffled(len(held), cfg.seed + 1)
+        train_order = order
+    else:
+        n_eval = min(cfg.eval_samples, len(train) // 5)
+        held_name, held_source, held_order, train_order = source, train, order[:n_eval], order[n_eval:]
+    rows, report = clean_rows(train, source, cfg.on_bad_row, fields, convert, train_order, cfg.max_samples)
+    eval_rows, eval_report = clean_rows(held_source, held_name, cfg.on_bad_row, fields, convert, held_order,
+                                        cfg.eval_samples)
+    report.add_eval(eval_report)
+    if not rows:
+        raise DataError(f"{source}: no usable rows ({report.skipped} bad; first: {report.first}); "
+                        f"fix the data or the dataset.*_field names")
+    return rows, eval_rows, report
+
+
+def to_dataset(rows: list[dict], fields: tuple[str, ...] = FIELDS) -> Dataset:
+    """Rows as a ``Dataset`` (with the ``fields`` columns even when there are no rows)."""
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in fields})
+
+
+def pairs_data(rows: list[dict], eval_rows: list[dict], report: RowReport) -> PreferenceData:
+    """prompt/chosen/rejected rows as ``PreferenceData``."""
+    return PreferenceData(train=to_dataset(rows), eval=to_dataset(eval_rows), report=report)
+
+
+def field_mapper(cfg) -> Callable[[dict], dict]:
+    """A converter taking prompt/chosen/rejected from the columns the ``dataset.*_field`` options name."""
+    names = {"prompt": cfg.prompt_field, "chosen": cfg.chosen_field, "rejected": cfg.rejected_field}
+
+    def convert(row: dict) -> dict:
+        return {k: text_field(row, column) for k, column in names.items()}
+
+    return convert
+
+
+def mapped_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
+    """The columns the ``dataset.*_field`` options name, each with the option to set if it is missing."""
+    def columns(_: Dataset) -> dict[str, str]:
+        return {cfg.prompt_field: "set dataset.prompt_field to the column that holds the prompt",
+                cfg.chosen_field: "set dataset.chosen_field to the column that holds the chosen response",
+                cfg.rejected_field: "set dataset.rejected_field to the column that holds the rejected response"}
+
+    return columns
 
 
 @register("jsonl")
 @register("local")
 def load(cfg) -> PreferenceData:
-    source = cfg.path or str(cfg.data_files)
-    train = rename_fields(load_split(cfg.path, cfg.data_files, cfg.split, cfg.format), cfg)
-    rows, report = clean_rows(train, source, cfg.on_bad_row)
-    if cfg.eval_split:
-        held = rename_fields(load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format), cfg)
-        eval_rows, _ = clean_rows(held, f"{source} [{cfg.eval_split}]", "skip")
-    else:
-        rows, eval_rows = split_eval(rows, cfg)
-    if cfg.max_samples is not None:
-        rows = rows[: cfg.max_samples]
-    if not rows:
-        raise DataError(f"dataset.path={source}: no usable rows; check the file or the dataset.*_field names")
-    return PreferenceData(train=Dataset.from_list(rows), eval=Dataset.from_list(eval_rows), report=report)
+    """prompt/chosen/rejected strings from any file, directory or hub dataset, columns named by ``*_field``."""
+    rows, eval_rows, report = load_rows(cfg, field_mapper(cfg), mapped_columns(cfg))
+    return pairs_data(rows, eval_rows, report)
+
+
+__all__ = ["FileDatasetConfig", "load_split", "load_rows", "require_columns", "pairs_data", "to_dataset",
+           "field_mapper", "mapped_columns", "source_name", "BadRow"]
