@@ -22,6 +22,7 @@ class BatchStream:
     shuffle: bool = True
     epoch: int = 0
     position: int = 0  # global micro-batches consumed in this epoch
+    lengths: list[int] | None = None  # when given, batches group rows of similar length (less padding)
     _perm: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -34,7 +35,12 @@ class BatchStream:
 
     def _order(self, epoch: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != epoch:
-            if self.shuffle:
+            if self.lengths is not None:
+                from trustregion.data.tokenize import length_grouped_order
+
+                order = length_grouped_order(self.lengths, self.global_batch, self.seed * 1_000_003 + epoch)
+                self._perm = (epoch, torch.tensor(order))
+            elif self.shuffle:
                 g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
                 self._perm = (epoch, torch.randperm(self.num_rows, generator=g))
             else:

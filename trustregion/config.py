@@ -80,6 +80,7 @@ class ModelConfig:
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2; null = transformers' default
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    gguf_file: Optional[str] = None  # a GGUF file inside model.path (dequantized on load)
     # The tiny model (path: null): GPT-NeoX (Pythia) architecture, random init, tokenizer trained on the data.
     hidden_size: int = 64
     num_layers: int = 2

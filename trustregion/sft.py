@@ -13,26 +13,19 @@ from pathlib import Path
 
 import hydra
 import torch
-from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion.batches import BatchStream
 from trustregion.config import register, validate
 from trustregion.data import load_preferences
-from trustregion.data.tokenize import PairCollator, tokenize_sft
+from trustregion.data.tokenize import PairCollator, tokenize_options, tokenize_sft
 from trustregion.engine import Engine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
 from trustregion.models import load_policy, sequence_logps
-from trustregion.train import MetricBuffer, hydra_run_dir, report_errors, seed_everything, texts_of, to_device
+from trustregion.train import MetricBuffer, hydra_run_dir, report_errors, seed_everything, to_device
 
 register()
-
-
-def sft_corpus(data) -> Dataset:
-    if data.sft is not None:
-        return data.sft
-    return data.train.map(lambda r: {"response": r["chosen"]}, remove_columns=["chosen", "rejected"])
 
 
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -44,9 +37,8 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
     data = load_preferences(d)
-    corpus = sft_corpus(data)
-    policy, tokenizer = load_policy(cfg.model, texts_of(data) if cfg.model.path is None else None, t.seed)
-    rows = tokenize_sft(corpus, tokenizer, d.max_length, d.max_prompt_length)
+    policy, tokenizer = load_policy(cfg.model, data.texts() if cfg.model.path is None else None, t.seed)
+    rows = tokenize_sft(data.sft_view(), tokenizer, d.max_length, d.max_prompt_length, **tokenize_options(d))
     per_epoch = len(rows) // t.batch_size
     if per_epoch == 0:
         raise ConfigError(f"trainer.batch_size={t.batch_size} exceeds the {len(rows)} SFT examples; lower trainer.batch_size")

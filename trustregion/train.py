@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import hydra
 import numpy as np
@@ -27,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from trustregion import checkpoint as ckpt
 from trustregion.batches import BatchStream
 from trustregion.config import MethodName, register, validate
-from trustregion.data import PreferenceData, load_preferences
-from trustregion.data.tokenize import PairCollator, tokenize_pairs
+from trustregion.data import load_preferences
+from trustregion.data.tokenize import (PairCollator, UnpairedCollator, padding_fraction, tokenize_options,
+                                       tokenize_pairs, tokenize_unpaired)
 from trustregion.errors import ConfigError, TrainingError, TrustRegionError
 from trustregion.logger import RunLogger
-from trustregion.losses import dpo_loss, ipo_loss, kto_loss
+from trustregion.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
 from trustregion.models import load_policy, make_reference, sequence_logps
 
 register()
@@ -42,18 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def texts_of(data: PreferenceData) -> Iterator[str]:
-    """Every text the tiny tokenizer should learn from."""
-    for row in data.train:
-        yield row["prompt"]
-        yield row["chosen"]
-        yield row["rejected"]
-    if data.sft is not None:
-        for row in data.sft:
-            yield row["prompt"]
-            yield row["response"]
 
 
 def chunks_for(cfg: DictConfig) -> tuple[str, ...]:
@@ -128,6 +116,8 @@ class StepOutput:
 def preference_step(engine, cfg: DictConfig, batch: dict, sft: torch.Tensor, reference_from_cache: bool,
                     grad: bool = True) -> StepOutput:
     """Forward policy and reference on one batch, and the method's loss with its metrics (all tensors)."""
+    if "desirable" in batch:
+        return unpaired_step(engine, cfg, batch, sft, reference_from_cache, grad)
     m = cfg.method
     average = bool(m.average_logps)
     with torch.set_grad_enabled(grad):
@@ -180,6 +170,44 @@ def preference_step(engine, cfg: DictConfig, batch: dict, sft: torch.Tensor, ref
     return StepOutput(loss, metrics, counts.sum())
 
 
+def unpaired_step(engine, cfg: DictConfig, batch: dict, sft: torch.Tensor, reference_from_cache: bool,
+                  grad: bool = True) -> StepOutput:
+    """KTO on unpaired (prompt, completion, label) rows; chunk 0 is the completion, chunk 1 the mismatched one."""
+    m = cfg.method
+    average = bool(m.average_logps)
+    with torch.set_grad_enabled(grad):
+        logps, counts = sequence_logps(engine.policy, batch, average)
+    if reference_from_cache:
+        ref = sft.t().reshape(-1).to(logps.device)
+    else:
+        with torch.no_grad():
+            ref, _ = sequence_logps(engine.reference, batch, average)
+    b = sft.shape[0]
+    pol, ref_c, sft_c = logps.view(2, b), ref.view(2, b), sft.t().to(logps.device)
+    good = batch["desirable"]
+    losses, rewards = kto_unpaired_loss(pol[0], ref_c[0], good, m.beta, m.desirable_weight, m.undesirable_weight,
+                                        pol[1], ref_c[1])
+    loss = losses.mean()
+    with torch.no_grad():
+        n_good, n_bad = good.sum().clamp(min=1), (~good).sum().clamp(min=1)
+        sft_rewards = m.beta * (pol[0] - sft_c[0])
+        n_tokens = counts.view(2, b)[0]
+        log_ratio = pol[0] - ref_c[0]
+        metrics = {
+            "loss": loss.detach(),
+            "rewards/chosen": (rewards * good).sum() / n_good,
+            "rewards/rejected": (rewards * ~good).sum() / n_bad,
+            "rewards_sft/chosen": (sft_rewards * good).sum() / n_good,
+            "rewards_sft/rejected": (sft_rewards * ~good).sum() / n_bad,
+            "logps/completion": pol[0].detach().mean(),
+            "ref/logps/completion": ref_c[0].mean(),
+            "kl/policy_ref": (log_ratio.mean() if average else log_ratio.sum() / n_tokens.sum().clamp(min=1)).detach(),
+        }
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+        metrics["rewards_sft/margins"] = metrics["rewards_sft/chosen"] - metrics["rewards_sft/rejected"]
+    return StepOutput(loss, metrics, n_tokens.sum())
+
+
 class MetricBuffer:
     """Weighted sums of metric tensors between log steps: the host syncs once per log, not once per step."""
 
@@ -218,12 +246,20 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         init_distributed(cfg)
 
     data = load_preferences(cfg.dataset)
-    policy, tokenizer = load_policy(cfg.model, texts_of(data) if cfg.model.path is None else None, t.seed)
-    chunks = chunks_for(cfg)
-    d = cfg.dataset
-    train_rows, trunc = tokenize_pairs(data.train, tokenizer, d.max_length, d.max_prompt_length, "mismatched" in chunks)
-    eval_rows, _ = tokenize_pairs(data.eval, tokenizer, d.max_length, d.max_prompt_length, "mismatched" in chunks)
-    collator = PairCollator(tokenizer.pad_token_id, chunks)
+    policy, tokenizer = load_policy(cfg.model, data.texts() if cfg.model.path is None else None, t.seed)
+    d, opts = cfg.dataset, tokenize_options(cfg.dataset)
+    if data.kind == "unpaired":
+        if cfg.method.name != MethodName.kto:
+            raise ConfigError(f"dataset={d.name} holds unpaired examples: set method=kto, or use a paired dataset")
+        train_rows, trunc = tokenize_unpaired(data.train, tokenizer, d.max_length, d.max_prompt_length, **opts)
+        eval_rows, _ = tokenize_unpaired(data.eval, tokenizer, d.max_length, d.max_prompt_length, **opts)
+        collator = UnpairedCollator(tokenizer.pad_token_id)
+    else:
+        chunks = chunks_for(cfg)
+        mismatched = "mismatched" in chunks
+        train_rows, trunc = tokenize_pairs(data.train, tokenizer, d.max_length, d.max_prompt_length, mismatched, **opts)
+        eval_rows, _ = tokenize_pairs(data.eval, tokenizer, d.max_length, d.max_prompt_length, mismatched, **opts)
+        collator = PairCollator(tokenizer.pad_token_id, chunks)
 
     reference = make_reference(policy)
     sft_model = make_reference(policy) if (cfg.eval.generate and data.task is not None) else None
@@ -234,7 +270,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         sft_model = engine.prepare_frozen(sft_model) if hasattr(engine, "prepare_frozen") else sft_model.to(engine.device)
     r = cfg.ref_update
     updater = engine.updater(r.alpha, r.tau, str(r.zero3.value))
-    stream = BatchStream(len(train_rows), t.batch_size, engine.world_size, engine.rank, t.seed, t.shuffle)
+    lengths = train_rows["length"] if OmegaConf.select(d, "group_by_length", default=False) else None
+    stream = BatchStream(len(train_rows), t.batch_size, engine.world_size, engine.rank, t.seed, t.shuffle, lengths=lengths)
     reference_from_cache = r.tau is None and engine.world_size == 1 and t.cache_reference
 
     identity = {"model": OmegaConf.to_container(cfg.model, resolve=True), "method": str(cfg.method.name.value),
@@ -264,7 +301,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     if step == 0:
         logger.log(0, {"data/train_pairs": len(train_rows), "data/skipped_rows": data.report.skipped,
                        "data/truncated_prompts": trunc.truncated_prompts,
-                       "data/truncated_responses": trunc.truncated_responses})
+                       "data/truncated_responses": trunc.truncated_responses,
+                       "data/truncated_rows": trunc.truncated_rows})
 
     def check_finite() -> None:
         if int(first_bad) >= 0:
@@ -300,6 +338,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
                 out = preference_step(engine, cfg, batch, sft_train[idx], reference_from_cache)
                 engine.backward(out.loss / t.grad_accum)
                 buffer.add(out.metrics, 1.0 / t.grad_accum)
+                buffer.add({"data/padding_fraction": padding_fraction(batch)}, 1.0 / t.grad_accum)
                 tokens = tokens + out.tokens
             grad_norm = engine.step()
             step += 1
