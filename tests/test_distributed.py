@@ -87,3 +87,17 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     assert out.returncode != 0
     assert "world_size=2 but this run has world_size=1" in out.stderr
     assert 'trustregion/train.py", line' not in out.stderr  # one line from us; torchrun adds its own report
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep_of_two_rank_jobs(tmp_path):
+    # The Slurm launcher's code path (submitit), with its local executor: each job starts 2 tasks.
+    args = ["--multirun", *FAST, *TOY, "trainer.max_steps=2", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2",
+            "deepspeed=zero3", "ref_update.alpha=0.1,0.5", f"hydra.sweep.dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "trustregion.train", *args], cwd=REPO, capture_output=True,
+                         text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):
+        first = json.loads((tmp_path / job / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["world_size"] == 2
+        assert len(losses(tmp_path / job)) == 2

@@ -30,26 +30,30 @@ def _free_port() -> int:
 
 
 def launch_env() -> dict[str, str]:
-    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from torchrun, Slurm or submitit; a single process otherwise."""
-    env = {}
-    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        env["RANK"] = os.environ["SLURM_PROCID"]
-        env["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-        env["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-        if "MASTER_ADDR" not in os.environ:
-            try:
-                import submitit
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for this process: from torchrun or the deepspeed launcher (already
+    set), a submitit job (Hydra's Slurm and local launchers), a bare ``srun``, or a single process."""
+    if "RANK" in os.environ:
+        return {}
+    if "SUBMITIT_FOLDER" in os.environ:
+        import submitit
 
-                job = submitit.JobEnvironment()
-                env["MASTER_ADDR"] = job.hostnames[0]
-            except Exception:
-                nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", "127.0.0.1"))
-                env["MASTER_ADDR"] = nodes.split(",")[0].split("[")[0]
-        if "MASTER_PORT" not in os.environ:
-            env["MASTER_PORT"] = str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
-    elif "RANK" not in os.environ:
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    return env
+        job = submitit.JobEnvironment()
+        return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
+                "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
+                "MASTER_ADDR": job.hostnames[0] if job.hostnames else "127.0.0.1",
+                "MASTER_PORT": str(20000 + int(str(job.job_id).split("_")[0]) % 20000)}
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", "127.0.0.1"))
+        return {"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+                "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+                "MASTER_ADDR": os.environ.get("MASTER_ADDR", nodes.split(",")[0].split("[")[0]),
+                "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))}
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started for this run (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE") or launch_env().get("WORLD_SIZE", "1"))
 
 
 def agree_on_run_time() -> None:

@@ -240,10 +240,13 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
-    if cfg.deepspeed.stage > 0:
-        from trustregion.distributed import init_distributed
+    from trustregion.distributed import init_distributed, launched_world_size
 
+    if cfg.deepspeed.stage > 0:
         init_distributed(cfg)
+    elif launched_world_size() > 1:
+        raise ConfigError(f"{launched_world_size()} processes were launched but deepspeed.stage=0: "
+                          "set deepspeed=zero2 or deepspeed=zero3, or launch one process")
 
     data = load_preferences(cfg.dataset)
     policy, tokenizer = load_policy(cfg.model, data.texts() if cfg.model.path is None else None, t.seed)
@@ -299,7 +302,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         print(f"[trustregion] {len(train_rows)} train / {len(eval_rows)} eval pairs, {total_steps} steps, "
               f"{n_params / 1e6:.2f}M params, run dir {run_dir}", flush=True)
     if step == 0:
-        logger.log(0, {"data/train_pairs": len(train_rows), "data/skipped_rows": data.report.skipped,
+        logger.log(0, {"world_size": engine.world_size, "data/train_pairs": len(train_rows), "data/skipped_rows": data.report.skipped,
                        "data/truncated_prompts": trunc.truncated_prompts,
                        "data/truncated_responses": trunc.truncated_responses,
                        "data/truncated_rows": trunc.truncated_rows})
@@ -451,8 +454,14 @@ def _main(cfg: DictConfig) -> None:
 def prepare_launch(argv: list[str]) -> list[str]:
     """Adapt a multi-process launch to Hydra: take the deepspeed launcher's ``--local_rank``, agree on
     one run dir across ranks, and let only rank 0 write ``.hydra/``."""
+    import importlib.util
+
     args = []
     for arg in argv:
+        if arg.startswith("hydra/launcher=") and arg.split("=", 1)[1] in ("slurm", "local"):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                print(f"error: {arg} needs hydra-submitit-launcher: pip install hydra-submitit-launcher", file=sys.stderr)
+                sys.exit(2)
         if arg.startswith("--local_rank"):
             os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
         else:
