@@ -101,3 +101,25 @@ def test_submitit_local_launcher_runs_a_two_job_sweep_of_two_rank_jobs(tmp_path)
         first = json.loads((tmp_path / job / "metrics.jsonl").read_text().splitlines()[0])
         assert first["world_size"] == 2
         assert len(losses(tmp_path / job)) == 2
+
+
+def test_slurm_launcher_starts_one_task_per_gpu():
+    out = subprocess.run([sys.executable, "-m", "trustregion.train", "hydra/launcher=slurm",
+                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu", "--cfg", "hydra",
+                          "--resolve"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    launcher = __import__("yaml").safe_load(out.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["tasks_per_node"] == 4 and launcher["gpus_per_node"] == 4 and launcher["partition"] == "gpu"
+
+
+def test_paper_sweep_script_covers_the_grids_for_every_method():
+    out = subprocess.run(["bash", "scripts/sweep_paper.sh"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "DRY_RUN": "1"}, timeout=30)
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    for method in ("dpo", "ipo", "kto"):
+        mine = [x for x in lines if f"method={method}" in x]
+        assert any("ref_update=none" in x for x in mine)
+        assert any("ref_update.alpha=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8" in x for x in mine)
+        assert any("ref_update.tau=64,128,256,512,1024" in x for x in mine)
