@@ -250,3 +250,19 @@ def test_checkpoint_cut_short_by_a_crash_is_never_resumed_from(fast_cfg, tmp_pat
     from trustregion.checkpoint import complete_checkpoints
 
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_000002"]
+
+
+def test_kto_with_the_paired_reference_point_trains(fast_cfg, tmp_path):
+    last = train(fast_cfg("method=kto", "method.reference_point=paired"), tmp_path)
+    assert torch.isfinite(torch.tensor(last["loss"]))
+
+
+def test_wandb_offline_run_lands_in_the_run_dir_named_by_alpha_and_tau(fast_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = fast_cfg("logger=wandb", "ref_update=soft", "ref_update.alpha=0.3", "ref_update.tau=4")
+    train(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("run-*.wandb"))
+    from trustregion.logger import run_name
+
+    assert run_name(cfg) == "dpo-soft-a0.3-t4-b0.1-s0"
