@@ -23,7 +23,8 @@ from trustregion.engine import Engine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
 from trustregion.models import load_policy, sequence_logps
-from trustregion.train import MetricBuffer, hydra_run_dir, report_errors, seed_everything, to_device
+from trustregion.objective import MetricBuffer, to_device
+from trustregion.train import hydra_run_dir, report_errors, seed_everything
 
 register()
 

@@ -11,7 +11,7 @@ from trustregion.batches import BatchStream
 @torch.no_grad()
 def evaluate_preferences(engine, cfg: DictConfig, rows, collator, sft: torch.Tensor) -> dict[str, float]:
     """Loss, margins and accuracies on the held-out pairs, against the current reference and against SFT."""
-    from trustregion.train import MetricBuffer, preference_step, to_device
+    from trustregion.objective import MetricBuffer, preference_step, to_device
 
     if len(rows) < engine.world_size:
         return {}
