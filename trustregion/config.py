@@ -241,3 +241,7 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
           "offline, online or disabled")
     check(cfg.deepspeed.stage in (0, 1, 2, 3), "deepspeed.stage", cfg.deepspeed.stage, "0 (off), 1, 2 or 3")
+    if cfg.eval.generate:
+        from trustregion.evaluation.generation import check_eval_config
+
+        check_eval_config(cfg.eval)

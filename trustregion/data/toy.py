@@ -4,7 +4,8 @@ Symbols are short letter-only words (``ba``, ``be``, …: one BPE token each); e
 transition probabilities. A prompt is a short walk of the chain; an in-domain response continues it
 for ``response_len`` symbols. The gold reward of a response is the mean, over its positions, of a
 per-symbol value in [-1, 1] (+1.5 for echoing the prompt's first symbol) where the transition is
-allowed, and -3 where it is not (unknown symbol, disallowed transition, or a missing/extra position).
+allowed, and -3 where it is not (unknown symbol, disallowed transition, or a missing/extra position:
+a response is in domain only with exactly ``response_len`` symbols on allowed transitions).
 So the gold judge is reliable only on the process's own support, like a learned reward model: a
 policy pushed off that support by preference optimization scores badly, which is the
 overoptimization the Trust-Region paper studies.
@@ -88,8 +89,8 @@ class ToyTask:
     def gold_reward(self, prompt: list[int], response: list[int]) -> tuple[float, bool]:
         """(gold reward, in_domain) of a response given as symbol ids (-1 for a non-symbol)."""
         scores, prev, in_domain = [], prompt[-1], len(response) == self.response_len
-        for tok in response:
-            if tok >= 0 and prev >= 0 and self._allowed[prev, tok]:
+        for pos, tok in enumerate(response):
+            if pos < self.response_len and tok >= 0 and prev >= 0 and self._allowed[prev, tok]:
                 scores.append(self.values[tok] + (ECHO_BONUS if tok == prompt[0] else 0.0))
             else:
                 scores.append(OFF_SUPPORT)
@@ -102,8 +103,16 @@ class ToyTask:
         return self.gold_reward(self.parse(prompt), self.parse(response))
 
     # --- data sets ----------------------------------------------------------------------------
+    def label(self, prompt: str, a: str, b: str, rng: np.random.Generator, label_temperature: float) -> dict:
+        """A preference row from two responses: P(a preferred) = sigmoid((gold(a) - gold(b)) / T) (Bradley-Terry)."""
+        ra, rb = self.score_text(prompt, a)[0], self.score_text(prompt, b)[0]
+        z = (ra - rb) / label_temperature
+        p_a = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))  # no overflow
+        chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
     def preference_rows(self, n: int, seed: int, label_temperature: float) -> list[dict]:
-        """``n`` pairs of two process samples per prompt, labelled by Bradley-Terry on the gold reward."""
+        """``n`` pairs of two distinct process samples per prompt, labelled by Bradley-Terry on the gold reward."""
         rng = np.random.default_rng([self.seed, seed, 1])
         rows = []
         while len(rows) < n:
@@ -111,15 +120,14 @@ class ToyTask:
             a, b = self.sample_response(prompt, rng), self.sample_response(prompt, rng)
             if a == b:
                 continue
-            ra, rb = self.gold_reward(prompt, a)[0], self.gold_reward(prompt, b)[0]
-            p_a = 1.0 / (1.0 + math.exp(-(ra - rb) / label_temperature))
-            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-            rows.append({
-                "prompt": self.prompt_text(prompt),
-                "chosen": self.response_text(chosen),
-                "rejected": self.response_text(rejected),
-            })
+            rows.append(self.label(self.prompt_text(prompt), self.response_text(a), self.response_text(b), rng,
+                                   label_temperature))
         return rows
+
+    def label_rows(self, prompts: list[str], a: list[str], b: list[str], seed: int, label_temperature: float) -> list[dict]:
+        """Preference rows from given response pairs (a model's samples, say), skipping pairs of equal responses."""
+        rng = np.random.default_rng([self.seed, seed, 4])
+        return [self.label(p, x, y, rng, label_temperature) for p, x, y in zip(prompts, a, b) if x.split() != y.split()]
 
     def sft_rows(self, n: int, seed: int) -> list[dict]:
         """``n`` (prompt, response) samples of the process: the SFT corpus."""

@@ -1,0 +1,334 @@
+"""Generation-based evaluation: sample from the policy on held-out prompts and judge the samples.
+
+Preference metrics on fixed pairs cannot show overoptimization; the policy's own samples can. For
+each of ``eval.prompts`` held-out prompts we draw ``eval.samples_per_prompt`` responses with a small
+KV-cached sampling loop on left-padded prompts (position ids follow the padding), score them with the
+task's gold judge, and measure how far the policy has moved: ``eval/kl_sft`` is the Monte-Carlo KL
+estimate mean[log pi(y|x) - log pi_SFT(y|x)] over the samples (a KL only at temperature 1, not greedy).
+The run's gold reward vs KL-to-SFT points are redrawn into ``<run dir>/gold_vs_kl.png`` each time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from trustregion.data.tokenize import PairCollator
+from trustregion.errors import ConfigError
+from trustregion.evaluation.text_metrics import distinct_n, self_bleu
+from trustregion.models import sequence_logps
+
+PLOT_NAME = "gold_vs_kl.png"
+TABLE_ROWS = 16
+GENERATION_BATCH_FACTOR = 4  # sequences per generation batch, in training micro-batches (pairs)
+# Gold reward of the SFT model's own samples, computed once per SFT model object (it never changes).
+_SFT_BASELINE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, float]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Samples:
+    """Sampled responses (token ids, EOS included when one was drawn) and their per-token policy entropies."""
+
+    responses: list[list[int]]
+    ended: list[bool]
+    entropy: list[float]  # sum over the response's tokens of the policy's next-token entropy (nats)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with the prompts aligned on the right, so every row's next token is at the end."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+           temperature: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
+           device: torch.device | str = "cpu", lockstep: bool = False) -> Samples:
+    """Sample one response per prompt, with a KV cache, stopping each row at EOS.
+
+    ``lockstep=True`` always runs ``max_new_tokens`` forwards (no early exit when every row is done),
+    so that ranks under ZeRO-3, which gather parameters collectively in each forward, stay in step.
+    """
+    if not prompts:
+        return Samples([], [], [])
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    next_pos = positions[:, -1] + 1
+    rows = len(prompts)
+    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    picked, alive, entropies = [], [], []
+    for t in range(max_new_tokens):
+        logp = F.log_softmax(logits, dim=-1)
+        entropies.append(-(logp.exp() * logp).sum(-1).masked_fill(done, 0.0))
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = token.masked_fill(done, pad_id)
+        picked.append(token)
+        alive.append(~done)
+        done = done | (token == eos_id)
+        if t == max_new_tokens - 1 or (not lockstep and bool(done.all())):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    tokens = torch.stack(picked, 1).cpu()
+    keep = torch.stack(alive, 1).cpu()
+    entropy = torch.stack(entropies, 1).sum(1).cpu()
+    responses = [tokens[i][keep[i]].tolist() for i in range(rows)]
+    return Samples(responses, [bool(r) and r[-1] == eos_id for r in responses], entropy.tolist())
+
+
+@torch.no_grad()
+def response_logps(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+                   device: torch.device, batch_size: int) -> list[float]:
+    """Summed log-prob of each response given its prompt (teacher forcing, right padding)."""
+    collator = PairCollator(pad_id, ("chosen",))
+    out: list[float] = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [{"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
+                for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        logps, _ = sequence_logps(model, batch)
+        out += logps.float().cpu().tolist()
+    return out
+
+
+def check_eval_config(ev: DictConfig) -> None:
+    """Range checks of the generation settings; one ConfigError naming the field and the fix."""
+    if ev.prompts < 1:
+        raise ConfigError(f"eval.prompts={ev.prompts} is invalid: set eval.prompts to an integer >= 1")
+    if ev.samples_per_prompt < 1:
+        raise ConfigError(f"eval.samples_per_prompt={ev.samples_per_prompt} is invalid: set it to an integer >= 1")
+    if ev.max_new_tokens < 1:
+        raise ConfigError(f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1")
+    if not ev.greedy and not (ev.temperature > 0 and math.isfinite(ev.temperature)):
+        raise ConfigError(f"eval.temperature={ev.temperature} is invalid: set eval.temperature > 0, or eval.greedy=true")
+
+
+def encode_prompts(texts: Sequence[str], tokenizer, max_prompt_length: int) -> list[list[int]]:
+    """Prompt token ids exactly as training encodes them (special tokens on, cut from the left)."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        out.append(ids[max(0, len(ids) - max_prompt_length):])
+    return out
+
+
+def _gather(engine, items: list) -> list:
+    """Every rank's ``items``, concatenated in rank order, on every rank (a no-op on one process)."""
+    if engine.world_size == 1:
+        return items
+    import torch.distributed as dist
+
+    parts: list = [None] * engine.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+@dataclass
+class Generated:
+    """One rank's share of the samples, with the log-probs under the three models."""
+
+    index: list[int]  # position in the global (prompt, k) list; -1 for padding rows
+    prompt_ids: list[list[int]]
+    samples: Samples
+    logp_policy: list[float]
+    logp_ref: list[float]
+    logp_sft: list[float]
+
+
+def generate_and_score(engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer,
+                       scorers: Sequence[Any], seed: int) -> Generated:
+    """Sample ``samples_per_prompt`` responses per prompt from ``model`` (this rank's share) and score them.
+
+    Every rank gets the same number of rows (padded with copies of the first), so all ranks run the
+    same forwards; ``scorers`` are the models whose log-probs we want (policy, reference, SFT).
+    """
+    ev = cfg.eval
+    k = 1 if ev.greedy else int(ev.samples_per_prompt)
+    items = [(p, j) for p in range(len(prompt_ids)) for j in range(k)]
+    per_rank = -(-len(items) // engine.world_size)
+    mine = items[engine.rank * per_rank : (engine.rank + 1) * per_rank]
+    index = [p * k + j for p, j in mine] + [-1] * (per_rank - len(mine))
+    mine = mine + [items[0]] * (per_rank - len(mine))
+    prompts = [prompt_ids[p] for p, _ in mine]
+    batch_size = GENERATION_BATCH_FACTOR * max(1, int(cfg.trainer.batch_size))  # no gradients: wider batches fit
+    gen = torch.Generator(device=engine.device).manual_seed(seed * 1_000_003 + engine.rank)
+    lockstep = engine.world_size > 1
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    responses, ended, entropy = [], [], []
+    for s in range(0, len(prompts), batch_size):
+        out = sample(model, prompts[s : s + batch_size], eos_id=eos, pad_id=pad, max_new_tokens=int(ev.max_new_tokens),
+                     temperature=float(ev.temperature), greedy=bool(ev.greedy), generator=gen,
+                     device=engine.device, lockstep=lockstep)
+        responses += out.responses
+        ended += out.ended
+        entropy += out.entropy
+    # A response of zero tokens cannot happen (max_new_tokens >= 1), so every row has something to score.
+    by_model: dict[int, list[float]] = {}  # the same model passed twice is scored once
+    for m in scorers:
+        if id(m) not in by_model:
+            by_model[id(m)] = response_logps(m, prompts, responses, pad, engine.device, batch_size)
+    logps = [by_model[id(m)] for m in scorers]
+    return Generated(index, prompts, Samples(responses, ended, entropy), *logps)
+
+
+def _records(gen: Generated, prompt_texts: list[str], k: int, tokenizer, task) -> list[dict]:
+    """Per-sample records (this rank's real rows), with decoded text and the gold judge's verdict."""
+    out = []
+    for i, idx in enumerate(gen.index):
+        if idx < 0:
+            continue
+        ids = gen.samples.responses[i]
+        body = ids[:-1] if gen.samples.ended[i] else ids
+        text = tokenizer.decode(body, skip_special_tokens=False) if body else ""
+        prompt = prompt_texts[idx // k]
+        reward, in_domain = task.score_text(prompt, text)
+        out.append({
+            "index": idx, "prompt": prompt, "response": text, "ids": body, "ended": gen.samples.ended[i],
+            "tokens": len(ids), "entropy": gen.samples.entropy[i], "gold": float(reward), "in_domain": bool(in_domain),
+            "logp": gen.logp_policy[i], "logp_ref": gen.logp_ref[i], "logp_sft": gen.logp_sft[i],
+        })
+    return out
+
+
+def summarize(records: list[dict], k: int) -> dict[str, float]:
+    """The metrics of a list of per-sample records (all ranks' records, in index order)."""
+    n = len(records)
+    tokens = sum(r["tokens"] for r in records)
+    groups: dict[int, list[list[int]]] = {}
+    for r in records:
+        groups.setdefault(r["index"] // k, []).append(r["ids"])
+    mean = lambda key: sum(float(r[key]) for r in records) / n  # noqa: E731
+    sft_nll = -sum(r["logp_sft"] for r in records) / max(1, tokens)
+    gold = mean("gold")
+    return {
+        "eval/gold_reward": gold,
+        "eval/gold_reward_sem": (sum((r["gold"] - gold) ** 2 for r in records) / max(1, n - 1) / n) ** 0.5,
+        "eval/in_domain_rate": mean("in_domain"),
+        "eval/kl_sft": sum(r["logp"] - r["logp_sft"] for r in records) / n,
+        "eval/kl_ref": sum(r["logp"] - r["logp_ref"] for r in records) / n,
+        "eval/response_tokens": sum(len(r["ids"]) for r in records) / n,
+        "eval/eos_rate": mean("ended"),
+        "eval/entropy": sum(r["entropy"] for r in records) / max(1, tokens),
+        "eval/distinct_1": distinct_n([r["ids"] for r in records], 1),
+        "eval/distinct_2": distinct_n([r["ids"] for r in records], 2),
+        "eval/self_bleu": self_bleu(list(groups.values())),
+        "eval/sft_perplexity": math.exp(min(sft_nll, 50.0)),
+    }
+
+
+def evaluate_generation(engine, cfg: DictConfig, data, tokenizer, sft_model, logger, step: int,
+                        run_dir: Path) -> dict[str, float]:
+    """Sample from the policy on held-out prompts; gold reward, KL to SFT and reference, diversity (``eval/*``)."""
+    ev = cfg.eval
+    check_eval_config(ev)
+    task = data.task
+    clock = time.perf_counter()
+    texts = list(data.eval["prompt"])[: int(ev.prompts)]
+    if not texts:
+        return {}
+    prompt_ids = encode_prompts(texts, tokenizer, int(cfg.dataset.max_prompt_length))
+    k = 1 if ev.greedy else int(ev.samples_per_prompt)
+    scorers = (engine.policy, engine.reference, sft_model)
+    gen = generate_and_score(engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, int(cfg.trainer.seed))
+    records = sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"])
+    metrics = summarize(records, k)
+    metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task))
+    metrics["eval/generation_s"] = time.perf_counter() - clock
+    if engine.is_main:
+        table = [[step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
+                 for r in records[:TABLE_ROWS]]
+        logger.log_table("eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"],
+                         table, step)
+        if ev.plot:
+            points = history(run_dir / "metrics.jsonl") + [(step, metrics["eval/kl_sft"], metrics["eval/gold_reward"])]
+            path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"])
+            logger.log_artifact_image("eval/gold_vs_kl", path, step)
+            log_scatter(logger, points, step)
+    return metrics
+
+
+def sft_baseline(engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenizer, task) -> dict[str, float]:
+    """Gold reward and in-domain rate of the SFT model's own samples (the KL = 0 point), computed once."""
+    if sft_model not in _SFT_BASELINE:
+        k = 1 if cfg.eval.greedy else int(cfg.eval.samples_per_prompt)
+        gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, int(cfg.trainer.seed))
+        m = summarize(sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"]), k)
+        _SFT_BASELINE[sft_model] = {"eval/sft_gold_reward": m["eval/gold_reward"],
+                                    "eval/sft_in_domain_rate": m["eval/in_domain_rate"]}
+    return dict(_SFT_BASELINE[sft_model])
+
+
+def history(path: Path) -> list[tuple[int, float, float]]:
+    """(step, KL to SFT, gold reward) of the evaluations already in ``metrics.jsonl`` (none if it is absent)."""
+    points = []
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if "eval/kl_sft" in row and "eval/gold_reward" in row:
+                    points.append((int(row["step"]), float(row["eval/kl_sft"]), float(row["eval/gold_reward"])))
+    return points
+
+
+def plot_gold_vs_kl(points: list[tuple[int, float, float]], path: Path, sft_gold: float | None = None) -> Path:
+    """Write the gold reward vs KL-to-SFT curve of one run (steps in order) to ``path`` (PNG, no display needed)."""
+    from matplotlib.figure import Figure
+
+    points = sorted(points)
+    fig = Figure(figsize=(5, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    kl = [0.0] + [p[1] for p in points] if sft_gold is not None else [p[1] for p in points]
+    gold = [sft_gold] + [p[2] for p in points] if sft_gold is not None else [p[2] for p in points]
+    ax.plot(kl, gold, "o-", ms=3)
+    for s, x, y in points[-1:]:
+        ax.annotate(f"step {s}", (x, y), fontsize=7)
+    ax.set_xlabel("KL(policy || SFT)  (nats, sampled)")
+    ax.set_ylabel("gold reward")
+    ax.set_title("gold reward vs KL to SFT")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return path
+
+
+def log_scatter(logger, points: list[tuple[int, float, float]], step: int) -> None:
+    """The same points as a wandb scatter plot, where the run logs to wandb."""
+    run = getattr(logger, "wandb", None)
+    if run is None:
+        return
+    import wandb
+
+    table = wandb.Table(columns=["step", "kl_sft", "gold_reward"], data=[list(p) for p in sorted(points)])
+    run.log({"eval/gold_vs_kl_points": wandb.plot.scatter(table, "kl_sft", "gold_reward",
+                                                          title="gold reward vs KL to SFT")}, step=step)
