@@ -130,7 +130,9 @@ def load_policy(cfg, texts: Iterable[str] | None, seed: int):
         tokenizer = load_tokenizer(resolve_model_path(cfg.path), cfg.gguf_file)
         policy = load_pretrained(cfg)
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        # transformers 5 renamed gradient_checkpointing_enable (deprecated, removed in v6).
+        enable = getattr(policy, "activation_checkpointing_enable", None) or policy.gradient_checkpointing_enable
+        enable()
         policy.config.use_cache = False
     return policy, tokenizer
 
