@@ -266,3 +266,22 @@ def test_wandb_offline_run_lands_in_the_run_dir_named_by_alpha_and_tau(fast_cfg,
     from trustregion.logger import run_name
 
     assert run_name(cfg) == "dpo-soft-a0.3-t4-b0.1-s0"
+
+
+def test_resume_from_a_missing_dir_is_an_error(fast_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="trainer.resume=.*no such checkpoint directory"):
+        train(fast_cfg(f"trainer.resume={tmp_path}/nope"), tmp_path / "run")
+
+
+def test_resume_from_an_incomplete_checkpoint_is_an_error(fast_cfg, tmp_path):
+    broken = tmp_path / "checkpoints" / "step_000002"
+    broken.mkdir(parents=True)
+    (broken / "meta.json").write_text("{}")
+    with pytest.raises(ConfigError, match="incomplete or corrupt checkpoint"):
+        train(fast_cfg(f"trainer.resume={broken}"), tmp_path / "run")
+
+
+def test_resume_with_another_method_is_an_error(fast_cfg, tmp_path):
+    train(fast_cfg("trainer.max_steps=2"), tmp_path / "dpo")
+    with pytest.raises(ConfigError, match="method=dpo but this run has method=ipo"):
+        train(fast_cfg("method=ipo", f"trainer.resume={tmp_path / 'dpo'}"), tmp_path / "ipo")
