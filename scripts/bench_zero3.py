@@ -1,0 +1,146 @@
+"""torchrun worker of scripts/bench.py: DeepSpeed ZeRO-3 at 2 ranks (gloo on CPU).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 scripts/bench_zero3.py --spec '{...}' --result out.json
+
+``mode=update``: one engine per model, built as train.py builds it; the reference update alone, sharded
+(each rank lerps its own ``ds_tensor`` shards) against gathered (``GatheredParameters``), interleaved,
+each between two barriers; the loopback interface's byte counter is read around each update.
+``mode=train``: the real ``train()`` loop with the step hook of bench.py; rank 0 writes the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402  (scripts/bench.py)
+
+
+def loopback_bytes() -> int:
+    """Bytes received on ``lo`` so far (gloo's TCP traffic between local ranks goes through it)."""
+    try:
+        for line in Path("/proc/net/dev").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name.strip() == "lo":
+                return int(rest.split()[0])
+    except OSError:
+        pass
+    return 0
+
+
+def update_mode(spec: dict) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from trustregion.data import load_preferences
+    from trustregion.distributed import DeepSpeedEngine, init_distributed
+    from trustregion.models import load_policy, make_reference
+
+    out: dict = {"models": {}}
+    for model in spec["models"]:
+        cfg = bench.compose(*bench.loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3",
+                            *bench.CONFIGS["tr-dpo-soft"])
+        init_distributed(cfg)
+        torch.set_num_threads(1)
+        data = load_preferences(cfg.dataset)
+        policy, _ = load_policy(cfg.model, data.texts(), cfg.trainer.seed)
+        reference = make_reference(policy)
+        with torch.no_grad():  # policy and reference differ, as during training
+            for p in policy.parameters():
+                p.add_(1e-3)
+        engine = DeepSpeedEngine(cfg, policy, reference, total_steps=10)
+        world = engine.world_size
+        updaters = {"sharded": engine.updater(0.6, 1, "sharded"), "gathered": engine.updater(0.6, 1, "gathered"),
+                    "barrier only": None}
+        pol = list(engine.unwrap("policy").parameters())
+        elements = sum(p.ds_numel for p in pol)
+        shard_elements = sum(p.ds_tensor.numel() for p in pol)
+        times = {k: [] for k in updaters}
+        lo = {k: [] for k in updaters}
+        reps = spec["reps"] if model == "tiny" else max(3, spec["reps"] // 4)  # gathered is slow on larger models
+        with torch.no_grad():
+            for rep in range(reps + 1):
+                names = list(updaters)
+                order = names[rep % len(names):] + names[: rep % len(names)]
+                for name in order:
+                    dist.barrier()
+                    b0 = loopback_bytes()
+                    tic = time.perf_counter()
+                    if updaters[name] is not None:
+                        updaters[name].update()
+                    dist.barrier()
+                    dt = time.perf_counter() - tic
+                    b1 = loopback_bytes()
+                    if rep > 0:
+                        times[name].append(dt * 1e3)
+                        lo[name].append(b1 - b0)
+        base = statistics.median(lo["barrier only"])
+        out["models"][model] = {
+            "elements": elements, "shard_elements_per_rank": shard_elements, "world_size": world,
+            "persistent": sum(1 for p in pol if p.ds_persist),
+            **{name: {"ms": times[name], "lo_bytes": max(0.0, statistics.median(lo[name]) - base)} for name in updaters},
+            "barrier_lo_bytes": base,
+        }
+        del engine, updaters, policy, reference
+    out.update(bench.peak_memory())
+    return out
+
+
+def train_mode(spec: dict) -> dict:
+    import trustregion.train as T
+
+    total = spec["train_warmup"] + spec["train_steps"] + 1
+    cfg = bench.compose(*bench.loop_overrides("tiny", total, 1, batch=4), "deepspeed=zero3", *bench.CONFIGS["tr-dpo-soft"])
+    timer = bench.LoopTimer(total)
+    timer.install()
+    try:
+        T.train(cfg, Path(spec["run_dir"]))
+    except bench.StopBench:
+        pass
+    out = timer.result(spec["train_warmup"])
+    out.update(bench.peak_memory())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--result", required=True)
+    a = ap.parse_args()
+    bench.quiet()
+    spec = json.loads(a.spec)
+    import torch.distributed as dist
+
+    try:
+        if spec["mode"] == "update":
+            result = update_mode(spec)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-z3-") as tmp:
+                # every rank must use the same run dir: rank 0's
+                from trustregion.distributed import agree_on_run_time  # starts the process group
+
+                agree_on_run_time()
+                box = [tmp]
+                dist.broadcast_object_list(box, src=0)
+                result = train_mode({**spec, "run_dir": box[0]})
+                dist.barrier()
+        if int(os.environ.get("RANK", "0")) == 0:
+            Path(a.result).write_text(json.dumps(result))
+    finally:
+        from trustregion.distributed import shutdown
+
+        shutdown()
+
+
+if __name__ == "__main__":
+    main()
