@@ -6,7 +6,8 @@
     .venv/bin/python scripts/bench.py --profile      # also torch.profiler tables of ours and TRL
     .venv/bin/python scripts/bench.py --experiments  # proposed trustregion/ changes, monkeypatched, vs baseline
 
-Writes ``outputs/bench/<date>/bench.md`` and ``bench.json`` (``--out`` to change) and prints the table.
+Writes ``outputs/bench/<date>/bench.md`` and ``bench.json`` (``<date>-quick`` for ``--quick``; ``--out`` to
+change) and prints the table.
 
 How it measures (the same rules for every row):
 - Every run is a fresh subprocess (``--worker``), so peak RSS (``ru_maxrss``) is that run's own and no
@@ -654,7 +655,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         threads, threads_note = int(a.threads), "set with --threads"
     sections = set(a.sections.split(","))
-    out_dir = Path(a.out) if a.out else REPO / "outputs" / "bench" / _dt.datetime.now().strftime("%Y-%m-%d")
+    # A quick run never overwrites the day's full run.
+    day = _dt.datetime.now().strftime("%Y-%m-%d")
+    out_dir = Path(a.out) if a.out else REPO / "outputs" / "bench" / (f"{day}-quick" if a.quick else day)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
