@@ -345,13 +345,17 @@ def plot_runs(runs: list[Run], sft_gold: float, path: Path) -> None:
             seen.add(r.family)
             ax.plot([0.0] + r.kl, [sft_gold] + r.gold, "o-", ms=2.5, lw=1.2 if not r.frozen else 2.0,
                     color=colors[r.family], alpha=0.8, label=label)
-        ax.set_title(method.upper())
-        ax.set_xlabel("KL(policy || SFT)")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _gold_vs_kl_axes(ax, method.upper())
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _gold_vs_kl_axes(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("KL(policy || SFT)")
+    ax.set_ylabel("gold reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_fits(runs: list[Run], fits: dict[str, Fit | str], sft_gold: float, path: Path) -> None:
@@ -377,11 +381,7 @@ def plot_fits(runs: list[Run], fits: dict[str, Fit | str], sft_gold: float, path
             else:
                 ax.plot([], [], color=colors[fam], label=f"{label} (no fit)")
         ax.axhline(sft_gold, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{method.upper()}: fitted d (a - b log d)")
-        ax.set_xlabel("KL(policy || SFT)")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _gold_vs_kl_axes(ax, f"{method.upper()}: fitted d (a - b log d)")
     fig.tight_layout()
     fig.savefig(path)
 
