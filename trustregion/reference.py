@@ -141,13 +141,16 @@ class ReferenceUpdater:
         Returned as squares so that ranks holding shards can all-reduce them before the ratio.
         """
         ref = self.masters if self.masters is not None else self.reference
-        diff_sq = torch.zeros((), dtype=torch.float64)
-        norm_sq = torch.zeros((), dtype=torch.float64)
+        if not ref:
+            return torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        # Accumulated on the tensors' device and moved once: one host sync, not one per tensor.
+        diff_sq = torch.zeros((), dtype=torch.float64, device=ref[0].device)
+        norm_sq = torch.zeros((), dtype=torch.float64, device=ref[0].device)
         for r, p in zip(ref, self.policy):
             pf = p.float()
-            diff_sq += torch.linalg.vector_norm(r.float() - pf).double().cpu() ** 2
-            norm_sq += torch.linalg.vector_norm(pf).double().cpu() ** 2
-        return diff_sq, norm_sq
+            diff_sq += torch.linalg.vector_norm(r.float() - pf).double() ** 2
+            norm_sq += torch.linalg.vector_norm(pf).double() ** 2
+        return diff_sq.cpu(), norm_sq.cpu()
 
     def state_dict(self) -> dict:
         state: dict = {"num_updates": self.num_updates}

@@ -191,9 +191,9 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
                 buffer.add(out.metrics, 1.0 / t.grad_accum)
                 buffer.add({"data/padding_fraction": padding_fraction(batch)}, 1.0 / t.grad_accum)
                 tokens = tokens + out.tokens
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.metrics["loss"]), step + 1, first_bad)
             grad_norm = engine.step()
             step += 1
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.metrics["loss"]), step, first_bad)
             tic = time.perf_counter()
             updated = updater.maybe_update(step)
             fault("step", step)
