@@ -117,12 +117,18 @@ def frozen_run(tmp_path_factory):
 def test_generation_evaluation_during_training_logs_gold_kl_and_a_plot(frozen_run):
     run_dir, rows = frozen_run
     evals = [r for r in rows if "eval/gold_reward" in r]
-    assert [r["step"] for r in evals] == [2, 4]
+    assert [r["step"] for r in evals] == [0, 2, 4]
     for key in ("eval/in_domain_rate", "eval/kl_sft", "eval/kl_ref", "eval/response_tokens", "eval/entropy",
                 "eval/distinct_1", "eval/distinct_2", "eval/self_bleu", "eval/sft_perplexity", "eval/sft_gold_reward"):
         assert math.isfinite(evals[-1][key]), key
     assert -3.0 <= evals[-1]["eval/gold_reward"] <= 2.5
     assert (run_dir / "gold_vs_kl.png").stat().st_size > 1000
+
+
+def test_the_evaluation_at_step_0_is_the_sft_model_itself(frozen_run):
+    first = next(r for r in frozen_run[1] if "eval/gold_reward" in r)
+    assert first["step"] == 0 and first["eval/kl_sft"] == pytest.approx(0.0, abs=1e-5)
+    assert first["eval/gold_reward"] == pytest.approx(first["eval/sft_gold_reward"], abs=1e-9)
 
 
 def test_frozen_reference_kl_to_ref_equals_kl_to_sft(frozen_run):

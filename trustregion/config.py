@@ -116,6 +116,7 @@ class TrainerConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
+    eval_at_start: bool = True  # evaluate before the first step too: the KL = 0 point of every curve
     save_every: int = 0  # 0: checkpoint at the end only
     keep_last: int = 2
     resume: Optional[str] = None  # a checkpoint dir, or "latest" (newest complete one in this run dir)

@@ -127,7 +127,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
 
     identity = {"model": OmegaConf.to_container(cfg.model, resolve=True), "method": str(cfg.method.name.value),
                 "world_size": engine.world_size}
-    step, first_bad = 0, torch.tensor(-1, device=engine.device)
+    step, first_bad, last = 0, torch.tensor(-1, device=engine.device), {}
     resume_from = ckpt.resolve_resume(t.resume, run_dir)
     if resume_from is not None:
         ckpt.check_compatible(ckpt.read_meta(resume_from), identity, resume_from)
@@ -154,6 +154,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
                        "data/truncated_prompts": trunc.truncated_prompts,
                        "data/truncated_responses": trunc.truncated_responses,
                        "data/truncated_rows": trunc.truncated_rows})
+        if t.eval_at_start:
+            last = evaluate(engine, cfg, eval_rows, collator, sft_eval, data, tokenizer, sft_model, logger, 0, run_dir)
 
     def check_finite() -> None:
         if int(first_bad) >= 0:
@@ -178,7 +180,6 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         engine.barrier()
 
     buffer = MetricBuffer()
-    last: dict[str, float] = {}
     tokens = torch.zeros((), dtype=torch.long, device=engine.device)
     clock = time.perf_counter()
     try:

@@ -46,6 +46,9 @@ class ToyDatasetConfig(DatasetConfig):
     pair_source: PairSource = PairSource.auto
     pair_model: Optional[str] = None  # the model dir that pair_source=sft samples from (conf: model.path)
     pair_max_new_tokens: int = 16  # tokens sampled per response when pair_source=sft
+    # Which training pairs are drawn (prompts, samples, labels); conf: trainer.seed, so seeds vary the data too.
+    # The task itself (dataset.seed) and the held-out prompts stay fixed, so every seed is judged on the same prompts.
+    pair_seed: int = 0
 
 
 ConfigStore.instance().store(group="dataset", name="base_toy", node=ToyDatasetConfig)
@@ -122,11 +125,12 @@ def load(cfg) -> PreferenceData:
     check(cfg)
     task = task_from_config(cfg)
     n = cfg.num_pairs if cfg.max_samples is None else min(cfg.num_pairs, cfg.max_samples)
+    train_seed = 1 + 10 * cfg.pair_seed  # pair_seed 0 keeps the pairs of earlier releases
     if pair_source(cfg) == PairSource.sft:
-        train = model_pairs(task, cfg, n, seed=1)
+        train = model_pairs(task, cfg, n, seed=train_seed)
         held_out = model_pairs(task, cfg, cfg.eval_samples, seed=2)
     else:
-        train = task.preference_rows(n, seed=1, label_temperature=cfg.label_temperature)
+        train = task.preference_rows(n, seed=train_seed, label_temperature=cfg.label_temperature)
         held_out = task.preference_rows(cfg.eval_samples, seed=2, label_temperature=cfg.label_temperature)
     sft = task.sft_rows(cfg.sft_samples, seed=3)
     return PreferenceData(
