@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The overoptimization study on the toy task, on a CPU: SFT once, then DPO, IPO and KTO with a frozen
-# reference and with soft/hard Trust-Region updates (Hydra --multirun, one sweep dir per method and
-# rule), then `trustregion.report` over all of it: 15 runs, about 15 minutes on 2 shared cores.
+# reference and with soft/hard Trust-Region updates, every point over several seeds and betas (Hydra
+# --multirun, one sweep dir per method, beta and update rule), then `trustregion.report` over all of it:
+# per-family means with 95 % intervals over seeds and paired differences against the frozen reference.
 #
-#   bash scripts/sweep_toy.sh                    # or: make sweep-toy
-#   JOBS=1 METHODS="dpo" bash scripts/sweep_toy.sh -- trainer.max_steps=100   # overrides after -- go to every alignment run
+#   bash scripts/sweep_toy.sh                    # or: make sweep-toy   (96 runs, 3 seeds)
+#   GRID=large bash scripts/sweep_toy.sh         # 5 seeds and more betas (about 3x longer)
+#   SEEDS=1,2 METHODS="dpo" bash scripts/sweep_toy.sh -- trainer.max_steps=100   # after --: every alignment run
 #
-# Settings (environment): OUT (default outputs/sweep_toy/<date>/<time>), JOBS (multiruns at once,
-# default 2, each with OMP_NUM_THREADS=$THREADS, default 1), METHODS, SOFT_ALPHAS, SOFT_TAU, HARD_TAUS,
-# SFT (an existing SFT policy dir: skips the SFT stage).
+# Settings (environment): OUT (default outputs/sweep_toy/<date>/<time>), JOBS (multiruns at once, default 2,
+# each with OMP_NUM_THREADS=$THREADS, default 1), SEEDS, METHODS, DPO_BETAS, IPO_BETAS, KTO_BETAS,
+# SOFT_ALPHAS (at tau 1), HARD_TAUS, PAPER_ALPHA and PAPER_TAU (the paper's soft reading: a few updates per
+# run), SFT (an existing SFT policy dir: skips the SFT stage). A failed group is named and the rest go on;
+# the report covers whatever finished (partial runs included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +21,18 @@ OUT=${OUT:-outputs/sweep_toy/$(date +%Y-%m-%d/%H-%M-%S)}
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
 METHODS=${METHODS:-"dpo ipo kto"}
-SOFT_ALPHAS=${SOFT_ALPHAS:-"0.01,0.1"}   # soft updates every SOFT_TAU steps
-SOFT_TAU=${SOFT_TAU:-1}
-HARD_TAUS=${HARD_TAUS:-"32,128"}          # hard updates (alpha = 1)
+if [[ "${GRID:-default}" == "large" ]]; then
+  SEEDS=${SEEDS:-1,2,3,4,5}; DPO_BETAS=${DPO_BETAS:-0.05,0.1,0.5}; IPO_BETAS=${IPO_BETAS:-0.1,0.5}
+  KTO_BETAS=${KTO_BETAS:-0.1,0.5}
+fi
+SEEDS=${SEEDS:-1,2,3}
+DPO_BETAS=${DPO_BETAS:-0.1,0.5}
+IPO_BETAS=${IPO_BETAS:-0.1}
+KTO_BETAS=${KTO_BETAS:-0.1}
+SOFT_ALPHAS=${SOFT_ALPHAS:-0.003,0.01,0.03,0.1}   # soft updates after every optimizer step
+HARD_TAUS=${HARD_TAUS:-32,128}                     # hard updates (alpha = 1)
+PAPER_ALPHA=${PAPER_ALPHA:-0.6}                    # the paper's alpha, applied every PAPER_TAU steps
+PAPER_TAU=${PAPER_TAU:-128}                        # 3 updates in the 480-step run
 EXTRA=()
 if [[ "${1:-}" == "--" ]]; then shift; EXTRA=("$@"); fi
 
@@ -39,8 +52,10 @@ else
   policy=$OUT/sft/policy
 fi
 
-# Every alignment run evaluates by sampling (gold reward, KL to SFT) on the same held-out prompts.
-COMMON=(model.path="$policy" eval.generate=true eval.prompts=128 eval.samples_per_prompt=2 "${EXTRA[@]}")
+# Every alignment run evaluates by sampling (gold reward, KL to SFT) on the same held-out prompts, from step 0.
+# The wandb group is the family (method, beta, rule), so wandb's grouped view averages over seeds.
+COMMON=(model.path="$policy" eval.generate=true eval.prompts=128 eval.samples_per_prompt=4
+        trainer.save_models=false "trainer.seed=$SEEDS" "${EXTRA[@]}")
 
 run_group() {  # name, then overrides: one Hydra multirun into $OUT/<name>/<job num>
   local name=$1; shift
@@ -52,11 +67,24 @@ run_group() {  # name, then overrides: one Hydra multirun into $OUT/<name>/<job 
   fi
 }
 
-groups=()
+betas_of() { case $1 in dpo) echo "$DPO_BETAS";; ipo) echo "$IPO_BETAS";; kto) echo "$KTO_BETAS";; esac; }
+
+groups=()  # the largest first, so the two slots finish together
 for m in $METHODS; do
-  groups+=("$m-frozen method=$m ref_update=none")
-  groups+=("$m-soft method=$m ref_update=soft ref_update.alpha=$SOFT_ALPHAS ref_update.tau=$SOFT_TAU")
-  groups+=("$m-hard method=$m ref_update=hard ref_update.tau=$HARD_TAUS")
+  for b in $(betas_of "$m" | tr ',' ' '); do
+    groups+=("$m-b$b-soft method=$m method.beta=$b ref_update=soft ref_update.alpha=$SOFT_ALPHAS ref_update.tau=1")
+  done
+done
+for m in $METHODS; do
+  for b in $(betas_of "$m" | tr ',' ' '); do
+    groups+=("$m-b$b-hard method=$m method.beta=$b ref_update=hard ref_update.tau=$HARD_TAUS")
+  done
+done
+for m in $METHODS; do
+  for b in $(betas_of "$m" | tr ',' ' '); do
+    groups+=("$m-b$b-frozen method=$m method.beta=$b ref_update=none")
+    groups+=("$m-b$b-paper method=$m method.beta=$b ref_update=soft ref_update.alpha=$PAPER_ALPHA ref_update.tau=$PAPER_TAU")
+  done
 done
 for g in "${groups[@]}"; do
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done

@@ -135,7 +135,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "trustregion"
     entity: Optional[str] = None
-    group: Optional[str] = None  # null: the sweep's dir name in multirun, else the method+update family
+    group: Optional[str] = None  # null: the family (method, beta, update rule), shared by runs that differ in seed
     name: Optional[str] = None  # null: derived from method, ref_update, alpha, tau, seed
     tags: list[str] = field(default_factory=list)
 

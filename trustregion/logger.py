@@ -11,21 +11,21 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A readable name from the things a sweep varies: method, update rule, alpha, tau, beta, seed."""
-    if cfg.logger.name:
-        return cfg.logger.name
+def family(cfg: DictConfig) -> str:
+    """What a sweep point is apart from its seed: method, beta and update rule (the report's family too)."""
     r = cfg.ref_update
     rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
-    return f"{cfg.method.name.value}-{rule}-b{cfg.method.beta:g}-s{cfg.trainer.seed}"
+    return f"{cfg.method.name.value}-b{cfg.method.beta:g}-{rule}"
 
 
-def run_group(cfg: DictConfig, sweep_dir: str | None) -> str:
-    if cfg.logger.group:
-        return cfg.logger.group
-    if sweep_dir:
-        return "sweep-" + "_".join(Path(sweep_dir).parts[-2:])
-    return f"{cfg.method.name.value}-{cfg.ref_update.name}"
+def run_name(cfg: DictConfig) -> str:
+    """A readable name from the things a sweep varies: method, beta, update rule, seed."""
+    return cfg.logger.name or f"{family(cfg)}-s{cfg.trainer.seed}"
+
+
+def run_group(cfg: DictConfig) -> str:
+    """The wandb group: runs that differ only in seed share one, so wandb's grouped view shows mean and band."""
+    return cfg.logger.group or family(cfg)
 
 
 def _clean(value: Any) -> Any:
@@ -55,7 +55,7 @@ class RunLogger:
             self.wandb = wandb.init(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
-                group=run_group(cfg, sweep_dir),
+                group=run_group(cfg),
                 name=run_name(cfg),
                 job_type=job_type,
                 tags=list(cfg.logger.tags) + [cfg.method.name.value, f"ref_update={r.name}", f"alpha={r.alpha:g}",
