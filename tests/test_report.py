@@ -1,4 +1,4 @@
-"""The sweep report: the overoptimization fit, reading run dirs (partial ones too), the table and the plots."""
+"""The sweep report: matched-KL readings, intervals over seeds, paired verdicts against the frozen reference."""
 
 from __future__ import annotations
 
@@ -8,88 +8,188 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from trustregion.errors import DataError
-from trustregion.report import build_report, fit_gold_vs_kl, load_run
+from trustregion.report import Family, build_report, compare, gold_at_kl, load_run, t_interval
+
+T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
 
 
 def write_run(path: Path, method: str, tau, alpha: float, beta: float, kl: list[float], gold: list[float],
-              sft_gold: float = 0.0, seed: int = 0, max_steps: int | None = None) -> Path:
-    """A run dir as train() leaves it: config.yaml and metrics.jsonl with eval rows every 10 steps."""
+              sft_gold: float = 0.0, seed: int = 0, max_steps: int | None = None, sem: float = 0.05,
+              first_step: int = 0) -> Path:
+    """A run dir as train() leaves it: config.yaml and metrics.jsonl with an eval row every 10 steps."""
     path.mkdir(parents=True)
     cfg = {"method": {"name": method, "beta": beta}, "ref_update": {"name": "none" if tau is None else "soft",
                                                                    "alpha": alpha, "tau": tau},
-           "trainer": {"seed": seed, "max_steps": max_steps or 10 * len(kl), "batch_size": 8, "epochs": 1}}
+           "trainer": {"seed": seed, "max_steps": max_steps or 10 * (len(kl) - 1), "batch_size": 8, "epochs": 1}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     with open(path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 0, "data/train_pairs": 64}) + "\n")
-        for i, (k, g) in enumerate(zip(kl, gold), 1):
+        for i, (k, g) in enumerate(zip(kl, gold), first_step // 10):
             f.write(json.dumps({"step": 10 * i, "loss": 0.5}) + "\n")
-            f.write(json.dumps({"step": 10 * i, "eval/kl_sft": k, "eval/gold_reward": g, "eval/in_domain_rate": 0.9,
-                                "eval/sft_gold_reward": sft_gold}) + "\n")
+            f.write(json.dumps({"step": 10 * i, "eval/kl_sft": k, "eval/gold_reward": g, "eval/gold_reward_sem": sem,
+                                "eval/in_domain_rate": 0.9, "eval/sft_gold_reward": sft_gold}) + "\n")
     return path
 
 
-def curve(a: float, b: float, kl: np.ndarray) -> np.ndarray:
-    d = np.sqrt(kl)
-    return d * (a - b * np.log(d))
+def frozen_curve(k: float) -> float:
+    return -0.2 + 0.3 * k - 0.03 * k * k  # peaks at KL 5 (0.55); sampled at 0, 2, 4, 7, 9 it peaks at 4 (0.52)
 
 
-def test_fit_recovers_the_curve_and_its_peak():
-    kl = np.linspace(0.5, 40, 30)
-    fit = fit_gold_vs_kl(kl, curve(1.0, 0.5, kl))
-    assert (fit.a, fit.b) == (pytest.approx(1.0), pytest.approx(0.5))
-    assert fit.d_peak ** 2 == pytest.approx(math.exp(2 * (1.0 / 0.5 - 1)))  # d* = exp(a/b - 1)
-    assert fit.gain_peak == pytest.approx(0.5 * math.exp(1.0)) and fit.rmse < 1e-9
+FROZEN_KL = [0.0, 2.0, 4.0, 7.0, 9.0]
+TR_KL = [0.0, 1.0, 3.0, 5.0, 7.0]  # the matched KL (4) falls between two evaluations: 3 -> 0.43, 5 -> 0.55
+SEED_OFFSET = {1: -0.05, 2: 0.0, 3: 0.05}  # known seed noise, shared by both sides of a pair
 
 
-def test_a_rising_family_has_no_peak_inside_its_range():
-    kl = np.linspace(0.5, 10, 10)
-    fit = fit_gold_vs_kl(kl, 0.3 * np.sqrt(kl))
-    assert fit.extrapolated
+@pytest.fixture
+def sweep(tmp_path):
+    """Frozen DPO over 3 seeds and three TR families whose TR - frozen gaps at KL 4 are known per seed."""
+    lifts = {  # TR family (alpha) -> per-seed lift over the frozen curve, on top of the 0.49 - 0.52 interpolation gap
+        0.01: {1: 0.12, 2: 0.09, 3: 0.15},  # diffs at KL 4: 0.09, 0.06, 0.12 -> better
+        0.1: {1: 0.13, 2: -0.07, 3: 0.08},  # 0.10, -0.10, 0.05 -> within noise
+        0.3: {1: -0.17, 2: -0.22, 3: -0.19},  # -0.20, -0.25, -0.22 -> worse
+    }
+    for seed, e in SEED_OFFSET.items():
+        write_run(tmp_path / f"frozen-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL,
+                  [frozen_curve(k) + e for k in FROZEN_KL], sft_gold=-0.2 + e, seed=seed)
+        for alpha, lift in lifts.items():
+            gold = [frozen_curve(k) + (lift[seed] if k > 0 else 0.0) + e for k in TR_KL]
+            write_run(tmp_path / f"soft{alpha}-{seed}", "dpo", 1, alpha, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
+    write_run(tmp_path / "ipo-frozen-1", "ipo", None, 1.0, 0.1, FROZEN_KL, [frozen_curve(k) for k in FROZEN_KL], seed=1)
+    write_run(tmp_path / "ipo-hard-1", "ipo", 32, 1.0, 0.1, TR_KL, [frozen_curve(k) for k in TR_KL], seed=1)
+    return tmp_path
 
 
-def test_a_fit_needs_two_points_with_positive_kl():
-    with pytest.raises(DataError, match="at least 2 points with KL > 0"):
-        fit_gold_vs_kl([0.0, 1.0], [0.0, 0.2])
+def report_json(sweep: Path) -> dict:
+    build_report([str(sweep)])
+    return json.loads((sweep / "report.json").read_text())
 
 
-def test_report_pools_each_family_and_fits_gold_over_sft(tmp_path):
-    kl = np.linspace(1, 30, 8)
-    write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, list(kl), list(0.2 + curve(1.0, 0.6, kl)), sft_gold=0.2)
-    write_run(tmp_path / "1", "dpo", None, 1.0, 0.3, list(kl / 2), list(0.2 + curve(1.0, 0.6, kl / 2)), sft_gold=0.2)
-    write_run(tmp_path / "2", "dpo", 1, 0.05, 0.1, list(kl), list(0.2 + curve(1.0, 0.4, kl)), sft_gold=0.2)
-    report, runs, _ = build_report([str(tmp_path)])
-    text = report.read_text()
-    frozen = next(line for line in text.splitlines() if line.startswith("| dpo frozen |"))
-    soft = next(line for line in text.splitlines() if line.startswith("| dpo soft a=0.05 t=1 |"))
-    assert frozen.split("|")[2].strip() == "2" and frozen.split("|")[3].strip() == "16"  # runs, points
-    peak = 0.2 + 0.6 * math.exp(1.0 / 0.6 - 1)
-    assert float(frozen.split("|")[4].strip().rstrip("*")) == pytest.approx(peak, abs=1e-3)
-    assert float(soft.split("|")[5].strip().rstrip("*")) == pytest.approx(math.exp(2 * (1.0 / 0.4 - 1)), rel=1e-3)
-    d_frozen = math.exp(1.0 / 0.6 - 1)  # matched KL: the soft family's fitted gold where the frozen one peaks
-    assert float(soft.split("|")[6]) == pytest.approx(0.2 + d_frozen * (1.0 - 0.4 * math.log(d_frozen)), abs=1e-3)
-    assert float(frozen.split("|")[7]) == pytest.approx(math.exp(2 * 1.0 / 0.6), abs=0.1)  # back at SFT gold
-    assert (tmp_path / "gold_vs_kl.png").stat().st_size > 1000 and (tmp_path / "fits.png").stat().st_size > 1000
+def test_t_interval_is_the_mean_plus_minus_t_sd_over_root_n():
+    iv = t_interval([0.09, 0.06, 0.12])
+    assert iv.mean == pytest.approx(0.09) and iv.sd == pytest.approx(0.03)
+    assert (iv.lo, iv.hi) == (pytest.approx(0.09 - T_975_2DF * 0.03 / math.sqrt(3)),
+                              pytest.approx(0.09 + T_975_2DF * 0.03 / math.sqrt(3)))
+
+
+def test_one_seed_gives_a_mean_without_an_interval():
+    iv = t_interval([0.4])
+    assert iv.mean == 0.4 and math.isnan(iv.lo) and iv.verdict() == "too few seeds"
+
+
+def test_families_group_runs_that_differ_only_in_seed(sweep):
+    fams = report_json(sweep)["families"]
+    assert fams["dpo β=0.1 frozen"]["seeds"] == [1, 2, 3]
+    assert fams["dpo β=0.1 soft α=0.01 τ=1"]["seeds"] == [1, 2, 3]
+    assert fams["ipo β=0.1 hard τ=32"]["seeds"] == [1]
+
+
+def test_gold_at_matched_kl_is_the_mean_over_seeds_with_a_t_interval(sweep):
+    at2 = report_json(sweep)["families"]["dpo β=0.1 frozen"]["gold_at_kl"]["2"]
+    half = T_975_2DF * 0.05 / math.sqrt(3)  # the seed offsets -0.05, 0, 0.05 have sd 0.05
+    assert at2["mean"] == pytest.approx(0.28) and at2["n"] == 3
+    assert (at2["lo"], at2["hi"]) == (pytest.approx(0.28 - half), pytest.approx(0.28 + half))
+
+
+def test_peak_gold_and_the_kl_at_the_peak_over_seeds(sweep):
+    frozen = report_json(sweep)["families"]["dpo β=0.1 frozen"]
+    assert frozen["peak_gold"]["mean"] == pytest.approx(0.52) and frozen["peak_kl"]["mean"] == pytest.approx(4.0)
+    assert frozen["peak_kl"]["sd"] == pytest.approx(0.0)
+
+
+def test_paired_differences_at_the_frozen_peak_kl_and_their_verdicts(sweep):
+    paired = report_json(sweep)["paired"]
+    better = paired["dpo β=0.1 soft α=0.01 τ=1"]
+    assert better["matched_kl"] == pytest.approx(4.0) and better["seeds"] == [1, 2, 3]
+    assert better["at_kl"]["mean"] == pytest.approx(0.09)
+    assert better["at_kl"]["lo"] == pytest.approx(0.09 - T_975_2DF * 0.03 / math.sqrt(3))
+    assert better["at_kl_verdict"] == "better"
+    assert paired["dpo β=0.1 soft α=0.1 τ=1"]["at_kl"]["mean"] == pytest.approx(0.05 / 3)
+    assert paired["dpo β=0.1 soft α=0.1 τ=1"]["at_kl_verdict"] == "within noise"
+    assert paired["dpo β=0.1 soft α=0.3 τ=1"]["at_kl"]["mean"] == pytest.approx(-0.67 / 3)
+    assert paired["dpo β=0.1 soft α=0.3 τ=1"]["at_kl_verdict"] == "worse"
+    assert paired["ipo β=0.1 hard τ=32"]["at_kl_verdict"] == "too few seeds"
+
+
+def test_paired_peak_difference(sweep):
+    peak = report_json(sweep)["paired"]["dpo β=0.1 soft α=0.01 τ=1"]["peak"]
+    assert peak["mean"] == pytest.approx(0.55 + 0.12 - 0.52)  # TR peaks at KL 5 (0.55 + lift), frozen at 4 (0.52)
+
+
+def test_best_family_per_method_is_paired_with_the_best_frozen(sweep):
+    best = {b["method"]: b for b in report_json(sweep)["best"]}
+    assert best["dpo"]["frozen"] == "dpo β=0.1 frozen" and best["dpo"]["tr"] == "dpo β=0.1 soft α=0.01 τ=1"
+    assert best["dpo"]["diff"]["mean"] == pytest.approx(0.15) and best["dpo"]["verdict"] == "better"
+
+
+def test_evaluation_noise_is_reported_beside_seed_noise(sweep):
+    report_json(sweep)
+    frozen = report_json(sweep)["families"]["dpo β=0.1 frozen"]
+    assert frozen["eval_se"] == pytest.approx(0.05)
+    row = next(line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| dpo β=0.1 frozen |"))
+    assert row.rstrip(" |").endswith("0.050 | 0.050")  # eval SE, then the seed SD of peak gold
+
+
+def test_the_report_writes_the_band_and_heat_map_figures(sweep):
+    build_report([str(sweep)])
+    for name in ("bands.png", "heatmap.png", "gold_vs_kl.png"):
+        assert (sweep / name).stat().st_size > 5000, name
+
+
+def test_the_report_flags_families_with_fewer_than_three_seeds(sweep):
+    build_report([str(sweep)])
+    text = (sweep / "report.md").read_text()
+    assert "Some families have fewer than 3 seeds" in text and "0.520 (1 seed)" in text
 
 
 def test_runs_without_metrics_are_skipped_and_named(tmp_path):
-    write_run(tmp_path / "0", "ipo", None, 1.0, 0.1, [1.0, 4.0], [0.1, 0.3])
+    write_run(tmp_path / "0", "ipo", None, 1.0, 0.1, [0.0, 1.0, 4.0], [0.0, 0.1, 0.3])
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "ipo", "beta": 0.1}}))
-    report, runs, skipped = build_report([str(tmp_path)])
-    assert [r.path.name for r in runs] == ["0"]
+    report, study, skipped = build_report([str(tmp_path)])
+    assert [r.path.name for r in study.runs] == ["0"]
     assert "- `1`: no metrics.jsonl" in report.read_text()
 
 
 def test_a_partial_run_is_reported_as_partial(tmp_path):
-    write_run(tmp_path / "0", "kto", None, 1.0, 0.1, [1.0, 2.0], [0.1, 0.2], max_steps=100)
+    write_run(tmp_path / "0", "kto", None, 1.0, 0.1, [0.0, 1.0, 2.0], [0.0, 0.1, 0.2], max_steps=100)
     run = load_run(tmp_path / "0")
-    assert run.steps == [10, 20] and not run.finished
+    assert run.steps == [0, 10, 20] and not run.finished
     assert "| partial |" in build_report([str(tmp_path)])[0].read_text()
+
+
+def test_gold_at_a_kl_is_interpolated_where_the_path_first_reaches_it(tmp_path):
+    run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [0.0, 2.0, 6.0, 4.0, 12.0],
+                             [0.0, 0.4, 0.8, 0.0, -1.0]))
+    assert gold_at_kl(run, 1.0) == pytest.approx(0.2)
+    assert gold_at_kl(run, 5.0) == pytest.approx(0.7)  # first crossing, not the later dip to KL 4
+    assert gold_at_kl(run, 20.0) is None
+
+
+def test_a_run_without_a_step_0_evaluation_starts_from_the_sft_gold(tmp_path):
+    run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [2.0, 4.0], [0.4, 0.6], sft_gold=0.2,
+                             first_step=10))
+    assert gold_at_kl(run, 1.0) == pytest.approx(0.3)
+
+
+def test_compare_prints_both_runs_at_matched_kl_and_draws_both_curves(tmp_path):
+    frozen = write_run(tmp_path / "frozen", "dpo", None, 1.0, 0.1, FROZEN_KL, [frozen_curve(k) for k in FROZEN_KL])
+    tr = write_run(tmp_path / "tr", "dpo", 1, 0.01, 0.1, TR_KL, [frozen_curve(k) + 0.1 * (k > 0) for k in TR_KL])
+    table = compare(frozen, tr, tmp_path)
+    assert "| gold at KL 4.00 (frozen's peak) | 0.520 | 0.590 |" in table
+    assert "| peak gold | 0.520 | 0.650 |" in table and "| KL at the peak | 4.00 | 5.00 |" in table
+    assert "One seed" in table and (tmp_path / "compare.png").stat().st_size > 5000
+
+
+def test_the_report_is_logged_to_wandb_as_an_artifact(sweep, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    build_report([str(sweep)], wandb_project="trustregion-test")
+    runs = list((sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline run's log, synced later by `wandb sync`
+    assert b"sweep-report" in record and b"report.md" in record and b"bands.png" in record
 
 
 def test_report_reads_a_real_training_run(fast_cfg, tmp_path):
@@ -98,7 +198,8 @@ def test_report_reads_a_real_training_run(fast_cfg, tmp_path):
     (tmp_path / "run").mkdir()
     train(fast_cfg("eval.generate=true", "eval.prompts=4", "trainer.eval_every=2"), tmp_path / "run")
     run = load_run(tmp_path / "run")
-    assert run.steps == [2, 4] and run.finished and run.method == "dpo" and run.sft_gold is not None
+    assert run.steps == [0, 2, 4] and run.finished and run.family == Family("dpo", 0.1, 1, 0.6)
+    assert run.kl[0] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
@@ -107,12 +208,3 @@ def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such file or directory; "
                                                 f"pass a sweep dir (outputs/multirun/<date>/<time>) or a glob"]
-
-
-def test_gold_at_a_kl_is_interpolated_where_the_path_first_reaches_it(tmp_path):
-    from trustregion.report import gold_at_kl
-
-    run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [2.0, 6.0, 4.0, 12.0], [0.4, 0.8, 0.0, -1.0]))
-    assert gold_at_kl(run, 1.0, sft_gold=0.0) == pytest.approx(0.2)  # between SFT (KL 0) and the first evaluation
-    assert gold_at_kl(run, 5.0, sft_gold=0.0) == pytest.approx(0.7)  # first crossing, not the later dip to KL 4
-    assert gold_at_kl(run, 20.0, sft_gold=0.0) is None

@@ -85,10 +85,38 @@ def resolve_model_path(path: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def load_tokenizer(path: str, gguf_file: str | None = None):
+def gguf_to_load(path: str, gguf_file: str | None) -> str | None:
+    """The preset's GGUF file, unless ``path`` is a saved model dir without it (the SFT stage's output):
+    loading details follow the weights, so ``model=<gguf preset> model.path=<sft run>/policy`` loads what SFT saved."""
+    if not gguf_file:
+        return None
+    local = Path(path)
+    if local.is_dir() and not (local / gguf_file).exists() and (local / "config.json").exists():
+        return None
+    return gguf_file
+
+
+def _load_error(cfg_path: str, what: str, e: Exception, key: str = "model.path") -> ConfigError:
+    """One line naming the path and the fix, for any failure to load a model or tokenizer."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    local = Path(cfg_path).expanduser()
+    if cfg_path.startswith((".", "/", "~")) and not local.exists():
+        fix = f"no such directory; set {key} to a saved model dir (e.g. <sft run dir>/policy) or a hub name"
+    elif isinstance(e, ImportError):
+        fix = f"{first}; install the model's extra (see its conf/model/*.yaml)"
+    else:
+        fix = f"{first}; set {key} to a dir written by save_pretrained, or a hub name reachable from here"
+    return ConfigError(f"{key}={cfg_path}: cannot load the {what} ({fix})")
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.path"):
+    """The tokenizer at ``path`` (pad = EOS where it has none, right padding); ``key`` names the setting in errors."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except Exception as e:  # noqa: BLE001 - any failure to load is a bad model.path: one line, traceback chained
+        raise _load_error(path, "tokenizer", e, key) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -102,21 +130,20 @@ def load_pretrained(cfg) -> nn.Module:
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     path = resolve_model_path(cfg.path)
+    gguf = gguf_to_load(path, cfg.gguf_file)
     try:
-        if not cfg.gguf_file:
+        if not gguf:
             return AutoModelForCausalLM.from_pretrained(path, **kwargs)
         # GGUF weights are dequantized on load; rebuild a plain model so save_pretrained works.
-        loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=cfg.gguf_file, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs)
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, **kwargs)
         model.load_state_dict(loaded.state_dict())
         return model
-    except OSError as e:
-        local = Path(cfg.path).expanduser()
-        hint = "no such directory" if not local.exists() and cfg.path.startswith((".", "/", "~")) else str(e).splitlines()[0]
-        raise ConfigError(f"model.path={cfg.path}: cannot load it ({hint}); set model.path to a saved model dir or a hub name") from e
+    except Exception as e:  # noqa: BLE001 - any failure to load is a bad model.path: one line, traceback chained
+        raise _load_error(cfg.path, "model", e) from e
 
 
 def load_policy(cfg, texts: Iterable[str] | None, seed: int):
@@ -127,7 +154,8 @@ def load_policy(cfg, texts: Iterable[str] | None, seed: int):
         tokenizer = build_tokenizer(texts, cfg.vocab_size)
         policy = tiny_model(cfg, len(tokenizer), seed)
     else:
-        tokenizer = load_tokenizer(resolve_model_path(cfg.path), cfg.gguf_file)
+        path = resolve_model_path(cfg.path)
+        tokenizer = load_tokenizer(path, gguf_to_load(path, cfg.gguf_file))
         policy = load_pretrained(cfg)
     if cfg.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated, removed in v6).

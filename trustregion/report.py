@@ -1,13 +1,17 @@
-"""Sweep report: a table of runs and families, and gold reward vs KL-to-SFT plots with fitted curves.
+"""Sweep report: how much a moving reference changes gold reward at matched KL, with intervals over seeds.
 
-    python -m trustregion.report outputs/multirun/2026-11-23/17-40-00     # or a glob of run dirs
+    python -m trustregion.report outputs/sweep_toy/<date>/<time>          # a sweep dir, or globs of run dirs
+    python -m trustregion.report --compare RUN_FROZEN RUN_TR --out DIR     # two runs side by side
 
-Reads each run's ``config.yaml`` and ``metrics.jsonl`` (partial runs too), writes ``report.md``,
-``gold_vs_kl.png`` (one curve per run) and ``fits.png`` into the sweep dir (or ``--out``). Families
-(method x reference-update rule, pooled over beta and seeds) are compared at matched KL with the
-scaling form of Gao et al. (2022), used for direct alignment by Rafailov et al. (2024):
-gold(d) - gold_SFT = d * (a - b * log d), d = sqrt(KL(pi || pi_SFT)), fitted by least squares; its
-peak is at d* = exp(a/b - 1), where the gain is b * d*.
+Reads each run's ``config.yaml`` and ``metrics.jsonl`` (partial runs too). A *family* is a method, a beta
+and an update rule (alpha, tau); its runs differ only in seed. Per run we read the gold reward where its
+path from the SFT model first reaches a KL (interpolated between evaluations, the KL = 0 point being its
+step-0 evaluation) and its peak (best evaluation and the KL there); per family, the mean over seeds with a
+95 % t-interval (n - 1 degrees of freedom; none with one seed). Trust-Region families are compared with
+the frozen reference of the same method and beta *paired by seed* (same training pairs, same evaluation
+samples), at the KL where the frozen runs peak on average: the verdict is ``better``/``worse`` when the
+paired interval excludes 0, else ``within noise``. Writes ``report.md``, ``report.json``, ``bands.png``,
+``heatmap.png`` and ``gold_vs_kl.png``, and logs them to wandb as an artifact (offline unless asked).
 """
 
 from __future__ import annotations
@@ -16,114 +20,141 @@ import argparse
 import glob
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import yaml
 
-from trustregion.errors import ConfigError, DataError
+from trustregion.errors import DataError
 
-COLORS = {"frozen": "#222222", "soft": "#1f77b4", "hard": "#d62728"}
+KL_LEVELS = (2.0, 5.0, 10.0)
+CONFIDENCE = 0.95
+FEW_SEEDS = 3  # below this many seeds an interval is reported but flagged
+FROZEN_COLOR = "#222222"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 
 
-@dataclass
-class Run:
-    """One alignment run: its settings and its evaluation points."""
+@dataclass(frozen=True, order=True)
+class Family:
+    """A sweep point apart from its seed: method, beta and update rule (alpha and tau; both None when frozen)."""
 
-    path: Path
     method: str
-    rule: str  # none | soft | hard | ... (ref_update.name)
-    alpha: float | None
-    tau: int | None
     beta: float
-    seed: int
-    steps: list[int] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
-    gold: list[float] = field(default_factory=list)
-    in_domain: list[float] = field(default_factory=list)
-    sft_gold: float | None = None
-    finished: bool = False
-
-    @property
-    def family(self) -> str:
-        """Method and update rule: ``dpo frozen``, ``dpo soft a=0.1 t=1``, ``ipo hard t=64``."""
-        if self.tau is None:
-            return f"{self.method} frozen"
-        if self.alpha == 1.0:
-            return f"{self.method} hard t={self.tau}"
-        return f"{self.method} soft a={self.alpha:g} t={self.tau}"
+    tau: int | None = None
+    alpha: float | None = None
 
     @property
     def frozen(self) -> bool:
         return self.tau is None
 
     @property
-    def best(self) -> int:
-        return int(np.argmax(self.gold))
+    def rule(self) -> str:
+        if self.tau is None:
+            return "frozen"
+        if self.alpha == 1.0:
+            return f"hard τ={self.tau}"
+        return f"soft α={self.alpha:g} τ={self.tau}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} β={self.beta:g} {self.rule}"
+
+    @property
+    def baseline(self) -> Family:
+        """The frozen-reference family this one is compared with."""
+        return Family(self.method, self.beta)
+
+    def sort_key(self) -> tuple:
+        return (self.method, self.beta, not self.frozen, self.alpha != 1.0, self.tau or 0, self.alpha or 0.0)
 
 
 @dataclass
-class Fit:
-    """Least-squares fit of gain(d) = d * (a - b log d) to a family's pooled points."""
+class Run:
+    """One alignment run: its family, seed and evaluation points (KL to SFT, gold reward, its standard error)."""
 
-    a: float
-    b: float
-    rmse: float
-    points: int
-    d_max: float  # largest observed d
+    path: Path
+    family: Family
+    seed: int
+    steps: list[int] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    gold: list[float] = field(default_factory=list)
+    gold_sem: list[float] = field(default_factory=list)
+    in_domain: list[float] = field(default_factory=list)
+    sft_gold: float | None = None
+    finished: bool = False
 
-    @property
-    def d_star(self) -> float:
-        """The fitted curve's maximiser exp(a/b - 1); inf when it has none (b <= 0: still rising)."""
-        if self.b <= 0:
-            return math.inf
-        exponent = self.a / self.b - 1.0
-        return math.exp(exponent) if exponent < 700 else math.inf
-
-    @property
-    def extrapolated(self) -> bool:
-        """The maximiser lies beyond the largest KL this family reached: it was still rising there."""
-        return self.d_star > self.d_max
-
-    @property
-    def d_peak(self) -> float:
-        """Where the fitted gold is highest within the family's observed range."""
-        return min(self.d_star, self.d_max)
+    def path_from_sft(self) -> tuple[list[float], list[float]]:
+        """(KL, gold) along the run, starting at the KL = 0 point: its step-0 evaluation, else the SFT gold."""
+        if self.steps and self.steps[0] == 0:
+            return list(self.kl), list(self.gold)
+        start = self.sft_gold if self.sft_gold is not None else (self.gold[0] if self.gold else 0.0)
+        return [0.0] + self.kl, [start] + self.gold
 
     @property
-    def gain_peak(self) -> float:
-        return float(self.predict(np.array([self.d_peak]))[0])
+    def best(self) -> int:
+        return int(np.argmax(self.gold))
 
     @property
-    def kl_back_to_sft(self) -> float:
-        """The KL where the fitted gold falls back to the SFT model's (d = exp(a/b)); inf when it never does."""
-        if self.b <= 0 or self.a <= 0 or self.a / self.b > 350:
-            return math.inf
-        return math.exp(2 * self.a / self.b)
+    def peak_gold(self) -> float:
+        return self.gold[self.best]
 
-    def predict(self, d: np.ndarray) -> np.ndarray:
-        d = np.asarray(d, dtype=float)
-        logd = np.log(np.where(d > 0, d, 1.0))
-        return d * (self.a - self.b * logd)
+    @property
+    def peak_kl(self) -> float:
+        return self.kl[self.best]
 
 
-def fit_gold_vs_kl(kl: Sequence[float], gain: Sequence[float]) -> Fit:
-    """Fit gain = d (a - b log d), d = sqrt(max(KL, 0)): linear least squares in (a, b)."""
-    d = np.sqrt(np.clip(np.asarray(kl, dtype=float), 0.0, None))
-    y = np.asarray(gain, dtype=float)
-    if len(d) < 2 or np.count_nonzero(d > 0) < 2:
-        raise DataError(f"a fit needs at least 2 points with KL > 0, got {np.count_nonzero(d > 0)}")
-    logd = np.log(np.where(d > 0, d, 1.0))
-    x = np.stack([d, -d * logd], axis=1)
-    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
-    rmse = float(np.sqrt(np.mean((x @ np.array([a, b]) - y) ** 2)))
-    return Fit(float(a), float(b), rmse, len(d), float(d.max()))
+@dataclass
+class Interval:
+    """Mean over seeds with a two-sided t-interval; ``lo``/``hi`` are NaN with fewer than two values."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    sd: float
+
+    @property
+    def few(self) -> bool:
+        return self.n < FEW_SEEDS
+
+    def text(self, digits: int = 3) -> str:
+        if self.n == 0:
+            return "-"
+        if self.n < 2:
+            return f"{self.mean:.{digits}f} (1 seed)"
+        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]" + ("†" if self.few else "")
+
+    def verdict(self) -> str:
+        if self.n < 2:
+            return "too few seeds"
+        if self.lo > 0:
+            return "better"
+        if self.hi < 0:
+            return "worse"
+        return "within noise"
 
 
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean ± t_{(1+c)/2, n-1} · sd / √n over ``values`` (seeds)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, 1, math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd)
+
+
+# --- reading runs ---------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -156,22 +187,25 @@ def load_run(path: Path) -> Run | str:
         return "an SFT run"
     try:
         m, r = cfg["method"], cfg["ref_update"]
-        run = Run(path, str(m["name"]), str(r.get("name", "none")), r.get("alpha"), r.get("tau"), float(m["beta"]),
-                  int(cfg.get("trainer", {}).get("seed", 0)))
-    except (KeyError, TypeError) as e:
+        tau = r.get("tau")
+        family = Family(str(m["name"]), float(m["beta"]), None if tau is None else int(tau),
+                        None if tau is None else float(r.get("alpha", 1.0)))
+        run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
+    except (KeyError, TypeError, ValueError) as e:
         return f"config.yaml lacks {e}"
-    total = _total_steps(cfg, rows)
     for row in rows:
         kl, gold = _num(row.get("eval/kl_sft")), _num(row.get("eval/gold_reward"))
         if math.isfinite(kl) and math.isfinite(gold):
             run.steps.append(int(row["step"]))
             run.kl.append(kl)
             run.gold.append(gold)
+            run.gold_sem.append(_num(row.get("eval/gold_reward_sem")))
             run.in_domain.append(_num(row.get("eval/in_domain_rate")))
         if run.sft_gold is None and math.isfinite(_num(row.get("eval/sft_gold_reward"))):
             run.sft_gold = float(row["eval/sft_gold_reward"])
     if not run.steps:
         return "no generation evaluations in metrics.jsonl (eval.generate=false, or not evaluated yet)"
+    total = _total_steps(cfg, rows)
     run.finished = total is not None and run.steps[-1] >= total
     return run
 
@@ -182,7 +216,8 @@ def _total_steps(cfg: dict, rows: list[dict]) -> int | None:
         return int(t["max_steps"])
     for row in rows:
         if "data/train_pairs" in row and t.get("batch_size"):
-            per_epoch = int(row["data/train_pairs"]) // int(t["batch_size"])
+            world = int(row.get("world_size", 1) or 1)
+            per_epoch = int(row["data/train_pairs"]) // (int(t["batch_size"]) * world)
             return max(1, int(float(t.get("epochs", 1)) * per_epoch) // int(t.get("grad_accum", 1)))
     return None
 
@@ -199,116 +234,120 @@ def find_run_dirs(targets: Sequence[str]) -> list[Path]:
                 continue
             for name in ("config.yaml", "metrics.jsonl"):
                 for hit in m.rglob(name):
-                    if ".hydra" not in hit.parts and "checkpoints" not in hit.parts and "wandb" not in hit.parts:
+                    if not {".hydra", "checkpoints", "wandb"} & set(hit.parts):
                         dirs.add(hit.parent)
     return sorted(dirs, key=lambda p: (len(p.parts), str(p)))
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def baseline(runs: list[Run]) -> float:
-    """The SFT model's gold reward: the mean of the runs' own measurements (all start from one SFT model)."""
-    values = [r.sft_gold for r in runs if r.sft_gold is not None]
-    return float(np.mean(values)) if values else 0.0
-
-
-def family_fits(runs: list[Run], sft_gold: float) -> dict[str, Fit | str]:
-    """A fit per family over all its runs' points (gain over SFT vs KL), or why there is none."""
-    out: dict[str, Fit | str] = {}
-    for fam in sorted({r.family for r in runs}):
-        kl = [k for r in runs if r.family == fam for k in r.kl]
-        gain = [g - sft_gold for r in runs if r.family == fam for g in r.gold]
-        try:
-            out[fam] = fit_gold_vs_kl(kl, gain)
-        except DataError as e:
-            out[fam] = str(e)
-    return out
-
-
-KL_LEVELS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
-
-
-def gold_at_kl(run: Run, level: float, sft_gold: float) -> float | None:
-    """Gold where the run first reaches KL ``level``, interpolated linearly along its path from SFT (KL 0); None if never."""
-    kl, gold = [0.0] + run.kl, [sft_gold] + run.gold
+# --- per-run readings -----------------------------------------------------------------------------
+def gold_at_kl(run: Run, level: float) -> float | None:
+    """Gold where the run's path from SFT first reaches KL ``level``, interpolated linearly; None if it never does."""
+    kl, gold = run.path_from_sft()
+    if kl and kl[0] >= level:
+        return gold[0]
     for i in range(1, len(kl)):
         if kl[i] >= level:
             lo, hi = kl[i - 1], kl[i]
-            w = 1.0 if hi <= lo else (level - lo) / (hi - lo)
-            w = min(1.0, max(0.0, w))
+            w = 1.0 if hi <= lo else min(1.0, max(0.0, (level - lo) / (hi - lo)))
             return gold[i - 1] + w * (gold[i] - gold[i - 1])
     return None
 
 
-def matched_kl_table(runs: list[Run], families: Sequence[str], sft_gold: float) -> list[str]:
-    """Markdown rows: each family's gold at fixed KLs (mean over its runs that got there), without a fitted form."""
-    top = max(k for r in runs for k in r.kl)
-    levels = [x for x in KL_LEVELS if x <= top] or [top]
-    lines = ["| family | " + " | ".join(f"KL {x:g}" for x in levels) + " |", "|---|" + "---|" * len(levels)]
-    for fam in families:
-        cells = []
-        for level in levels:
-            values = [v for r in runs if r.family == fam if (v := gold_at_kl(r, level, sft_gold)) is not None]
-            cells.append(_fmt(float(np.mean(values))) if values else "-")
-        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
-    return lines
+def reach(run: Run) -> float:
+    """The largest KL the run's path reached."""
+    return max(run.path_from_sft()[0])
 
 
-def markdown(runs: list[Run], fits: dict[str, Fit | str], sft_gold: float, skipped: list[tuple[Path, str]],
-             root: Path) -> str:
-    """report.md: the family comparison, then one row per run, then the skipped dirs."""
-    lines = ["# Sweep report", "", f"{len(runs)} runs from `{root}`; SFT gold reward {_fmt(sft_gold)} "
-             "(measured by each run on the same prompts, averaged).", ""]
-    lines += ["## Families at matched KL", "",
-              "Fit of gold - gold_SFT = d (a - b log d), d = sqrt(KL to SFT), over every evaluation of every run "
-              "of the family (all beta, all seeds). Peak gold = gold_SFT + fitted peak gain; "
-              "`*` = the fit still rises at the largest KL the family reached (peak and KL given there). "
-              "Matched KL: each family's fitted gold at the KL where its method's frozen baseline peaks; "
-              "KL back at SFT gold: where the fit falls to the SFT model's gold (exp(2a/b)).", "",
-              "| family | runs | points | fitted peak gold | KL at peak | gold at frozen's peak KL | "
-              "KL back at SFT gold | fit RMSE | best observed gold | KL at best |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for fam, fit in fits.items():
-        members = [r for r in runs if r.family == fam]
-        best = max(members, key=lambda r: r.gold[r.best])
-        n = len(members)
-        observed = f"{_fmt(best.gold[best.best])} | {_fmt(best.kl[best.best], 2)}"
-        if not isinstance(fit, Fit):
-            lines.append(f"| {fam} | {n} | - | no fit ({fit}) | - | - | - | - | {observed} |")
-            continue
-        star = "*" if fit.extrapolated else ""
-        frozen = fits.get(f"{members[0].method} frozen")
-        matched = "-"
-        if isinstance(frozen, Fit):
-            d = frozen.d_peak
-            matched = _fmt(sft_gold + float(fit.predict(np.array([d]))[0])) + (" (extrap.)" if d > fit.d_max else "")
-        back = fit.kl_back_to_sft
-        back_text = "never" if math.isinf(back) else _fmt(back, 1) + (" (extrap.)" if back > fit.d_max ** 2 else "")
-        lines.append(f"| {fam} | {n} | {fit.points} | {_fmt(sft_gold + fit.gain_peak)}{star} | {_fmt(fit.d_peak ** 2, 2)}{star} | "
-                     f"{matched} | {back_text} | {_fmt(fit.rmse)} | {observed} |")
-    lines += ["", "## Gold at matched KL, read off the curves", "",
-              "Each run's gold where its path from SFT first reaches the KL, interpolated between evaluations "
-              "(mean over the family's runs; `-`: no run got that far). No functional form assumed.", ""]
-    lines += matched_kl_table(runs, list(fits), sft_gold)
-    lines += ["", "## Runs", "",
-              "| run | method | ref_update | alpha | tau | beta | seed | evals | final gold | best gold (step) | "
-              "KL at best | final KL | final in-domain | done |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (r.method, not r.frozen, r.family, r.beta, r.seed)):
-        b = r.best
-        alpha = "-" if r.tau is None else f"{r.alpha:g}"
-        tau = "-" if r.tau is None else str(r.tau)
-        lines.append(f"| {_rel(r.path, root)} | {r.method} | {r.rule} | {alpha} | {tau} | {r.beta:g} | {r.seed} | "
-                     f"{len(r.steps)} | {_fmt(r.gold[-1])} | {_fmt(r.gold[b])} ({r.steps[b]}) | {_fmt(r.kl[b], 2)} | "
-                     f"{_fmt(r.kl[-1], 2)} | {_fmt(r.in_domain[-1], 2)} | {'yes' if r.finished else 'partial'} |")
-    if skipped:
-        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
-    lines += ["", "Plots: `gold_vs_kl.png` (one curve per run), `fits.png` (pooled points and fitted curves).", ""]
-    return "\n".join(lines)
+# --- the study ------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """A Trust-Region family against the frozen family of its method and beta, paired by seed."""
+
+    family: Family
+    kl: float  # the matched KL: where the frozen runs peak, on average
+    at_kl: Interval  # TR - frozen gold at that KL
+    peak: Interval  # TR - frozen peak gold
+    seeds: list[int]
+
+
+@dataclass
+class Study:
+    runs: list[Run]
+    families: dict[Family, list[Run]]
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Study:
+        families: dict[Family, list[Run]] = {}
+        for r in runs:
+            families.setdefault(r.family, []).append(r)
+        ordered = dict(sorted(families.items(), key=lambda kv: kv[0].sort_key()))
+        for members in ordered.values():
+            members.sort(key=lambda r: r.seed)
+        return cls(runs, ordered)
+
+    def over_seeds(self, family: Family, reading: Callable[[Run], float | None]) -> Interval:
+        return t_interval([reading(r) for r in self.families[family]])
+
+    def matched_kl(self, family: Family) -> float | None:
+        """The KL where the frozen runs of ``family``'s method and beta peak, averaged over seeds."""
+        frozen = self.families.get(family.baseline)
+        return float(np.mean([r.peak_kl for r in frozen])) if frozen else None
+
+    def paired(self, family: Family, reading: Callable[[Run], float | None]) -> tuple[Interval, list[int]]:
+        """TR - frozen of ``reading`` over the seeds both have (a seed missing either side is left out)."""
+        frozen = {r.seed: r for r in self.families.get(family.baseline, [])}
+        diffs, seeds = [], []
+        for r in self.families[family]:
+            if r.seed in frozen:
+                a, b = reading(r), reading(frozen[r.seed])
+                if a is not None and b is not None:
+                    diffs.append(a - b)
+                    seeds.append(r.seed)
+        return t_interval(diffs), seeds
+
+    def comparisons(self) -> list[Comparison]:
+        out = []
+        for fam in self.families:
+            kl = self.matched_kl(fam)
+            if fam.frozen or kl is None:
+                continue
+            at_kl, seeds = self.paired(fam, lambda r: gold_at_kl(r, kl))
+            peak, _ = self.paired(fam, lambda r: r.peak_gold)
+            out.append(Comparison(fam, kl, at_kl, peak, seeds))
+        return out
+
+    def best_per_method(self) -> list[dict]:
+        """Per method with beta tuned too: the best frozen and the best Trust-Region family by mean peak gold,
+        and their paired (by seed) difference in peak gold."""
+        out = []
+        for method in sorted({f.method for f in self.families}):
+            def mean_peak(f: Family) -> float:
+                return float(np.mean([r.peak_gold for r in self.families[f]]))
+
+            frozen = [f for f in self.families if f.method == method and f.frozen]
+            moving = [f for f in self.families if f.method == method and not f.frozen]
+            if not frozen or not moving:
+                continue
+            best_frozen, best_tr = max(frozen, key=mean_peak), max(moving, key=mean_peak)
+            by_seed = {r.seed: r.peak_gold for r in self.families[best_frozen]}
+            diff = t_interval([r.peak_gold - by_seed[r.seed] for r in self.families[best_tr] if r.seed in by_seed])
+            out.append({"method": method, "frozen": best_frozen, "tr": best_tr, "diff": diff,
+                        "frozen_peak": self.over_seeds(best_frozen, lambda r: r.peak_gold),
+                        "tr_peak": self.over_seeds(best_tr, lambda r: r.peak_gold),
+                        "candidates": len(moving)})
+        return out
+
+    def eval_noise(self, family: Family) -> float:
+        """The typical standard error of one gold estimate (its prompts x samples), at each run's peak evaluation."""
+        values = [r.gold_sem[r.best] for r in self.families[family] if math.isfinite(r.gold_sem[r.best])]
+        return float(np.mean(values)) if values else math.nan
+
+
+# --- markdown -------------------------------------------------------------------------------------
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.{digits}f}"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -318,111 +357,347 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _colors(families: list[str]) -> dict[str, str]:
-    out, i = {}, 0
-    for fam in families:
-        if fam.endswith("frozen"):
-            out[fam] = COLORS["frozen"]
-        else:
-            out[fam] = PALETTE[i % len(PALETTE)]
-            i += 1
+def paired_table(study: Study) -> list[str]:
+    lines = ["| family | seeds | matched KL | Δ gold at matched KL | verdict | Δ peak gold | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c in study.comparisons():
+        lines.append(f"| {c.family.name} | {c.at_kl.n} | {c.kl:.2f} | {c.at_kl.text()} | {c.at_kl.verdict()} | "
+                     f"{c.peak.text()} | {c.peak.verdict()} |")
+    return lines
+
+
+def family_table(study: Study) -> list[str]:
+    head = " | ".join(f"gold at KL {x:g}" for x in KL_LEVELS)
+    lines = [f"| family | seeds | {head} | peak gold | KL at peak | eval SE | seed SD of peak |",
+             "|---|---|" + "---|" * len(KL_LEVELS) + "---|---|---|---|"]
+    for fam in study.families:
+        cells = []
+        for level in KL_LEVELS:
+            iv = study.over_seeds(fam, lambda r, x=level: gold_at_kl(r, x))
+            n_all = len(study.families[fam])
+            cells.append(iv.text() + (f" ({iv.n}/{n_all} reached)" if 0 < iv.n < n_all else ""))
+        peak = study.over_seeds(fam, lambda r: r.peak_gold)
+        kl = study.over_seeds(fam, lambda r: r.peak_kl)
+        lines.append(f"| {fam.name} | {len(study.families[fam])} | " + " | ".join(cells) +
+                     f" | {peak.text()} | {kl.text(2)} | {_fmt(study.eval_noise(fam))} | {_fmt(peak.sd)} |")
+    return lines
+
+
+def best_table(study: Study) -> list[str]:
+    lines = ["| method | best frozen (peak gold) | best Trust-Region (peak gold) | Δ peak gold, paired | verdict |",
+             "|---|---|---|---|---|"]
+    for b in study.best_per_method():
+        lines.append(f"| {b['method']} | {b['frozen'].name}: {b['frozen_peak'].text()} | {b['tr'].name}: "
+                     f"{b['tr_peak'].text()} | {b['diff'].text()} | {b['diff'].verdict()} |")
+    return lines
+
+
+def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
+    seeds = sorted({r.seed for r in study.runs})
+    counts = sorted({len(m) for m in study.families.values()})
+    few = counts[0] < FEW_SEEDS
+    lines = [
+        "# Sweep report", "",
+        f"{len(study.runs)} runs in {len(study.families)} families from `{root}`; seeds {seeds} "
+        f"({'/'.join(map(str, counts))} per family).",
+        "",
+        f"Intervals: mean over seeds ± a two-sided {CONFIDENCE:.0%} t-interval (n − 1 degrees of freedom). "
+        "None with one seed; † marks fewer than 3 seeds, where the interval is very wide."
+        + (" **Some families have fewer than 3 seeds: read their verdicts as unknown.**" if few else ""),
+        "Gold at a KL is read where each run's path from SFT first reaches that KL (linear between evaluations; "
+        "KL 0 is the step-0 evaluation). Peak gold is the best evaluation of each run; as a maximum over noisy "
+        "evaluations it is biased upward, alike for every family.",
+        "",
+        "## Trust-Region vs frozen, paired by seed", "",
+        "TR − frozen on the same seed (same training pairs, same evaluation prompts and sampling seed), "
+        "same method and β. Matched KL: where the frozen runs peak, on average. Verdict: *better*/*worse* when the "
+        "paired interval excludes 0, else *within noise*.", "",
+        *paired_table(study), "",
+        "## Best per method, β tuned too", "",
+        "The family with the highest mean peak gold among the frozen ones and among the Trust-Region ones "
+        "(any β, α, τ), paired by seed. Picking the best of many families on the same seeds favours the side "
+        "with more candidates: treat a *better* here as a lead to confirm on new seeds.", "",
+        *best_table(study), "",
+        "## Families", "",
+        "Mean [95 % interval] over seeds. *eval SE*: the standard error of one gold estimate from its prompts × "
+        "samples (at the peak evaluation, averaged over seeds): sampling noise. *seed SD*: the spread of peak gold "
+        "across seeds: training noise. When seed SD ≫ eval SE, more seeds help more than more samples.", "",
+        *family_table(study), "",
+        "## Runs", "",
+        "| run | family | seed | evals | final gold | peak gold (step) | KL at peak | final KL | final in-domain | done |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(study.runs, key=lambda r: (r.family.sort_key(), r.seed)):
+        b = r.best
+        lines.append(f"| {_rel(r.path, root)} | {r.family.name} | {r.seed} | {len(r.steps)} | {_fmt(r.gold[-1])} | "
+                     f"{_fmt(r.peak_gold)} ({r.steps[b]}) | {_fmt(r.peak_kl, 2)} | {_fmt(r.kl[-1], 2)} | "
+                     f"{_fmt(r.in_domain[-1], 2)} | {'yes' if r.finished else 'partial'} |")
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
+    lines += ["", "Figures: `bands.png` (gold vs KL, mean and 95 % band over seeds, one panel per method and β), "
+              "`heatmap.png` (paired Δ gold at matched KL over α and τ), `gold_vs_kl.png` (every run).", ""]
+    return "\n".join(lines)
+
+
+def _iv(iv: Interval) -> dict:
+    return {"mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "sd": iv.sd}
+
+
+def summary_json(study: Study) -> dict:
+    """The report's numbers, for scripts and tests."""
+    fams = {}
+    for fam, members in study.families.items():
+        fams[fam.name] = {
+            "method": fam.method, "beta": fam.beta, "alpha": fam.alpha, "tau": fam.tau,
+            "seeds": [r.seed for r in members],
+            "gold_at_kl": {f"{x:g}": _iv(study.over_seeds(fam, lambda r, x=x: gold_at_kl(r, x))) for x in KL_LEVELS},
+            "peak_gold": _iv(study.over_seeds(fam, lambda r: r.peak_gold)),
+            "peak_kl": _iv(study.over_seeds(fam, lambda r: r.peak_kl)),
+            "eval_se": study.eval_noise(fam),
+        }
+    paired = {c.family.name: {"matched_kl": c.kl, "at_kl": _iv(c.at_kl), "at_kl_verdict": c.at_kl.verdict(),
+                              "peak": _iv(c.peak), "peak_verdict": c.peak.verdict(), "seeds": c.seeds}
+              for c in study.comparisons()}
+    best = [{"method": b["method"], "frozen": b["frozen"].name, "tr": b["tr"].name, "diff": _iv(b["diff"]),
+             "verdict": b["diff"].verdict()} for b in study.best_per_method()]
+    return {"families": fams, "paired": paired, "best": best}
+
+
+# --- figures --------------------------------------------------------------------------------------
+def _panels(study: Study) -> list[tuple[str, float]]:
+    return sorted({(f.method, f.beta) for f in study.families})
+
+
+def _colors(families: list[Family]) -> dict[Family, str]:
+    moving = [f for f in families if not f.frozen]
+    out = {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(moving)}
+    out.update({f: FROZEN_COLOR for f in families if f.frozen})
     return out
 
 
-def plot_runs(runs: list[Run], sft_gold: float, path: Path) -> None:
-    """One panel per method; a line per run (gold vs KL over its evaluations), coloured by update rule."""
+def _grid(fig, n: int):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def plot_bands(study: Study, path: Path) -> None:
+    """Gold vs KL per family: mean over seeds and its 95 % band, on KLs every seed of the family reached."""
     from matplotlib.figure import Figure
 
-    methods = sorted({r.method for r in runs})
-    fig = Figure(figsize=(5 * len(methods), 4), dpi=100)
-    for i, method in enumerate(methods):
-        ax = fig.add_subplot(1, len(methods), i + 1)
-        mine = [r for r in runs if r.method == method]
-        colors = _colors(sorted({r.family for r in mine}, key=lambda f: (not f.endswith("frozen"), f)))
-        seen = set()
-        for r in mine:
-            label = None if r.family in seen else r.family.removeprefix(method + " ")
-            seen.add(r.family)
-            ax.plot([0.0] + r.kl, [sft_gold] + r.gold, "o-", ms=2.5, lw=1.2 if not r.frozen else 2.0,
-                    color=colors[r.family], alpha=0.8, label=label)
-        _gold_vs_kl_axes(ax, method.upper())
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _gold_vs_kl_axes(ax, title: str) -> None:
-    ax.set_title(title)
-    ax.set_xlabel("KL(policy || SFT)")
-    ax.set_ylabel("gold reward")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def plot_fits(runs: list[Run], fits: dict[str, Fit | str], sft_gold: float, path: Path) -> None:
-    """One panel per method: each family's pooled points and its fitted curve, gold vs KL to SFT."""
-    from matplotlib.figure import Figure
-
-    methods = sorted({r.method for r in runs})
-    fig = Figure(figsize=(5 * len(methods), 4), dpi=100)
-    for i, method in enumerate(methods):
-        ax = fig.add_subplot(1, len(methods), i + 1)
-        fams = sorted({r.family for r in runs if r.method == method}, key=lambda f: (not f.endswith("frozen"), f))
+    panels = _panels(study)
+    cols = min(len(panels), 3)
+    fig = Figure(figsize=(5.2 * cols, 4.2 * -(-len(panels) // cols)), dpi=100)
+    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+        fams = [f for f in study.families if (f.method, f.beta) == (method, beta)]
         colors = _colors(fams)
         for fam in fams:
-            kl = [k for r in runs if r.family == fam for k in r.kl]
-            gold = [g for r in runs if r.family == fam for g in r.gold]
-            ax.scatter(kl, gold, s=8, color=colors[fam], alpha=0.5)
-            fit = fits.get(fam)
-            label = fam.removeprefix(method + " ")
-            if isinstance(fit, Fit):
-                d = np.linspace(0.0, max(fit.d_max, 1e-6), 200)
-                ax.plot(d ** 2, sft_gold + fit.predict(d), color=colors[fam], lw=2,
-                        label=f"{label} (peak {sft_gold + fit.gain_peak:.2f} @ KL {fit.d_peak ** 2:.1f})")
-            else:
-                ax.plot([], [], color=colors[fam], label=f"{label} (no fit)")
-        ax.axhline(sft_gold, color="grey", lw=0.8, ls="--")
-        _gold_vs_kl_axes(ax, f"{method.upper()}: fitted d (a - b log d)")
+            members = study.families[fam]
+            top = min(reach(r) for r in members)
+            grid = np.linspace(0.0, top, 40)
+            ivs = [t_interval([gold_at_kl(r, x) for r in members]) for x in grid]
+            mean = np.array([iv.mean for iv in ivs])
+            ax.plot(grid, mean, color=colors[fam], lw=2.2 if fam.frozen else 1.4,
+                    label=f"{fam.rule} (n={len(members)})")
+            if len(members) > 1:
+                ax.fill_between(grid, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=colors[fam], alpha=0.12)
+        ax.set_title(f"{method.upper()}, β={beta:g}")
+        ax.set_xlabel("KL(policy ‖ SFT)")
+        ax.set_ylabel("gold reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
 
-def build_report(targets: Sequence[str], out: Path | None = None) -> tuple[Path, list[Run], list[tuple[Path, str]]]:
-    """Read the runs under ``targets``; write report.md and the PNGs into ``out`` (default: the first target)."""
-    dirs = find_run_dirs(targets)
+def plot_heatmap(study: Study, path: Path) -> None:
+    """Paired Δ gold at matched KL (TR − frozen, mean over seeds) over α (rows) and τ (columns), per method and β."""
+    from matplotlib.figure import Figure
+
+    comps = study.comparisons()
+    panels = sorted({(c.family.method, c.family.beta) for c in comps})
+    if not panels:
+        return
+    cols = min(len(panels), 3)
+    fig = Figure(figsize=(5.2 * cols, 4.0 * -(-len(panels) // cols)), dpi=100)
+    span = max([abs(c.at_kl.mean) for c in comps if math.isfinite(c.at_kl.mean)] or [1.0])
+    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+        mine = [c for c in comps if (c.family.method, c.family.beta) == (method, beta)]
+        alphas = sorted({c.family.alpha for c in mine})
+        taus = sorted({c.family.tau for c in mine})
+        values = np.full((len(alphas), len(taus)), np.nan)
+        for c in mine:
+            i, j = alphas.index(c.family.alpha), taus.index(c.family.tau)
+            values[i, j] = c.at_kl.mean
+            mark = {"better": "+", "worse": "−"}.get(c.at_kl.verdict(), "")
+            ax.text(j, i, f"{c.at_kl.mean:+.2f}{mark}", ha="center", va="center", fontsize=8)
+        image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+        ax.set_xticks(range(len(taus)), [str(t) for t in taus])
+        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_xlabel("τ (steps between updates)")
+        ax.set_ylabel("α")
+        ax.set_title(f"{method.upper()} β={beta:g}: Δ gold at KL {mine[0].kl:.1f}")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.text(0.01, 0.005, "+ / −: the paired 95 % interval excludes 0", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_runs(study: Study, path: Path) -> None:
+    """Every run's gold vs KL path, one panel per method and β, coloured by family."""
+    from matplotlib.figure import Figure
+
+    panels = _panels(study)
+    cols = min(len(panels), 3)
+    fig = Figure(figsize=(5.2 * cols, 4.2 * -(-len(panels) // cols)), dpi=100)
+    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+        fams = [f for f in study.families if (f.method, f.beta) == (method, beta)]
+        colors = _colors(fams)
+        for fam in fams:
+            for i, r in enumerate(study.families[fam]):
+                kl, gold = r.path_from_sft()
+                ax.plot(kl, gold, "o-", ms=2, lw=1.8 if fam.frozen else 1.0, color=colors[fam], alpha=0.7,
+                        label=fam.rule if i == 0 else None)
+        ax.set_title(f"{method.upper()}, β={beta:g}")
+        ax.set_xlabel("KL(policy ‖ SFT)")
+        ax.set_ylabel("gold reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# --- wandb ----------------------------------------------------------------------------------------
+def log_to_wandb(out: Path, study: Study, project: str) -> str | None:
+    """The report as a wandb artifact (report.md, report.json, figures) plus its tables; None where wandb is off."""
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if mode == "disabled":
+        return None
+    import wandb
+
+    name = "report-" + "-".join(out.resolve().parts[-2:]).replace(" ", "_")
+    run = wandb.init(project=project, job_type="report", name=name, group="reports", dir=str(out), mode=mode,
+                     settings=wandb.Settings(quiet=True, console="off"))
+    try:
+        paired = wandb.Table(columns=["family", "seeds", "matched_kl", "delta_gold", "lo", "hi", "verdict"],
+                             data=[[c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi,
+                                    c.at_kl.verdict()] for c in study.comparisons()])
+        images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))
+                  if p.stem in ("bands", "heatmap", "gold_vs_kl")}
+        run.log({"report/paired": paired, **images})
+        artifact = wandb.Artifact(name=wandb.util.make_artifact_name_safe(name), type="sweep-report")
+        for file in ("report.md", "report.json", "bands.png", "heatmap.png", "gold_vs_kl.png"):
+            if (out / file).exists():
+                artifact.add_file(str(out / file))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
+    return run.dir
+
+
+# --- entry points ---------------------------------------------------------------------------------
+def load_runs(targets: Sequence[str]) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs: list[Run] = []
     skipped: list[tuple[Path, str]] = []
-    for d in dirs:
+    for d in find_run_dirs(targets):
         run = load_run(d)
         (runs.append(run) if isinstance(run, Run) else skipped.append((d, run)))
+    if not runs:
+        why = "; ".join(f"{p}: {w}" for p, w in skipped) or "no run dirs found"
+        raise DataError(f"no run with generation evaluations under {', '.join(targets)} ({why})")
+    return runs, skipped
+
+
+def build_report(targets: Sequence[str], out: Path | None = None, wandb_project: str | None = None
+                 ) -> tuple[Path, Study, list[tuple[Path, str]]]:
+    """Read the runs under ``targets``; write report.md, report.json and the PNGs into ``out`` (default: the
+    first target); log them to wandb when ``wandb_project`` is given."""
+    runs, skipped = load_runs(targets)
     if out is None:
         first = Path(targets[0])
         out = first if first.is_dir() else Path(".")
-    root = out
-    if not runs:
-        why = "; ".join(f"{_rel(p, root)}: {w}" for p, w in skipped) or "no run dirs found"
-        raise DataError(f"no run with generation evaluations under {', '.join(targets)} ({why})")
     out.mkdir(parents=True, exist_ok=True)
-    sft_gold = baseline(runs)
-    fits = family_fits(runs, sft_gold)
-    (out / "report.md").write_text(markdown(runs, fits, sft_gold, skipped, root), encoding="utf-8")
-    plot_runs(runs, sft_gold, out / "gold_vs_kl.png")
-    plot_fits(runs, fits, sft_gold, out / "fits.png")
-    return out / "report.md", runs, skipped
+    study = Study.of(runs)
+    (out / "report.md").write_text(markdown(study, skipped, out), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(summary_json(study), indent=1, default=str), encoding="utf-8")
+    plot_bands(study, out / "bands.png")
+    plot_heatmap(study, out / "heatmap.png")
+    plot_runs(study, out / "gold_vs_kl.png")
+    if wandb_project:
+        log_to_wandb(out, study, wandb_project)
+    return out / "report.md", study, skipped
+
+
+def compare(frozen_dir: Path, tr_dir: Path, out: Path) -> str:
+    """Two runs side by side (a frozen and a moving reference): gold at matched KLs, peak gold, KL at the peak;
+    writes ``compare.png`` and ``compare.md`` into ``out`` and returns the table."""
+    runs = []
+    for d in (frozen_dir, tr_dir):
+        run = load_run(Path(d))
+        if not isinstance(run, Run):
+            raise DataError(f"{d}: {run}")
+        runs.append(run)
+    frozen, tr = runs
+    top = min(reach(frozen), reach(tr))
+    levels = [x for x in (1.0, *KL_LEVELS, 15.0, 20.0) if x <= top] + [frozen.peak_kl]
+    rows = [("", f"frozen ({frozen.family.name})", f"Trust-Region ({tr.family.name})")]
+    for x in sorted(set(levels)):
+        label = f"gold at KL {x:.2f} (frozen's peak)" if x == frozen.peak_kl else f"gold at KL {x:g}"
+        rows.append((label, _fmt(gold_at_kl(frozen, x)), _fmt(gold_at_kl(tr, x))))
+    rows += [("peak gold", _fmt(frozen.peak_gold), _fmt(tr.peak_gold)),
+             ("KL at the peak", _fmt(frozen.peak_kl, 2), _fmt(tr.peak_kl, 2)),
+             ("final gold (KL)", f"{_fmt(frozen.gold[-1])} ({_fmt(frozen.kl[-1], 1)})",
+              f"{_fmt(tr.gold[-1])} ({_fmt(tr.kl[-1], 1)})")]
+    table = "\n".join([f"| {a} | {b} | {c} |" for a, b, c in rows[:1]] + ["|---|---|---|"] +
+                      [f"| {a} | {b} | {c} |" for a, b, c in rows[1:]])
+    note = (f"One seed ({frozen.seed}): an anecdote, not a finding; `make sweep-toy` gives intervals over seeds. "
+            f"SFT gold {_fmt(frozen.sft_gold)}; one evaluation's standard error about {_fmt(frozen.gold_sem[frozen.best])}.")
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_pair(frozen, tr, out / "compare.png")
+    (out / "compare.md").write_text(table + "\n\n" + note + "\n", encoding="utf-8")
+    return table + "\n\n" + note
+
+
+def _plot_pair(frozen: Run, tr: Run, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    for run, color, label in ((frozen, FROZEN_COLOR, "frozen reference"), (tr, PALETTE[0], f"Trust-Region, {tr.family.rule}")):
+        kl, gold = run.path_from_sft()
+        ax.plot(kl, gold, "o-", ms=3, color=color, label=label)
+        ax.plot([run.peak_kl], [run.peak_gold], "*", ms=12, color=color)
+    ax.set_title(f"{frozen.family.method.upper()} β={frozen.family.beta:g}, seed {frozen.seed}: gold vs KL to SFT")
+    ax.set_xlabel("KL(policy ‖ SFT)")
+    ax.set_ylabel("gold reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trustregion-report", description=__doc__.split("\n")[0])
-    parser.add_argument("targets", nargs="+", help="a sweep dir (outputs/multirun/<date>/<time>) or globs of run dirs")
-    parser.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go (default: the sweep dir)")
+    parser.add_argument("targets", nargs="+", help="a sweep dir or globs of run dirs; with --compare: FROZEN_RUN TR_RUN")
+    parser.add_argument("--out", type=Path, default=None, help="where the report goes (default: the sweep dir)")
+    parser.add_argument("--compare", action="store_true", help="two runs side by side: a frozen and a moving reference")
+    parser.add_argument("--wandb-project", default="trustregion", help="log the report as a wandb artifact here "
+                        "(WANDB_MODE=offline by default; disabled: no wandb)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
     args = parser.parse_args(argv)
     try:
-        path, runs, skipped = build_report(args.targets, args.out)
-    except (DataError, ConfigError) as e:
+        if args.compare:
+            if len(args.targets) != 2:
+                raise DataError(f"--compare takes two run dirs (frozen, then Trust-Region), got {len(args.targets)}")
+            print(compare(Path(args.targets[0]), Path(args.targets[1]), args.out or Path(args.targets[1]).parent))
+            return
+        path, study, skipped = build_report(args.targets, args.out, None if args.no_wandb else args.wandb_project)
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for p, why in skipped:
-        print(f"skipped {p}: {why}", file=sys.stderr)
-    print(f"{len(runs)} runs -> {path}")
+        print(f"skipped {p}: {why}")
+    print(f"{len(study.runs)} runs in {len(study.families)} families -> {path}")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
 
     path = str(cfg.pair_model)
     try:
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, key="dataset.pair_model")
         model = AutoModelForCausalLM.from_pretrained(path).eval()
     except OSError as e:
         raise ConfigError(f"dataset.pair_model={path}: cannot load it ({str(e).splitlines()[0]}); "
