@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,9 @@ def test_a_dir_that_holds_no_model_is_one_error_naming_the_path(fast_cfg, tmp_pa
 
 def test_a_missing_model_dir_ends_the_run_with_one_line_and_exit_code_2(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    hh = Path(__file__).parent / "fixtures" / "hh" / "train.jsonl"
     proc = subprocess.run([sys.executable, "-m", "trustregion.train", f"model.path={tmp_path}/nope", "logger=none",
+                           "dataset=hh", f"dataset.path={hh}", "dataset.eval_split=null", "dataset.eval_samples=4",
                            f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
