@@ -21,12 +21,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The default experiment: SFT of the tiny model on the toy task, then TR-DPO (soft update) from it.
+# The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
+# with a soft Trust-Region update (same seed, same pairs), then the two side by side: gold reward at matched
+# KL to SFT, peak gold and the KL at the peak (printed, and compare.md / compare.png in the run dir).
 RUN := outputs/make-train/$(shell date +%Y-%m-%d_%H-%M-%S)
+ALIGN := method=dpo method.beta=$(BETA) trainer.seed=$(SEED) eval.samples_per_prompt=4
+BETA ?= 0.5
+SEED ?= 1
+TR ?= ref_update=soft ref_update.alpha=0.03 ref_update.tau=1
 train: install
 	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft
-	$(BIN)/python -m trustregion.train model.path=$(RUN)/sft/policy hydra.run.dir=$(RUN)/tr-dpo
-	@echo "run dirs: $(RUN)/sft $(RUN)/tr-dpo"
+	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy ref_update=none hydra.run.dir=$(RUN)/frozen
+	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy $(TR) hydra.run.dir=$(RUN)/trust-region
+	$(BIN)/python -m trustregion.report --compare $(RUN)/frozen $(RUN)/trust-region --out $(RUN)
+	@echo "run dirs: $(RUN)/{sft,frozen,trust-region}; side by side: $(RUN)/compare.png"
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -42,14 +42,25 @@ def test_missing_data_file_names_the_file():
         f"dataset.data_files={FIX}/nope.jsonl: no such file; set dataset.data_files to an existing data file")
 
 
-def test_missing_eval_split_in_data_files_names_the_splits_there_are():
-    message = load_error("dataset=hh", "dataset.path=null", f"dataset.data_files={{train:{FIX}/hh/train.jsonl}}")
-    assert message == ("dataset.data_files has no split 'test' (it has train); "
-                       "set dataset.split / dataset.eval_split to one it has")
+def test_a_missing_eval_split_is_held_out_of_the_train_split_with_a_note(capsys):
+    data = load_preferences(compose_cfg("dataset=hh", "dataset.path=null", "dataset.eval_samples=4",
+                                        f"dataset.data_files={{train:{FIX}/hh/train.jsonl}}").dataset)
+    assert len(data.eval) == 4 and len(data.train) == 32 - 4
+    assert data.report.notes == [
+        "dataset.eval_split=test is not in the data (dataset.data_files has no split 'test' (it has train); set "
+        "dataset.split / dataset.eval_split to one it has): holding out rows of 'train' for evaluation instead; "
+        "set dataset.eval_split=null to say so"]
+    assert capsys.readouterr().out.count("[trustregion] note: dataset.eval_split=test is not in the data") == 1
 
 
-def test_missing_split_of_a_single_file_names_the_split():
-    message = load_error("dataset=local", f"dataset.path={FIX}/tldr/pairs_train.jsonl", "dataset.eval_split=validation")
+def test_a_single_file_without_the_eval_split_holds_out_rows_of_its_own():
+    data = load_preferences(compose_cfg("dataset=local", f"dataset.path={FIX}/tldr/pairs_train.jsonl",
+                                        "dataset.eval_split=validation", "dataset.eval_samples=3").dataset)
+    assert len(data.eval) == 3 and "dataset.eval_split=validation is not in the data" in data.report.notes[0]
+
+
+def test_missing_train_split_names_the_split():
+    message = load_error("dataset=local", f"dataset.path={FIX}/tldr/pairs_train.jsonl", "dataset.split=validation")
     assert message.startswith(f"dataset.path={FIX}/tldr/pairs_train.jsonl: no split 'validation'")
     assert message.endswith("set dataset.split / dataset.eval_split to one it has")
 

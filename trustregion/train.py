@@ -153,7 +153,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[
         logger.log(0, {"world_size": engine.world_size, "data/train_pairs": len(train_rows), "data/skipped_rows": data.report.skipped,
                        "data/truncated_prompts": trunc.truncated_prompts,
                        "data/truncated_responses": trunc.truncated_responses,
-                       "data/truncated_rows": trunc.truncated_rows})
+                       "data/truncated_rows": trunc.truncated_rows,
+                       **({"data/notes": " | ".join(data.report.notes)} if data.report.notes else {})})
         if t.eval_at_start:
             last = evaluate(engine, cfg, eval_rows, collator, sft_eval, data, tokenizer, sft_model, logger, 0, run_dir)
 

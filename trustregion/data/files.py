@@ -93,6 +93,10 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+class MissingSplit(DataError):
+    """The source has no split of that name (a single file has only ``train``)."""
+
+
 def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
                field_name: str = "dataset.path", subset: str | None = None) -> Dataset:
     """One split from a local file, a directory of files, a ``save_to_disk`` directory, or a hub name.
@@ -112,7 +116,7 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
             _check_files_exist(data_files, field_name)
             if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
                 if split not in data_files:
-                    raise DataError(f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
+                    raise MissingSplit(f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
                                     f"set dataset.split / dataset.eval_split to one it has")
                 data_files, what = data_files[split], data_files[split]
                 first = _local_files(data_files)[0]
@@ -122,7 +126,7 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
         if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
             saved = datasets.load_from_disk(local)
             if split not in saved:
-                raise DataError(f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
+                raise MissingSplit(f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
                                 f"set dataset.split / dataset.eval_split to one it has")
             return saved[split]
         if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
@@ -138,7 +142,7 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
         raise
     except (KeyError, ValueError) as e:
         if "split" in str(e).lower() or isinstance(e, KeyError):
-            raise DataError(f"{field_name}={what}: no split '{split}' ({_first_line(e)}); "
+            raise MissingSplit(f"{field_name}={what}: no split '{split}' ({_first_line(e)}); "
                             f"set dataset.split / dataset.eval_split to one it has") from e
         raise DataError(f"{field_name}={what}: cannot read it ({_first_line(e)})") from e
     except ConnectionError as e:
@@ -196,9 +200,15 @@ def load_rows(
     train = load_split(cfg.path, cfg.data_files, cfg.split, cfg.format, subset=cfg.subset)
     require_columns(train, columns(train), source)
     order = _shuffled(len(train), cfg.seed)
+    held, note = None, None
     if cfg.eval_split:
+        try:
+            held = load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset)
+        except MissingSplit as e:
+            note = (f"dataset.eval_split={cfg.eval_split} is not in the data ({e}): holding out rows of "
+                    f"'{cfg.split}' for evaluation instead; set dataset.eval_split=null to say so")
+    if held is not None:
         held_name = source_name(cfg, cfg.eval_split)
-        held = load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset)
         require_columns(held, columns(held), held_name)
         held_source, held_order = held, _shuffled(len(held), cfg.seed + 1)
         train_order = order
@@ -209,6 +219,9 @@ def load_rows(
     eval_rows, eval_report = clean_rows(held_source, held_name, cfg.on_bad_row, fields, convert, held_order,
                                         cfg.eval_samples)
     report.add_eval(eval_report)
+    if note:
+        report.notes.append(note)
+        print(f"[trustregion] note: {note}", flush=True)
     if not rows:
         raise DataError(f"{source}: no usable rows ({report.skipped} bad; first: {report.first}); "
                         f"fix the data or the dataset.*_field names")
@@ -253,5 +266,5 @@ def load(cfg) -> PreferenceData:
     return pairs_data(rows, eval_rows, report)
 
 
-__all__ = ["FileDatasetConfig", "load_split", "load_rows", "require_columns", "pairs_data", "to_dataset",
+__all__ = ["FileDatasetConfig", "MissingSplit", "load_split", "load_rows", "require_columns", "pairs_data", "to_dataset",
            "field_mapper", "mapped_columns", "source_name", "BadRow"]

@@ -39,6 +39,7 @@ class RowReport:
     first: str | None = None  # the first problem, as a message
     eval_kept: int = 0
     eval_skipped: int = 0
+    notes: list[str] = field(default_factory=list)  # what the loader decided for the user (a missing split, ...)
 
     def add_eval(self, other: "RowReport") -> None:
         """Fold the eval split's report into this one (its skips count towards ``skipped``)."""
