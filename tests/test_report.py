@@ -113,6 +113,14 @@ def test_paired_differences_at_the_frozen_peak_kl_and_their_verdicts(sweep):
     assert paired["ipo β=0.1 hard τ=32"]["at_kl_verdict"] == "too few seeds"
 
 
+def test_a_family_identical_to_frozen_on_every_seed_is_called_identical(tmp_path):
+    for seed in (1, 2):
+        gold = [frozen_curve(k) for k in FROZEN_KL]
+        write_run(tmp_path / f"frozen-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL, gold, seed=seed)
+        write_run(tmp_path / f"late-{seed}", "dpo", 128, 1.0, 0.1, FROZEN_KL, gold, seed=seed)  # no update yet
+    assert report_json(tmp_path)["paired"]["dpo β=0.1 hard τ=128"]["at_kl_verdict"] == "identical"
+
+
 def test_paired_peak_difference(sweep):
     peak = report_json(sweep)["paired"]["dpo β=0.1 soft α=0.01 τ=1"]["peak"]
     assert peak["mean"] == pytest.approx(0.55 + 0.12 - 0.52)  # TR peaks at KL 5 (0.55 + lift), frozen at 4 (0.52)
@@ -134,7 +142,7 @@ def test_evaluation_noise_is_reported_beside_seed_noise(sweep):
 
 def test_the_report_writes_the_band_and_heat_map_figures(sweep):
     build_report([str(sweep)])
-    for name in ("bands.png", "heatmap.png", "gold_vs_kl.png"):
+    for name in ("bands.png", "heatmap.png", "heatmap_peak.png", "gold_vs_kl.png"):
         assert (sweep / name).stat().st_size > 5000, name
 
 
@@ -184,12 +192,14 @@ def test_compare_prints_both_runs_at_matched_kl_and_draws_both_curves(tmp_path):
 
 
 def test_the_report_is_logged_to_wandb_as_an_artifact(sweep, monkeypatch):
+    from trustregion.report import Study, load_runs, log_to_wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    build_report([str(sweep)], wandb_project="trustregion-test")
-    runs = list((sweep / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline run's log, synced later by `wandb sync`
-    assert b"sweep-report" in record and b"report.md" in record and b"bands.png" in record
+    build_report([str(sweep)])
+    artifact = log_to_wandb(sweep, Study.of(load_runs([str(sweep)])[0]), "trustregion-test")
+    assert artifact.type == "sweep-report"
+    assert {"report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png"} <= set(artifact.manifest.entries)
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # synced later with `wandb sync`
 
 
 def test_report_reads_a_real_training_run(fast_cfg, tmp_path):

@@ -9,9 +9,10 @@ path from the SFT model first reaches a KL (interpolated between evaluations, th
 step-0 evaluation) and its peak (best evaluation and the KL there); per family, the mean over seeds with a
 95 % t-interval (n - 1 degrees of freedom; none with one seed). Trust-Region families are compared with
 the frozen reference of the same method and beta *paired by seed* (same training pairs, same evaluation
-samples), at the KL where the frozen runs peak on average: the verdict is ``better``/``worse`` when the
-paired interval excludes 0, else ``within noise``. Writes ``report.md``, ``report.json``, ``bands.png``,
-``heatmap.png`` and ``gold_vs_kl.png``, and logs them to wandb as an artifact (offline unless asked).
+samples), at the KL where the frozen runs peak on average and in peak gold: the verdict is ``better``/``worse``
+when the paired interval excludes 0, ``identical`` when every seed gives exactly 0 (no update happened yet),
+else ``within noise``. Writes ``report.md``, ``report.json``, ``bands.png``, ``heatmap.png``,
+``heatmap_peak.png`` and ``gold_vs_kl.png``, and logs them to wandb as an artifact (offline unless asked).
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class Interval:
         return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]" + ("†" if self.few else "")
 
     def verdict(self) -> str:
+        if self.n >= 1 and self.sd == 0.0 and self.mean == 0.0:
+            return "identical"  # e.g. no reference update happened before the matched KL
         if self.n < 2:
             return "too few seeds"
         if self.lo > 0:
@@ -148,7 +151,7 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
         return Interval(math.nan, math.nan, math.nan, 0, math.nan)
     mean = float(x.mean())
     if n < 2:
-        return Interval(mean, math.nan, math.nan, 1, math.nan)
+        return Interval(mean, math.nan, math.nan, 1, 0.0 if mean == 0.0 else math.nan)
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, sd)
@@ -411,7 +414,8 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "## Trust-Region vs frozen, paired by seed", "",
         "TR − frozen on the same seed (same training pairs, same evaluation prompts and sampling seed), "
         "same method and β. Matched KL: where the frozen runs peak, on average. Verdict: *better*/*worse* when the "
-        "paired interval excludes 0, else *within noise*.", "",
+        "paired interval excludes 0, *identical* when every seed gives exactly 0 (no update before that point), "
+        "else *within noise*.", "",
         *paired_table(study), "",
         "## Best per method, β tuned too", "",
         "The family with the highest mean peak gold among the frozen ones and among the Trust-Region ones "
@@ -435,7 +439,8 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
     lines += ["", "Figures: `bands.png` (gold vs KL, mean and 95 % band over seeds, one panel per method and β), "
-              "`heatmap.png` (paired Δ gold at matched KL over α and τ), `gold_vs_kl.png` (every run).", ""]
+              "`heatmap.png` / `heatmap_peak.png` (paired Δ gold at matched KL / Δ peak gold over α and τ), "
+              "`gold_vs_kl.png` (every run).", ""]
     return "\n".join(lines)
 
 
@@ -510,17 +515,19 @@ def plot_bands(study: Study, path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_heatmap(study: Study, path: Path) -> None:
-    """Paired Δ gold at matched KL (TR − frozen, mean over seeds) over α (rows) and τ (columns), per method and β."""
+def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
+    """Paired TR − frozen (mean over seeds) over α (rows) and τ (columns), one panel per method and β: gold at
+    the matched KL, or (``peak``) peak gold."""
     from matplotlib.figure import Figure
 
     comps = study.comparisons()
     panels = sorted({(c.family.method, c.family.beta) for c in comps})
     if not panels:
         return
+    pick = (lambda c: c.peak) if peak else (lambda c: c.at_kl)
     cols = min(len(panels), 3)
     fig = Figure(figsize=(5.2 * cols, 4.0 * -(-len(panels) // cols)), dpi=100)
-    span = max([abs(c.at_kl.mean) for c in comps if math.isfinite(c.at_kl.mean)] or [1.0])
+    span = max([abs(pick(c).mean) for c in comps if math.isfinite(pick(c).mean)] or [1.0]) or 1.0
     for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
         mine = [c for c in comps if (c.family.method, c.family.beta) == (method, beta)]
         alphas = sorted({c.family.alpha for c in mine})
@@ -528,17 +535,18 @@ def plot_heatmap(study: Study, path: Path) -> None:
         values = np.full((len(alphas), len(taus)), np.nan)
         for c in mine:
             i, j = alphas.index(c.family.alpha), taus.index(c.family.tau)
-            values[i, j] = c.at_kl.mean
-            mark = {"better": "+", "worse": "−"}.get(c.at_kl.verdict(), "")
-            ax.text(j, i, f"{c.at_kl.mean:+.2f}{mark}", ha="center", va="center", fontsize=8)
+            values[i, j] = pick(c).mean
+            mark = {"better": "+", "worse": "−"}.get(pick(c).verdict(), "")
+            ax.text(j, i, f"{pick(c).mean:+.2f}{mark}", ha="center", va="center", fontsize=8)
         image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
         ax.set_xticks(range(len(taus)), [str(t) for t in taus])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("τ (steps between updates)")
         ax.set_ylabel("α")
-        ax.set_title(f"{method.upper()} β={beta:g}: Δ gold at KL {mine[0].kl:.1f}")
+        what = "Δ peak gold" if peak else f"Δ gold at KL {mine[0].kl:.1f}"
+        ax.set_title(f"{method.upper()} β={beta:g}: {what}")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.text(0.01, 0.005, "+ / −: the paired 95 % interval excludes 0", fontsize=7)
+    fig.text(0.01, 0.005, "TR − frozen, paired by seed; + / −: the 95 % interval excludes 0", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -568,8 +576,9 @@ def plot_runs(study: Study, path: Path) -> None:
 
 
 # --- wandb ----------------------------------------------------------------------------------------
-def log_to_wandb(out: Path, study: Study, project: str) -> str | None:
-    """The report as a wandb artifact (report.md, report.json, figures) plus its tables; None where wandb is off."""
+def log_to_wandb(out: Path, study: Study, project: str):
+    """The report as a wandb artifact (report.md, report.json, figures) plus its tables; returns the artifact,
+    or None where wandb is off (WANDB_MODE=disabled)."""
     mode = os.environ.get("WANDB_MODE", "offline")
     if mode == "disabled":
         return None
@@ -583,16 +592,16 @@ def log_to_wandb(out: Path, study: Study, project: str) -> str | None:
                              data=[[c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi,
                                     c.at_kl.verdict()] for c in study.comparisons()])
         images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))
-                  if p.stem in ("bands", "heatmap", "gold_vs_kl")}
+                  if p.stem in ("bands", "heatmap", "heatmap_peak", "gold_vs_kl")}
         run.log({"report/paired": paired, **images})
         artifact = wandb.Artifact(name=wandb.util.make_artifact_name_safe(name), type="sweep-report")
-        for file in ("report.md", "report.json", "bands.png", "heatmap.png", "gold_vs_kl.png"):
+        for file in ("report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png", "gold_vs_kl.png"):
             if (out / file).exists():
                 artifact.add_file(str(out / file))
         run.log_artifact(artifact)
     finally:
         run.finish()
-    return run.dir
+    return artifact
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -622,6 +631,7 @@ def build_report(targets: Sequence[str], out: Path | None = None, wandb_project:
     (out / "report.json").write_text(json.dumps(summary_json(study), indent=1, default=str), encoding="utf-8")
     plot_bands(study, out / "bands.png")
     plot_heatmap(study, out / "heatmap.png")
+    plot_heatmap(study, out / "heatmap_peak.png", peak=True)
     plot_runs(study, out / "gold_vs_kl.png")
     if wandb_project:
         log_to_wandb(out, study, wandb_project)
