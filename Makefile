@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml
 # with a soft Trust-Region update (same seed, same pairs), then the two side by side: gold reward at matched
 # KL to SFT, peak gold and the KL at the peak (printed, and compare.md / compare.png in the run dir).
 RUN := outputs/make-train/$(shell date +%Y-%m-%d_%H-%M-%S)
-ALIGN := method=dpo method.beta=$(BETA) trainer.seed=$(SEED) eval.samples_per_prompt=4
 BETA ?= 0.5
 SEED ?= 1
 TR ?= ref_update=soft ref_update.alpha=0.03 ref_update.tau=1
+ALIGN := method=dpo method.beta=$(BETA) trainer.seed=$(SEED) eval.samples_per_prompt=4
 train: install
 	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy ref_update=none hydra.run.dir=$(RUN)/frozen

@@ -168,11 +168,12 @@ def test_a_partial_run_is_reported_as_partial(tmp_path):
     assert "| partial |" in build_report([str(tmp_path)])[0].read_text()
 
 
-def test_gold_at_a_kl_is_interpolated_where_the_path_first_reaches_it(tmp_path):
+def test_gold_at_a_kl_is_interpolated_between_the_evaluations_nearest_in_kl(tmp_path):
     run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [0.0, 2.0, 6.0, 4.0, 12.0],
                              [0.0, 0.4, 0.8, 0.0, -1.0]))
     assert gold_at_kl(run, 1.0) == pytest.approx(0.2)
-    assert gold_at_kl(run, 5.0) == pytest.approx(0.7)  # first crossing, not the later dip to KL 4
+    assert gold_at_kl(run, 4.0) == pytest.approx(0.0)  # the evaluation at KL 4, although it came after KL 6
+    assert gold_at_kl(run, 5.0) == pytest.approx(0.4)  # between KL 4 (0.0) and KL 6 (0.8)
     assert gold_at_kl(run, 20.0) is None
 
 

@@ -4,9 +4,9 @@
     python -m trustregion.report --compare RUN_FROZEN RUN_TR --out DIR     # two runs side by side
 
 Reads each run's ``config.yaml`` and ``metrics.jsonl`` (partial runs too). A *family* is a method, a beta
-and an update rule (alpha, tau); its runs differ only in seed. Per run we read the gold reward where its
-path from the SFT model first reaches a KL (interpolated between evaluations, the KL = 0 point being its
-step-0 evaluation) and its peak (best evaluation and the KL there); per family, the mean over seeds with a
+and an update rule (alpha, tau); its runs differ only in seed. Per run we read the gold reward at a KL to the
+SFT model (interpolated between its evaluations ordered by KL, the KL = 0 point being its step-0
+evaluation) and its peak (best evaluation and the KL there); per family, the mean over seeds with a
 95 % t-interval (n - 1 degrees of freedom; none with one seed). Trust-Region families are compared with
 the frozen reference of the same method and beta *paired by seed* (same training pairs, same evaluation
 samples), at the KL where the frozen runs peak on average and in peak gold: the verdict is ``better``/``worse``
@@ -244,16 +244,14 @@ def find_run_dirs(targets: Sequence[str]) -> list[Path]:
 
 # --- per-run readings -----------------------------------------------------------------------------
 def gold_at_kl(run: Run, level: float) -> float | None:
-    """Gold where the run's path from SFT first reaches KL ``level``, interpolated linearly; None if it never does."""
+    """Gold at KL ``level``: linear between the run's evaluations ordered by KL (its KL path wanders, being a
+    Monte-Carlo estimate, so ordering by step would read a dip as a second crossing); None beyond its largest KL."""
     kl, gold = run.path_from_sft()
-    if kl and kl[0] >= level:
-        return gold[0]
-    for i in range(1, len(kl)):
-        if kl[i] >= level:
-            lo, hi = kl[i - 1], kl[i]
-            w = 1.0 if hi <= lo else min(1.0, max(0.0, (level - lo) / (hi - lo)))
-            return gold[i - 1] + w * (gold[i] - gold[i - 1])
-    return None
+    order = sorted(range(len(kl)), key=lambda i: kl[i])
+    xs, ys = [kl[i] for i in order], [gold[i] for i in order]
+    if level > xs[-1]:
+        return None
+    return float(np.interp(level, xs, ys))
 
 
 def reach(run: Run) -> float:
@@ -407,8 +405,8 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         f"Intervals: mean over seeds ± a two-sided {CONFIDENCE:.0%} t-interval (n − 1 degrees of freedom). "
         "None with one seed; † marks fewer than 3 seeds, where the interval is very wide."
         + (" **Some families have fewer than 3 seeds: read their verdicts as unknown.**" if few else ""),
-        "Gold at a KL is read where each run's path from SFT first reaches that KL (linear between evaluations; "
-        "KL 0 is the step-0 evaluation). Peak gold is the best evaluation of each run; as a maximum over noisy "
+        "Gold at a KL is read off each run's evaluations ordered by KL (linear between them; KL 0 is the step-0 "
+        "evaluation). Peak gold is the best evaluation of each run; as a maximum over noisy "
         "evaluations it is biased upward, alike for every family.",
         "",
         "## Trust-Region vs frozen, paired by seed", "",
