@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 # The default experiment: SFT of the tiny model on the toy task, then TR-DPO (soft update) from it.
 RUN := outputs/make-train/$(shell date +%Y-%m-%d_%H-%M-%S)
 train: install
-	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft
-	$(BIN)/python -m trustregion.train model.path=$(RUN)/sft/policy hydra.run.dir=$(RUN)/tr-dpo
+	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft experiment=toy_sft
+	$(BIN)/python -m trustregion.train model.path=$(RUN)/sft/policy hydra.run.dir=$(RUN)/tr-dpo experiment=toy_overopt
 	@echo "run dirs: $(RUN)/sft $(RUN)/tr-dpo"
 
 test: install

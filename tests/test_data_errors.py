@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from trustregion.config import register
+from tests.conftest import compose
 from trustregion.data import load_preferences
 from trustregion.errors import ConfigError, DataError
 
@@ -19,9 +18,7 @@ SKIP_HINT = "(fix the row, or set dataset.on_bad_row=skip to drop bad rows)"
 
 
 def compose_cfg(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(*overrides)
 
 
 def load_error(*overrides: str) -> str:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict
-from hydra import compose, initialize_config_dir
 
-from trustregion.config import register
+from tests.conftest import compose
 from trustregion.data import load_preferences
 from trustregion.data.tldr import PROMPT_TEMPLATE
 from trustregion.errors import DataError
@@ -19,9 +18,7 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 
 
 def dataset_cfg(source: str, *overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"dataset={source}", *overrides]).dataset
+    return compose(f"dataset={source}", *overrides).dataset
 
 
 def files(**splits: Path) -> list[str]:

@@ -6,11 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-
 from fixtures.tiny_models import llama3_tokenizer, pythia_tokenizer
+
 from trustregion.data import PreferenceData
-from trustregion.data.tokenize import (PairCollator, UnpairedCollator, length_grouped_order, padding_fraction,
-                                       tokenize_options, tokenize_pairs, tokenize_sft, tokenize_unpaired)
+from trustregion.data.tokenize import (
+    PairCollator,
+    UnpairedCollator,
+    length_grouped_order,
+    padding_fraction,
+    tokenize_options,
+    tokenize_pairs,
+    tokenize_sft,
+    tokenize_unpaired,
+)
 
 PAIRS = Dataset.from_list([
     {"prompt": "How do I bake bread?", "chosen": " Start small and note what works.", "rejected": " No idea."},

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trustregion.errors import ConfigError
-from trustregion.evaluation.generation import response_logps, sample
 from trustregion.evaluation.text_metrics import bleu, distinct_n, self_bleu
+from trustregion.generation import response_logps, sample
 from trustregion.models import build_tokenizer, tiny_model
 
 TEXTS = ["ba be bi", " bo bu da", "de di do du", " fa fe fi fo fu"] * 8

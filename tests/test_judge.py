@@ -11,8 +11,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from trustregion.errors import ConfigError, DataError
-from trustregion.judge import (ChatClient, EndpointConfig, JudgeCache, combine, judge_pairs, parse_verdict, summarize,
-                               wilson)
+from trustregion.judge import (
+    ChatClient,
+    EndpointConfig,
+    JudgeCache,
+    combine,
+    judge_pairs,
+    parse_verdict,
+    summarize,
+    wilson,
+)
 
 
 class JudgeServer:

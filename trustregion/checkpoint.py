@@ -1,8 +1,10 @@
-"""Atomic checkpoints: written under a temporary name, then renamed, so ``latest`` never sees a half-written one.
+"""The checkpoint format, owned here alone: atomic directories that ``latest`` can trust.
 
-A checkpoint directory ``checkpoints/step_NNNNNN`` holds the engine's state (policy, reference,
-optimizer, scheduler), the loop's state (step, data position, reference-updater state, cached SFT
-log-probs, RNG states of every rank) and the resolved config, in ``meta.json``/``loop.pt``.
+A checkpoint ``checkpoints/step_NNNNNN`` is written under ``.tmp-step_NNNNNN`` and renamed once
+complete. It holds the engine's state (policy, reference, optimizer, scheduler: ``Engine.save``), the
+loop's shared state (``loop.pt``: step, data position, cached SFT log-probs), each rank's own state
+(``rank{N}.pt``: reference-updater state, RNG states), ``meta.json`` (what a resume must match) and
+the resolved config.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from trustregion.errors import ConfigError
 
@@ -112,3 +117,33 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
                 f"trainer.resume={path}: checkpoint has {key}={meta.get(key)} but this run has {key}={current.get(key)}; "
                 f"resume with the same {key} or start a new run"
             )
+
+
+def save(run_dir: Path, step: int, engine, *, shared: dict, rank_state: dict, meta: dict, cfg: DictConfig,
+         keep_last: int, after_engine: Callable[[], None] | None = None) -> None:
+    """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits."""
+    tmp = begin(run_dir, step) if engine.is_main else None
+    tmp = engine.broadcast_path(tmp)
+    engine.save(tmp)
+    if after_engine is not None:
+        after_engine()
+    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
+    if engine.is_main:
+        torch.save({"step": step, **shared}, tmp / "loop.pt")
+        write_meta(tmp, meta)
+        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+    engine.barrier()
+    if engine.is_main:
+        commit(tmp, keep_last)
+    engine.barrier()
+
+
+def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
+    returns (step, shared state, this rank's state)."""
+    check_compatible(read_meta(path), identity, path)
+    engine.load(path)
+    shared = torch.load(path / "loop.pt", weights_only=False)
+    mine = torch.load(path / f"rank{engine.rank}.pt", weights_only=False)
+    set_rng_state(mine.pop("rng"))
+    return int(shared.pop("step")), shared, mine

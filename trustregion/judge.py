@@ -20,19 +20,19 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from trustregion.errors import ConfigError, DataError, TrustRegionError
+from trustregion.errors import ConfigError, DataError
 
 DEFAULT_SYSTEM = "You are a careful, impartial judge of AI assistant responses."
 DEFAULT_TEMPLATE = (
@@ -74,7 +74,11 @@ class JudgeRunConfig:
     judge: EndpointConfig = field(default_factory=EndpointConfig)
 
 
-ConfigStore.instance().store(name="base_judge", node=JudgeRunConfig)
+
+
+def register_judge() -> None:
+    """Store the judge's schema (called from the entry point, not at import)."""
+    ConfigStore.instance().store(name="base_judge", node=JudgeRunConfig)
 
 
 # --- the HTTP client ---------------------------------------------------------------------------------
@@ -276,7 +280,7 @@ def load_prompts(cfg: DictConfig) -> list[str]:
     run_cfg = a / "config.yaml"
     if not run_cfg.exists():
         raise ConfigError(f"prompts_file is null and {run_cfg} does not exist: set prompts_file=<.jsonl with a prompt field>")
-    from trustregion.config import register
+    from trustregion.cli import register
     from trustregion.data import load_preferences
 
     register()
@@ -297,7 +301,7 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trustregion.evaluation.generation import encode_prompts, sample
+    from trustregion.generation import encode_prompts, sample
     from trustregion.models import load_tokenizer
 
     where = model_dir(source)
@@ -359,17 +363,14 @@ def format_summary(s: dict[str, Any]) -> str:
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        summary = run_judge(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except TrustRegionError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    from trustregion.cli import exit_on_error
+
+    summary = exit_on_error(run_judge)(cfg, Path(HydraConfig.get().runtime.output_dir))
     print(format_summary(summary), flush=True)
 
 
 def main() -> None:
+    register_judge()
     _main()
 
 

@@ -15,9 +15,21 @@ def run_name(cfg: DictConfig) -> str:
     """A readable name from the things a sweep varies: method, update rule, alpha, tau, beta, seed."""
     if cfg.logger.name:
         return cfg.logger.name
+    if "method" not in cfg:
+        return f"sft-{cfg.model.name}-{cfg.dataset.name}-s{cfg.trainer.seed}"
     r = cfg.ref_update
     rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
-    return f"{cfg.method.name.value}-{rule}-b{cfg.method.beta:g}-s{cfg.trainer.seed}"
+    return f"{cfg.method.name}-{rule}-b{cfg.method.beta:g}-s{cfg.trainer.seed}"
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The run's wandb tags: the user's, then the method and update rule (the SFT stage: none of those)."""
+    tags = list(cfg.logger.tags)
+    if "method" not in cfg:
+        return tags + ["sft", f"seed={cfg.trainer.seed}"]
+    r = cfg.ref_update
+    return tags + [cfg.method.name, f"ref_update={r.name}", f"alpha={r.alpha:g}", f"tau={r.tau}",
+                   f"beta={cfg.method.beta:g}", f"seed={cfg.trainer.seed}"]
 
 
 def run_group(cfg: DictConfig, sweep_dir: str | None) -> str:
@@ -25,7 +37,7 @@ def run_group(cfg: DictConfig, sweep_dir: str | None) -> str:
         return cfg.logger.group
     if sweep_dir:
         return "sweep-" + "_".join(Path(sweep_dir).parts[-2:])
-    return f"{cfg.method.name.value}-{cfg.ref_update.name}"
+    return f"{cfg.method.name}-{cfg.ref_update.name}"
 
 
 def _clean(value: Any) -> Any:
@@ -51,15 +63,13 @@ class RunLogger:
             import wandb
 
             mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
-            r = cfg.ref_update
             self.wandb = wandb.init(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 group=run_group(cfg, sweep_dir),
                 name=run_name(cfg),
                 job_type=job_type,
-                tags=list(cfg.logger.tags) + [cfg.method.name.value, f"ref_update={r.name}", f"alpha={r.alpha:g}",
-                                              f"tau={r.tau}", f"beta={cfg.method.beta:g}", f"seed={cfg.trainer.seed}"],
+                tags=run_tags(cfg),
                 config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 dir=str(run_dir),
                 mode=mode,

@@ -177,14 +177,17 @@ def load_run(path: Path) -> Run | str:
 
 
 def _total_steps(cfg: dict, rows: list[dict]) -> int | None:
+    from trustregion.cli import total_optimizer_steps
+    from trustregion.errors import ConfigError
+
     t = cfg.get("trainer", {}) or {}
-    if t.get("max_steps"):
-        return int(t["max_steps"])
-    for row in rows:
-        if "data/train_pairs" in row and t.get("batch_size"):
-            per_epoch = int(row["data/train_pairs"]) // int(t["batch_size"])
-            return max(1, int(float(t.get("epochs", 1)) * per_epoch) // int(t.get("grad_accum", 1)))
-    return None
+    first = next((row for row in rows if "data/train_pairs" in row), None)
+    if first is None or not t.get("batch_size"):
+        return int(t["max_steps"]) if t.get("max_steps") else None
+    try:
+        return total_optimizer_steps(t, int(first["data/train_pairs"]), int(first.get("world_size", 1)))
+    except ConfigError:
+        return None
 
 
 def find_run_dirs(targets: Sequence[str]) -> list[Path]:

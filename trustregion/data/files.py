@@ -8,17 +8,17 @@ from __future__ import annotations
 import glob
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import datasets
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from trustregion.config import DatasetConfig
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import FIELDS, BadRow, RowReport, clean_rows, text_field
 from trustregion.errors import ConfigError, DataError
 
@@ -43,7 +43,6 @@ class FileDatasetConfig(DatasetConfig):
     group_by_length: bool = False  # batches of similar lengths, to cut padding (see tokenize.length_grouped_order)
 
 
-ConfigStore.instance().store(group="dataset", name="base_file", node=FileDatasetConfig)
 
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 
@@ -245,8 +244,6 @@ def mapped_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
     return columns
 
 
-@register("jsonl")
-@register("local")
 def load(cfg) -> PreferenceData:
     """prompt/chosen/rejected strings from any file, directory or hub dataset, columns named by ``*_field``."""
     rows, eval_rows, report = load_rows(cfg, field_mapper(cfg), mapped_columns(cfg))
@@ -255,3 +252,6 @@ def load(cfg) -> PreferenceData:
 
 __all__ = ["FileDatasetConfig", "load_split", "load_rows", "require_columns", "pairs_data", "to_dataset",
            "field_mapper", "mapped_columns", "source_name", "BadRow"]
+
+
+SOURCES = (Source("jsonl", load, FileDatasetConfig), Source("local", load, FileDatasetConfig))

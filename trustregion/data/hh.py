@@ -9,13 +9,13 @@ what follows (with their leading space). A pair whose dialogues differ before th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, pairs_data
 from trustregion.data.rows import BadRow, text_field
 
@@ -35,7 +35,6 @@ class HHDatasetConfig(FileDatasetConfig):
     rejected_field: str = "rejected"
 
 
-ConfigStore.instance().store(group="dataset", name="base_hh", node=HHDatasetConfig)
 
 
 def split_dialogues(chosen: str, rejected: str) -> dict[str, str]:
@@ -72,8 +71,10 @@ def hh_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
     return columns
 
 
-@register("hh")
 def load(cfg) -> PreferenceData:
     """HH pairs as prompt/chosen/rejected rows; bad rows are counted (or fatal, per ``dataset.on_bad_row``)."""
     rows, eval_rows, report = load_rows(cfg, hh_converter(cfg), hh_columns(cfg))
     return pairs_data(rows, eval_rows, report)
+
+
+SOURCES = (Source("hh", load, HHDatasetConfig),)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
 from trustregion.data.rows import BadRow, text_field
 from trustregion.data.ultrafeedback import check_messages, plain_prompt
@@ -35,7 +34,6 @@ class KTOUnpairedDatasetConfig(FileDatasetConfig):
     label_field: str = "label"
 
 
-ConfigStore.instance().store(group="dataset", name="base_kto_unpaired", node=KTOUnpairedDatasetConfig)
 
 
 def _completion(value: Any, column: str) -> str:
@@ -62,7 +60,6 @@ def unpaired_row(prompt: Any, completion: Any, label: Any, columns: tuple[str, s
             "prompt_messages": messages}
 
 
-@register("kto_unpaired")
 def load(cfg) -> PreferenceData:
     """prompt/completion/label rows (``kind="unpaired"``); ``prompt_messages`` only where prompts are chats."""
     names = (cfg.prompt_field, cfg.completion_field, cfg.label_field)
@@ -81,3 +78,6 @@ def load(cfg) -> PreferenceData:
     cols = COLUMNS if rows and "prompt_messages" in rows[0] else COLUMNS[:3]
     return PreferenceData(train=to_dataset(rows, cols), eval=to_dataset(eval_rows, cols), report=report,
                           kind="unpaired")
+
+
+SOURCES = (Source("kto_unpaired", load, KTOUnpairedDatasetConfig),)

@@ -7,8 +7,9 @@ identical pairs, bytes that are not UTF-8), and counts what it drops in a ``RowR
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 from datasets import Dataset
 
@@ -40,7 +41,7 @@ class RowReport:
     eval_kept: int = 0
     eval_skipped: int = 0
 
-    def add_eval(self, other: "RowReport") -> None:
+    def add_eval(self, other: RowReport) -> None:
         """Fold the eval split's report into this one (its skips count towards ``skipped``)."""
         self.eval_kept += other.kept
         self.eval_skipped += other.skipped

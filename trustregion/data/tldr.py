@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, field_mapper, load_rows, mapped_columns, pairs_data
 from trustregion.data.rows import BadRow
 from trustregion.errors import ConfigError
@@ -40,7 +39,6 @@ class TLDRDatasetConfig(FileDatasetConfig):
     form: str = "auto"  # auto | comparisons | pairs
 
 
-ConfigStore.instance().store(group="dataset", name="base_tldr", node=TLDRDatasetConfig)
 
 
 def _text(value: object, where: str) -> str:
@@ -80,7 +78,6 @@ def form_of(ds: Dataset, form: str) -> str:
     return "comparisons" if all(c in ds.column_names for c in COMPARISON_COLUMNS) else "pairs"
 
 
-@register("tldr")
 def load(cfg) -> PreferenceData:
     """TL;DR pairs as prompt/chosen/rejected rows, from either hub form."""
     def columns(ds: Dataset) -> dict[str, str]:
@@ -105,3 +102,6 @@ def load(cfg) -> PreferenceData:
 
     rows, eval_rows, report = load_rows(cfg, convert, columns)
     return pairs_data(rows, eval_rows, report)
+
+
+SOURCES = (Source("tldr", load, TLDRDatasetConfig),)

@@ -16,10 +16,9 @@ from enum import Enum
 from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
 from trustregion.config import DatasetConfig
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import RowReport
 from trustregion.data.toy import ToyTask, symbol_names, task_from_config
 from trustregion.errors import ConfigError
@@ -51,7 +50,6 @@ class ToyDatasetConfig(DatasetConfig):
     pair_seed: int = 0
 
 
-ConfigStore.instance().store(group="dataset", name="base_toy", node=ToyDatasetConfig)
 
 
 def check(cfg) -> None:
@@ -84,7 +82,7 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trustregion.evaluation.generation import encode_prompts, sample
+    from trustregion.generation import encode_prompts, sample
     from trustregion.models import load_tokenizer
 
     path = str(cfg.pair_model)
@@ -120,7 +118,6 @@ def pair_source(cfg) -> PairSource:
     return source
 
 
-@register("toy")
 def load(cfg) -> PreferenceData:
     check(cfg)
     task = task_from_config(cfg)
@@ -140,3 +137,6 @@ def load(cfg) -> PreferenceData:
         task=task,
         sft=Dataset.from_list(sft),
     )
+
+
+SOURCES = (Source("toy", load, ToyDatasetConfig),)

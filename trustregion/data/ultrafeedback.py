@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
 from trustregion.data.rows import FIELDS, BadRow
 
@@ -35,7 +34,6 @@ class UltraFeedbackDatasetConfig(FileDatasetConfig):
     max_prompt_length: int = 512
 
 
-ConfigStore.instance().store(group="dataset", name="base_ultrafeedback", node=UltraFeedbackDatasetConfig)
 
 
 def check_messages(value: Any, column: str) -> list[dict[str, str]]:
@@ -73,7 +71,6 @@ def split_conversations(chosen: Any, rejected: Any, prompt: Any = None,
             "prompt_messages": history}
 
 
-@register("ultrafeedback")
 def load(cfg) -> PreferenceData:
     """Pairs with ``prompt_messages`` kept for the chat template, and a plain ``prompt`` as fallback."""
     def columns(_: Dataset) -> dict[str, str]:
@@ -87,3 +84,6 @@ def load(cfg) -> PreferenceData:
     rows, eval_rows, report = load_rows(cfg, convert, columns)
     return PreferenceData(train=to_dataset(rows, MESSAGE_FIELDS), eval=to_dataset(eval_rows, MESSAGE_FIELDS),
                           report=report)
+
+
+SOURCES = (Source("ultrafeedback", load, UltraFeedbackDatasetConfig),)
