@@ -29,6 +29,8 @@ train: install
 	@echo "run dirs: $(RUN)/sft $(RUN)/tr-dpo"
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest tests
 
 bench: install

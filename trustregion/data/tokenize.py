@@ -132,9 +132,28 @@ def _cache_file(cache_dir: Optional[str], key: str) -> Optional[str]:
     return str(folder / f"{key}.arrow")
 
 
-def _tokenize(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int, responses: dict[str, str],
-              passthrough: dict[str, str], mismatched_from: Optional[str], cache_dir: Optional[str],
-              num_proc: Optional[int]) -> tuple[Dataset, TruncationStats]:
+@dataclass(frozen=True)
+class _Layout:
+    """What a tokenized row holds: response columns to encode, columns copied as they are, and which
+    response column the next row lends as this row's mismatched response (None: no mismatched column)."""
+
+    responses: dict[str, str]
+    passthrough: dict[str, str]
+    mismatched_from: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_length: int
+    max_prompt_length: int
+    cache_dir: Optional[str] = None
+    num_proc: Optional[int] = None
+
+
+def _tokenize(ds: Dataset, tokenizer, limits: _Limits, layout: _Layout) -> tuple[Dataset, TruncationStats]:
+    max_length, max_prompt_length, cache_dir, num_proc = (limits.max_length, limits.max_prompt_length,
+                                                          limits.cache_dir, limits.num_proc)
+    responses, passthrough, mismatched_from = layout.responses, layout.passthrough, layout.mismatched_from
     enc = _Encoder(tokenizer, max_length, max_prompt_length)
     key = Hasher.hash((_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length, max_prompt_length,
                        responses, passthrough, mismatched_from))
@@ -184,15 +203,15 @@ def tokenize_pairs(
     ``mismatched=True`` adds ``mismatched_ids``: the chosen response of the next row, a fixed
     mismatched pair per row for KTO's reference point (cacheable, unlike in-batch shuffles).
     """
-    return _tokenize(ds, tokenizer, max_length, max_prompt_length, {"chosen": "chosen", "rejected": "rejected"},
-                     {}, "chosen" if mismatched else None, cache_dir, num_proc)
+    layout = _Layout({"chosen": "chosen", "rejected": "rejected"}, {}, "chosen" if mismatched else None)
+    return _tokenize(ds, tokenizer, _Limits(max_length, max_prompt_length, cache_dir, num_proc), layout)
 
 
 def tokenize_sft(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int,
                  *, cache_dir: Optional[str] = None, num_proc: Optional[int] = None) -> Dataset:
     """(prompt, response) rows as ``prompt_ids``/``chosen_ids`` so SFT shares the pair collator's masking."""
-    out, _ = _tokenize(ds, tokenizer, max_length, max_prompt_length, {"chosen": "response"}, {}, None,
-                       cache_dir, num_proc)
+    limits = _Limits(max_length, max_prompt_length, cache_dir, num_proc)
+    out, _ = _tokenize(ds, tokenizer, limits, _Layout({"chosen": "response"}, {}))
     return out
 
 
@@ -203,8 +222,8 @@ def tokenize_unpaired(ds: Dataset, tokenizer, max_length: int, max_prompt_length
     ``mismatched_ids`` is the next row's completion, a fixed mismatched prompt-completion pair per row
     for the KL reference point.
     """
-    return _tokenize(ds, tokenizer, max_length, max_prompt_length, {"completion": "completion"},
-                     {"desirable": "label"}, "completion", cache_dir, num_proc)
+    layout = _Layout({"completion": "completion"}, {"desirable": "label"}, "completion")
+    return _tokenize(ds, tokenizer, _Limits(max_length, max_prompt_length, cache_dir, num_proc), layout)
 
 
 @dataclass
