@@ -83,8 +83,19 @@ def run_zero3(plan: dict, log) -> dict:
         with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
             result_path = f.name
         spec = {"mode": mode, **plan}
-        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "scripts" / "bench_zero3.py"), "--spec", json.dumps(spec), "--result", result_path]
+        cmd = [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "scripts" / "bench_zero3.py"),
+            "--spec",
+            json.dumps(spec),
+            "--result",
+            result_path,
+        ]
         tic = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
@@ -129,25 +140,43 @@ def machine_info() -> dict:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:
         pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "gpu": gpu, "versions": versions, "loadavg_start": load}
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+        "versions": versions,
+        "loadavg_start": load,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke version (~2 min)")
     ap.add_argument("--out", default=None, help="output dir (default outputs/bench/<date>)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of interleaved runs for every model (default: per plan)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="rounds of interleaved runs for every model (default: per plan)"
+    )
     ap.add_argument("--budget", type=float, default=None, help="seconds after which no new round starts")
     ap.add_argument("--sections", default="throughput,trl,update,zero3")
-    ap.add_argument("--threads", default="auto",
-                    help="torch threads per single-process run: a number, or auto (all cores if the 1-minute load "
-                         "average is under 0.75, else 1: two threads on cores that other jobs keep busy wait on each "
-                         "other at every parallel op, and then the scheduler is what gets measured)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile (torch.profiler) ours and TRL with a soft/synced reference on the tiny model")
-    ap.add_argument("--experiments", action="store_true",
-                    help="only run package options that are off by default (fused AdamW) against the baseline")
+    ap.add_argument(
+        "--threads",
+        default="auto",
+        help="torch threads per single-process run: a number, or auto (all cores if the 1-minute load "
+        "average is under 0.75, else 1: two threads on cores that other jobs keep busy wait on each "
+        "other at every parallel op, and then the scheduler is what gets measured)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile (torch.profiler) ours and TRL with a soft/synced reference on the tiny model",
+    )
+    ap.add_argument(
+        "--experiments",
+        action="store_true",
+        help="only run package options that are off by default (fused AdamW) against the baseline",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -181,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[bench {time.perf_counter() - start:6.0f}s] {msg}", flush=True)
 
     info = machine_info()
-    log(f"{info['cpu_count']} CPUs ({info['cpu_model']}), load {fmt_load(info['loadavg_start'])}, torch {info['versions']['torch']}, "
-        f"trl {info['versions']['trl']}; plan {'quick' if a.quick else 'full'}; {threads} thread(s) ({threads_note})")
+    log(
+        f"{info['cpu_count']} CPUs ({info['cpu_model']}), load {fmt_load(info['loadavg_start'])}, torch {info['versions']['torch']}, "
+        f"trl {info['versions']['trl']}; plan {'quick' if a.quick else 'full'}; {threads} thread(s) ({threads_note})"
+    )
     if "trl" in sections and info["versions"]["trl"] == "not installed":
         log("trl is not installed: pip install -e '.[bench]' (skipping the TRL section)")
         sections.discard("trl")
@@ -200,7 +231,14 @@ def main(argv: list[str] | None = None) -> None:
             base = {"model": model, "warmup": p["warmup"], "steps": steps, "threads": threads}
             jobs.append((p["rounds"], f"{model}/{c}", "ours", {**base, "config": c}))
             if c in trl_for:
-                jobs.append((p["rounds"], f"{model}/{trl_for[c]}", "trl", {**base, "steps": p["steps"], "trl": TRL_CONFIGS[trl_for[c]]}))
+                jobs.append(
+                    (
+                        p["rounds"],
+                        f"{model}/{trl_for[c]}",
+                        "trl",
+                        {**base, "steps": p["steps"], "trl": TRL_CONFIGS[trl_for[c]]},
+                    )
+                )
     runs: dict = {}
     extras: dict = {}
     walls: dict = {}
@@ -216,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
             if "error" in res:
                 log(f"round {r + 1} {key}: ERROR {res['error'].strip().splitlines()[-1][:200]}")
             else:
-                log(f"round {r + 1} {key}: {med(res['step_s']) * 1e3:.1f} ms/step (min {min(res['step_s']) * 1e3:.1f}), "
-                    f"{res['peak_rss_mb']:.0f} MB, load {res['load1_start']:.1f}, wall {res['wall_s']:.0f} s")
+                log(
+                    f"round {r + 1} {key}: {med(res['step_s']) * 1e3:.1f} ms/step (min {min(res['step_s']) * 1e3:.1f}), "
+                    f"{res['peak_rss_mb']:.0f} MB, load {res['load1_start']:.1f}, wall {res['wall_s']:.0f} s"
+                )
 
     rounds_done, skipped = 0, 0
     if jobs:
@@ -240,21 +280,37 @@ def main(argv: list[str] | None = None) -> None:
         do_round(r)
         rounds_done += 1
 
-    missed = [k for k in runs if k.split("/")[1] in TRL_PAIRS
-              and (paired_ratio(runs[k], runs.get(k.split("/")[0] + "/" + TRL_PAIRS[k.split("/")[1]], []))
-                   or (9,))[0] < 1.3]
+    missed = [
+        k
+        for k in runs
+        if k.split("/")[1] in TRL_PAIRS
+        and (paired_ratio(runs[k], runs.get(k.split("/")[0] + "/" + TRL_PAIRS[k.split("/")[1]], [])) or (9,))[0] < 1.3
+    ]
     if missed and not a.profile and not a.quick and time.perf_counter() - start < budget:
         log(f"ours is under 1.3x TRL's speed for {', '.join(missed)}: profiling both to show where the time goes")
     if a.profile or (missed and not a.quick and time.perf_counter() - start < budget):
         log("profiling ours and TRL (tiny, soft/synced reference) ...")
         p = {"model": "tiny", "warmup": 4, "steps": 12, "threads": threads, "profile": True}
-        extras["profile"] = {"ours (tr-dpo-soft)": run_worker("ours", {**p, "config": "tr-dpo-soft"}, timeout=600, log=log),
-                             "TRL (synced)": run_worker("trl", {**p, "trl": TRL_CONFIGS["trl-synced"]}, timeout=600, log=log)}
+        extras["profile"] = {
+            "ours (tr-dpo-soft)": run_worker("ours", {**p, "config": "tr-dpo-soft"}, timeout=600, log=log),
+            "TRL (synced)": run_worker("trl", {**p, "trl": TRL_CONFIGS["trl-synced"]}, timeout=600, log=log),
+        }
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = time.perf_counter() - start
-    settings = {"plan": "quick" if a.quick else "full", "rounds": rounds_done, "rounds_skipped": skipped,
-                "batch_pairs": BATCH, "threads": threads, "threads_note": threads_note, "models": MODELS, "data_overrides": DATA,
-                "configs": CONFIGS, "trl_configs": TRL_CONFIGS, "plan_detail": plan, "big_update_model": BIG}
+    settings = {
+        "plan": "quick" if a.quick else "full",
+        "rounds": rounds_done,
+        "rounds_skipped": skipped,
+        "batch_pairs": BATCH,
+        "threads": threads,
+        "threads_note": threads_note,
+        "models": MODELS,
+        "data_overrides": DATA,
+        "configs": CONFIGS,
+        "trl_configs": TRL_CONFIGS,
+        "plan_detail": plan,
+        "big_update_model": BIG,
+    }
     report = {"machine": info, "settings": settings, "runs": runs, **extras}
     md_text = render(report)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1, default=str))
@@ -269,36 +325,58 @@ def run_experiments(a, threads, threads_note, out_dir, start, log, info) -> None
     for r in range(rounds):
         for model, warmup, steps in (("tiny", 4, 24), ("small", 2, 5)):
             names = list(EXPERIMENTS)
-            names = names[r % len(names):] + names[: r % len(names)]
+            names = names[r % len(names) :] + names[: r % len(names)]
             for name in names:
-                spec = {"model": model, "config": "tr-dpo-soft", "warmup": warmup, "steps": steps, "threads": threads,
-                        "overrides": EXPERIMENTS[name]}
+                spec = {
+                    "model": model,
+                    "config": "tr-dpo-soft",
+                    "warmup": warmup,
+                    "steps": steps,
+                    "threads": threads,
+                    "overrides": EXPERIMENTS[name],
+                }
                 res = run_worker("ours", spec, timeout=600, log=log)
                 runs.setdefault(f"{model}/{name}", []).append(res)
-                log(f"round {r + 1} {model}/{name}: " + (f"ERROR {res['error'][-200:]}" if "error" in res else
-                                                         f"{med(res['step_s']) * 1e3:.1f} ms/step"))
+                log(
+                    f"round {r + 1} {model}/{name}: "
+                    + (f"ERROR {res['error'][-200:]}" if "error" in res else f"{med(res['step_s']) * 1e3:.1f} ms/step")
+                )
     head = run_worker("head", {"threads": threads, "reps": 8}, timeout=600, log=log)
-    L = [f"# Proposed trustregion/ changes, behind config flags ({_dt.datetime.now():%Y-%m-%d %H:%M})", "",
-         f"TR-DPO soft, real loop, {threads} thread(s) ({threads_note}), {rounds} round(s); ratio = per-round "
-         "s/step ÷ baseline (median, range).", "",
-         "| model | variant | s/step (median) | range | ÷ baseline (wall) | CPU s/step | ÷ baseline (CPU) |", "|---|---|---|---|---|---|---|"]
+    L = [
+        f"# Proposed trustregion/ changes, behind config flags ({_dt.datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"TR-DPO soft, real loop, {threads} thread(s) ({threads_note}), {rounds} round(s); ratio = per-round "
+        "s/step ÷ baseline (median, range).",
+        "",
+        "| model | variant | s/step (median) | range | ÷ baseline (wall) | CPU s/step | ÷ baseline (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, res in runs.items():
         model, name = key.split("/")
         sm = summarize(res)
         pr = paired_ratio(res, runs[f"{model}/baseline"]) if name != "baseline" else None
         pc = paired_ratio(res, runs[f"{model}/baseline"], "cpu_step_s") if name != "baseline" else None
-        L.append(f"| {model} | {name} | {fmt(sm and sm['median_s'], '.4f')} | "
-                 f"{fmt(sm and sm['min_s'], '.4f')}–{fmt(sm and sm['max_s'], '.4f')} | {fmt_ratio(pr)} | "
-                 f"{fmt(sm and sm['cpu_s'], '.4f')} | {fmt_ratio(pc)} |")
+        L.append(
+            f"| {model} | {name} | {fmt(sm and sm['median_s'], '.4f')} | "
+            f"{fmt(sm and sm['min_s'], '.4f')}–{fmt(sm and sm['max_s'], '.4f')} | {fmt_ratio(pr)} | "
+            f"{fmt(sm and sm['cpu_s'], '.4f')} | {fmt_ratio(pc)} |"
+        )
     if "error" not in head:
-        L += ["", "AdamW step alone (all parameters with gradients):", "", "| model | parameters | optimizer | ms/step (median) | range |",
-              "|---|---|---|---|---|"]
+        L += [
+            "",
+            "AdamW step alone (all parameters with gradients):",
+            "",
+            "| model | parameters | optimizer | ms/step (median) | range |",
+            "|---|---|---|---|---|",
+        ]
         for name, d in head["optim"].items():
             for k, ms in d["ms"].items():
                 L.append(f"| {name} | {d['params']:,} | {k} | {med(ms):.2f} | {min(ms):.2f}–{max(ms):.2f} |")
     text = "\n".join(L) + "\n"
     (out_dir / "experiments.md").write_text(text)
-    (out_dir / "experiments.json").write_text(json.dumps({"machine": info, "runs": runs, "head": head}, indent=1, default=str))
+    (out_dir / "experiments.json").write_text(
+        json.dumps({"machine": info, "runs": runs, "head": head}, indent=1, default=str)
+    )
     print(text)
     log(f"wrote {out_dir / 'experiments.md'}")
 

@@ -49,8 +49,7 @@ def update_mode(spec: dict) -> dict:
 
     out: dict = {"models": {}}
     for model in spec["models"]:
-        cfg = compose(*loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3",
-                            *CONFIGS["tr-dpo-soft"])
+        cfg = compose(*loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3", *CONFIGS["tr-dpo-soft"])
         init_distributed(cfg)
         torch.set_num_threads(1)
         data = load_preferences(cfg.dataset)
@@ -72,7 +71,7 @@ def update_mode(spec: dict) -> dict:
         with torch.no_grad():
             for rep in range(reps + 1):
                 names = list(updaters)
-                order = names[rep % len(names):] + names[: rep % len(names)]
+                order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
                     dist.barrier()
                     b0 = loopback_bytes()
@@ -87,9 +86,13 @@ def update_mode(spec: dict) -> dict:
                         lo[name].append(b1 - b0)
         base = statistics.median(lo["barrier only"])
         out["models"][model] = {
-            "elements": elements, "shard_elements_per_rank": shard_elements, "world_size": world,
+            "elements": elements,
+            "shard_elements_per_rank": shard_elements,
+            "world_size": world,
             "persistent": sum(1 for p in pol if p.ds_persist),
-            **{name: {"ms": times[name], "lo_bytes": max(0.0, statistics.median(lo[name]) - base)} for name in updaters},
+            **{
+                name: {"ms": times[name], "lo_bytes": max(0.0, statistics.median(lo[name]) - base)} for name in updaters
+            },
             "barrier_lo_bytes": base,
         }
         del engine, updaters, policy, reference

@@ -19,8 +19,17 @@ COMMON = [*FAST, *TOY, "ref_update=soft", "ref_update.alpha=0.5", "ref_update.ta
 
 def torchrun(*args, nproc=2, timeout=240, check=True):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "trustregion.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "trustregion.train",
+        *args,
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
@@ -43,16 +52,26 @@ def one_process(tmp_path_factory):
     return run_dir
 
 
-UNPAIRED = ["dataset=kto_unpaired", f"dataset.path={REPO}/tests/fixtures/kto/unpaired.jsonl", "dataset.eval_split=null",
-            "dataset.eval_samples=4", "dataset.max_length=128", "dataset.max_prompt_length=64"]
+UNPAIRED = [
+    "dataset=kto_unpaired",
+    f"dataset.path={REPO}/tests/fixtures/kto/unpaired.jsonl",
+    "dataset.eval_split=null",
+    "dataset.eval_samples=4",
+    "dataset.max_length=128",
+    "dataset.max_prompt_length=64",
+]
 
 
-@pytest.mark.parametrize("method", [
-    ["method=ipo"],
-    ["method=kto", "method.reference_point=paired"],  # z carries gradients: its all-reduce must too
-    ["method=kto", "method.reference_point=mismatched"],
-    ["method=kto", *UNPAIRED],
-], ids=["ipo", "kto-paired", "kto-mismatched", "kto-unpaired"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=ipo"],
+        ["method=kto", "method.reference_point=paired"],  # z carries gradients: its all-reduce must too
+        ["method=kto", "method.reference_point=mismatched"],
+        ["method=kto", *UNPAIRED],
+    ],
+    ids=["ipo", "kto-paired", "kto-mismatched", "kto-unpaired"],
+)
 def test_two_ranks_under_zero3_train_the_objective_of_one_process(tmp_path, method):
     # KTO's reference point z is a batch mean: it must be the mean over every rank's micro-batch.
     unpaired = "dataset=kto_unpaired" in method
@@ -69,13 +88,17 @@ def test_two_ranks_under_zero3_train_the_objective_of_one_process(tmp_path, meth
             torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("options", [
-    ["deepspeed=zero2"],
-    ["deepspeed=zero3"],
-    # Small parameters stay whole on every rank (persistent): the update must reach those copies too.
-    ["deepspeed=zero3", "deepspeed.param_persistence_threshold=300"],
-    ["deepspeed=zero3", "ref_update.zero3=gathered"],
-], ids=["zero2", "zero3-sharded", "zero3-persistent", "zero3-gathered"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["deepspeed=zero2"],
+        ["deepspeed=zero3"],
+        # Small parameters stay whole on every rank (persistent): the update must reach those copies too.
+        ["deepspeed=zero3", "deepspeed.param_persistence_threshold=300"],
+        ["deepspeed=zero3", "ref_update.zero3=gathered"],
+    ],
+    ids=["zero2", "zero3-sharded", "zero3-persistent", "zero3-gathered"],
+)
 def test_two_ranks_match_one_process(one_process, tmp_path, options):
     torchrun(*COMMON, *options, "trainer.batch_size=8", f"hydra.run.dir={tmp_path}")
     assert losses(tmp_path) == pytest.approx(losses(one_process), abs=1e-5)
@@ -104,8 +127,15 @@ def test_two_ranks_killed_and_resumed_log_the_same_metrics(tmp_path):
 def test_resume_with_another_world_size_is_refused(tmp_path):
     base = [*COMMON, "deepspeed=zero3", "trainer.max_steps=2", "trainer.save_every=2"]
     torchrun(*base, "trainer.batch_size=8", f"hydra.run.dir={tmp_path}")
-    out = torchrun(*base, "trainer.batch_size=16", "trainer.max_steps=4", f"hydra.run.dir={tmp_path}",
-                   "trainer.resume=latest", nproc=1, check=False)
+    out = torchrun(
+        *base,
+        "trainer.batch_size=16",
+        "trainer.max_steps=4",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.resume=latest",
+        nproc=1,
+        check=False,
+    )
     assert out.returncode != 0
     assert "world_size=2 but this run has world_size=1" in out.stderr
     assert 'trustregion/train.py", line' not in out.stderr  # one line from us; torchrun adds its own report
@@ -113,11 +143,26 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 
 def test_submitit_local_launcher_runs_a_two_job_sweep_of_two_rank_jobs(tmp_path):
     # The Slurm launcher's code path (submitit), with its local executor: each job starts 2 tasks.
-    args = ["--multirun", *FAST, *TOY, "trainer.max_steps=2", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2",
-            "deepspeed=zero3", "ref_update.alpha=0.1,0.5", f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        "--multirun",
+        *FAST,
+        *TOY,
+        "trainer.max_steps=2",
+        "hydra/launcher=local",
+        "hydra.launcher.tasks_per_node=2",
+        "deepspeed=zero3",
+        "ref_update.alpha=0.1,0.5",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "trustregion.train", *args], cwd=REPO, capture_output=True,
-                         text=True, env=env, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "trustregion.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for job in ("0", "1"):
         first = json.loads((tmp_path / job / "metrics.jsonl").read_text().splitlines()[0])
@@ -126,9 +171,23 @@ def test_submitit_local_launcher_runs_a_two_job_sweep_of_two_rank_jobs(tmp_path)
 
 
 def test_slurm_launcher_starts_one_task_per_gpu():
-    out = subprocess.run([sys.executable, "-m", "trustregion.train", "hydra/launcher=slurm",
-                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu", "--cfg", "hydra",
-                          "--resolve"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustregion.train",
+            "hydra/launcher=slurm",
+            "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.partition=gpu",
+            "--cfg",
+            "hydra",
+            "--resolve",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     launcher = __import__("yaml").safe_load(out.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
@@ -136,17 +195,39 @@ def test_slurm_launcher_starts_one_task_per_gpu():
 
 
 def test_sft_at_two_ranks_under_zero3_matches_one_process(tmp_path):
-    sft = ["experiment=toy_sft", "logger=none", "model.hidden_size=32", "model.num_layers=1",
-           "model.intermediate_size=64", "trainer.max_steps=3", "trainer.log_every=1", *TOY]
+    sft = [
+        "experiment=toy_sft",
+        "logger=none",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.intermediate_size=64",
+        "trainer.max_steps=3",
+        "trainer.log_every=1",
+        *TOY,
+    ]
     from trustregion.sft import run_sft
 
     run_sft(compose(*sft, "trainer.batch_size=16", config_name="sft"), tmp_path / "one")
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "trustregion.sft", *sft, "deepspeed=zero3", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "trustregion.sft",
+        *sft,
+        "deepspeed=zero3",
+        "trainer.batch_size=8",
+        f"hydra.run.dir={tmp_path / 'two'}",
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
-    one, two = ([json.loads(x)["sft/loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-                for d in ("one", "two"))
+    one, two = (
+        [json.loads(x)["sft/loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "two")
+    )
     assert two == pytest.approx(one, abs=1e-5)
     assert (tmp_path / "two" / "policy" / "model.safetensors").exists()

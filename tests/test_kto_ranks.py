@@ -26,10 +26,20 @@ def data(seed: int = 0) -> list[torch.Tensor]:
 def losses_and_grads(point: str, tensors: list[torch.Tensor], batch_mean) -> tuple[torch.Tensor, list[torch.Tensor]]:
     pc, rc, pr, rr, pm, rm = (t.clone().requires_grad_(i % 2 == 0) for i, t in enumerate(tensors[:6]))
     good = tensors[6]
-    losses, _, _ = kto_loss(pc, pr, rc, rr, beta=0.5, reference_point=point, policy_mismatched_logps=pm,
-                            reference_mismatched_logps=rm, batch_mean=batch_mean)
-    unpaired, _ = kto_unpaired_loss(pc, rc, good, beta=0.5, policy_mismatched_logps=pm, reference_mismatched_logps=rm,
-                                    batch_mean=batch_mean)
+    losses, _, _ = kto_loss(
+        pc,
+        pr,
+        rc,
+        rr,
+        beta=0.5,
+        reference_point=point,
+        policy_mismatched_logps=pm,
+        reference_mismatched_logps=rm,
+        batch_mean=batch_mean,
+    )
+    unpaired, _ = kto_unpaired_loss(
+        pc, rc, good, beta=0.5, policy_mismatched_logps=pm, reference_mismatched_logps=rm, batch_mean=batch_mean
+    )
     loss = losses.mean() + unpaired.mean()
     loss.backward()
     return loss.detach(), [pc.grad, pr.grad]
@@ -39,7 +49,7 @@ def rank_main(rank: int, port: int, point: str, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        mine = [t[rank * BATCH:(rank + 1) * BATCH] for t in data()]
+        mine = [t[rank * BATCH : (rank + 1) * BATCH] for t in data()]
         loss, grads = losses_and_grads(point, mine, all_ranks_mean)
         # what DeepSpeed does with the ranks' gradients: their mean; the global loss is the mean of the ranks'
         box = [None, None]

@@ -16,9 +16,18 @@ from trustregion.models import load_policy
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PYTHIA_PRESETS = ["pythia-410m", "pythia-1.4b", "pythia-2.8b", "pythia-6.9b"]
-SMALL_RUN = ["experiment=toy_overopt", "logger=none", "trainer.batch_size=4", "trainer.max_steps=2", "trainer.log_every=1",
-             "trainer.eval_every=0", "dataset.max_length=48", "dataset.max_prompt_length=32",
-             "dataset.eval_samples=4", "trainer.num_threads=2"]
+SMALL_RUN = [
+    "experiment=toy_overopt",
+    "logger=none",
+    "trainer.batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.log_every=1",
+    "trainer.eval_every=0",
+    "dataset.max_length=48",
+    "dataset.max_prompt_length=32",
+    "dataset.eval_samples=4",
+    "trainer.num_threads=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +45,20 @@ def compose_cfg(overrides: list[str]):
 
 
 def hh_fixture() -> list[str]:
-    return ["dataset=hh", "dataset.path=null",
-            f"dataset.data_files={{train:{FIXTURES}/hh/train.jsonl,test:{FIXTURES}/hh/test.jsonl}}"]
+    return [
+        "dataset=hh",
+        "dataset.path=null",
+        f"dataset.data_files={{train:{FIXTURES}/hh/train.jsonl,test:{FIXTURES}/hh/test.jsonl}}",
+    ]
 
 
 def ultrafeedback_fixture() -> list[str]:
     uf = FIXTURES / "ultrafeedback"
-    return ["dataset=ultrafeedback", "dataset.path=null",
-            f"dataset.data_files={{train_prefs:{uf}/train_prefs.parquet,test_prefs:{uf}/test_prefs.parquet}}"]
+    return [
+        "dataset=ultrafeedback",
+        "dataset.path=null",
+        f"dataset.data_files={{train_prefs:{uf}/train_prefs.parquet,test_prefs:{uf}/test_prefs.parquet}}",
+    ]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -22,11 +22,27 @@ from trustregion.sft import run_sft
 from trustregion.train import train
 
 FIX = REPO / "tests" / "fixtures"
-SFT_FAST = ["experiment=toy_sft", "logger=none", "model.hidden_size=32", "model.num_layers=1",
-            "model.intermediate_size=64", "trainer.batch_size=16", "trainer.max_steps=6", "trainer.log_every=2",
-            "dataset.num_pairs=64", "dataset.eval_samples=16", "dataset.sft_samples=64"]
-UNPAIRED = ["dataset=kto_unpaired", f"dataset.path={FIX}/kto/unpaired.jsonl", "dataset.eval_split=null",
-            "dataset.eval_samples=6", "dataset.max_length=128", "dataset.max_prompt_length=64"]
+SFT_FAST = [
+    "experiment=toy_sft",
+    "logger=none",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.intermediate_size=64",
+    "trainer.batch_size=16",
+    "trainer.max_steps=6",
+    "trainer.log_every=2",
+    "dataset.num_pairs=64",
+    "dataset.eval_samples=16",
+    "dataset.sft_samples=64",
+]
+UNPAIRED = [
+    "dataset=kto_unpaired",
+    f"dataset.path={FIX}/kto/unpaired.jsonl",
+    "dataset.eval_split=null",
+    "dataset.eval_samples=6",
+    "dataset.max_length=128",
+    "dataset.max_prompt_length=64",
+]
 
 
 def rows(run_dir):
@@ -85,11 +101,14 @@ def test_unpaired_kto_trains_through_the_loop(fast_cfg, tmp_path):
     assert "logps/completion" in trained[0] and "rewards/margins" in trained[0]
 
 
-@pytest.mark.parametrize("schedule,expected", [
-    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
-    ("linear", [0.5, 1.0, 2 / 3, 1 / 3, 0.0]),
-    ("cosine", [0.5, 1.0, 0.75, 0.25, 0.0]),
-])
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 2 / 3, 1 / 3, 0.0]),
+        ("cosine", [0.5, 1.0, 0.75, 0.25, 0.0]),
+    ],
+)
 def test_lr_schedules_warm_up_linearly_then_hold_or_decay(schedule, expected):
     f = lr_lambda(schedule, warmup=2, total=5)
     assert [f(s) for s in range(5)] == pytest.approx(expected)
@@ -105,11 +124,15 @@ def test_average_logps_are_per_token_means():
     torch.manual_seed(0)
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=32))
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    batch = {"input_ids": torch.randint(0, 64, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
-             "response_mask": mask}
+    batch = {
+        "input_ids": torch.randint(0, 64, (2, 6)),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+        "response_mask": mask,
+    }
     total, counts = sequence_logps(model, batch)
     mean, _ = sequence_logps(model, batch, average=True)
     assert counts.tolist() == [3, 5]
@@ -126,8 +149,15 @@ def test_average_logps_in_the_loop_log_per_token_log_probs(fast_cfg, tmp_path):
 
 def test_group_by_length_batches_rows_of_similar_length_in_the_loop(fast_cfg, tmp_path):
     files = [f"dataset.data_files={{train:{FIX}/hh/train.jsonl,test:{FIX}/hh/test.jsonl}}"]
-    common = ["dataset=hh", "dataset.path=null", *files, "dataset.max_length=64", "dataset.max_prompt_length=48",
-              "trainer.batch_size=2", "dataset.eval_samples=2"]
+    common = [
+        "dataset=hh",
+        "dataset.path=null",
+        *files,
+        "dataset.max_length=64",
+        "dataset.max_prompt_length=48",
+        "trainer.batch_size=2",
+        "dataset.eval_samples=2",
+    ]
     train(fast_cfg(*common, "dataset.group_by_length=true"), tmp_path / "grouped")
     train(fast_cfg(*common), tmp_path / "plain")
     padding = {k: [r["data/padding_fraction"] for r in rows(tmp_path / k) if "loss" in r] for k in ("grouped", "plain")}
@@ -169,9 +199,24 @@ def torchrun_train(*args: str) -> None:
     import sys
 
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "trustregion.train", *args], cwd=REPO, capture_output=True, text=True, env=env,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trustregion.train",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -182,8 +227,18 @@ def test_bf16_reference_under_zero3_updates_the_whole_copy_parameters(tmp_path):
     # and so the losses, drift from the run where every parameter is sharded.
     from tests.conftest import FAST, TOY
 
-    common = [*FAST, *TOY, "deepspeed=zero3", "deepspeed.bf16=true", "ref_update=soft", "ref_update.alpha=0.5",
-              "ref_update.tau=1", "trainer.max_steps=4", "trainer.lr=3e-3", "trainer.cache_reference=false"]
+    common = [
+        *FAST,
+        *TOY,
+        "deepspeed=zero3",
+        "deepspeed.bf16=true",
+        "ref_update=soft",
+        "ref_update.alpha=0.5",
+        "ref_update.tau=1",
+        "trainer.max_steps=4",
+        "trainer.lr=3e-3",
+        "trainer.cache_reference=false",
+    ]
     torchrun_train(*common, "deepspeed.param_persistence_threshold=300", f"hydra.run.dir={tmp_path / 'whole'}")
     torchrun_train(*common, "deepspeed.param_persistence_threshold=0", f"hydra.run.dir={tmp_path / 'sharded'}")
     losses = {k: [r["loss"] for r in rows(tmp_path / k) if "loss" in r] for k in ("whole", "sharded")}

@@ -80,7 +80,7 @@ def test_small_alpha_still_moves_a_bf16_reference():
         updater.maybe_update(step)
         torch._foreach_lerp_(list(naive.parameters()), list(policy.parameters()), 1e-3)
     expected = 0.5 * (1 - (1 - 1e-3) ** 50)  # 0.0244
-    assert (flat(reference) - 1.0).mean().item() == pytest.approx(expected, abs=2 ** -7)
+    assert (flat(reference) - 1.0).mean().item() == pytest.approx(expected, abs=2**-7)
     assert torch.all(flat(naive) == 1.0), "a bf16 lerp without the fp32 master rounds the update away"
 
 

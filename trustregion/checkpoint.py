@@ -54,7 +54,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -69,7 +69,7 @@ def begin(run_dir: Path, step: int) -> Path:
 def commit(tmp: Path, keep_last: int) -> Path:
     """Mark ``tmp`` complete, rename it into place, and prune all but the newest ``keep_last``."""
     (tmp / COMPLETE).write_text("ok\n")
-    final = tmp.parent / tmp.name[len(".tmp-"):]
+    final = tmp.parent / tmp.name[len(".tmp-") :]
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -93,12 +93,18 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     if path.is_dir() and (path / "checkpoints").is_dir():
         found = complete_checkpoints(path)
         if not found:
-            raise ConfigError(f"trainer.resume={resume}: the run has no complete checkpoint; start without trainer.resume")
+            raise ConfigError(
+                f"trainer.resume={resume}: the run has no complete checkpoint; start without trainer.resume"
+            )
         return found[-1]
     if not path.is_dir():
-        raise ConfigError(f"trainer.resume={resume}: no such checkpoint directory; set trainer.resume to a checkpoints/step_* dir or 'latest'")
+        raise ConfigError(
+            f"trainer.resume={resume}: no such checkpoint directory; set trainer.resume to a checkpoints/step_* dir or 'latest'"
+        )
     if not (path / COMPLETE).exists() or not (path / "meta.json").exists():
-        raise ConfigError(f"trainer.resume={resume}: incomplete or corrupt checkpoint (no {COMPLETE} marker); pick an earlier step_* dir")
+        raise ConfigError(
+            f"trainer.resume={resume}: incomplete or corrupt checkpoint (no {COMPLETE} marker); pick an earlier step_* dir"
+        )
     return path
 
 
@@ -119,8 +125,18 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
             )
 
 
-def save(run_dir: Path, step: int, engine, *, shared: dict, rank_state: dict, meta: dict, cfg: DictConfig,
-         keep_last: int, after_engine: Callable[[], None] | None = None) -> None:
+def save(
+    run_dir: Path,
+    step: int,
+    engine,
+    *,
+    shared: dict,
+    rank_state: dict,
+    meta: dict,
+    cfg: DictConfig,
+    keep_last: int,
+    after_engine: Callable[[], None] | None = None,
+) -> None:
     """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits."""
     tmp = begin(run_dir, step) if engine.is_main else None
     tmp = engine.broadcast_path(tmp)

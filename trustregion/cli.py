@@ -73,7 +73,9 @@ def exit_on_error(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-def total_optimizer_steps(trainer: Mapping[str, Any], num_rows: int, world_size: int, rows: str = "training pairs") -> int:
+def total_optimizer_steps(
+    trainer: Mapping[str, Any], num_rows: int, world_size: int, rows: str = "training pairs"
+) -> int:
     """Optimizer steps of a run: ``max_steps``, else ``epochs`` passes over ``num_rows`` split across ranks."""
     per_epoch = num_rows // (int(trainer["batch_size"]) * world_size)
     if per_epoch == 0:

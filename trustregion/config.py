@@ -180,8 +180,13 @@ def _run_time(fmt: str) -> str:
 
 def schemas() -> dict[str, type]:
     """The group schemas of this module as ``{group: dataclass}`` (stored by ``trustregion.cli.register``)."""
-    return {"ref_update": RefUpdateConfig, "model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig,
-            "deepspeed": DeepSpeedConfig}
+    return {
+        "ref_update": RefUpdateConfig,
+        "model": ModelConfig,
+        "trainer": TrainerConfig,
+        "logger": LoggerConfig,
+        "deepspeed": DeepSpeedConfig,
+    }
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -211,16 +216,29 @@ def validate(cfg: DictConfig) -> None:
     check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
     check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
     check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "an integer >= 1")
-    check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "trainer.device", t.device,
-          "auto, cpu or cuda")
-    check(t.max_grad_norm is None or t.max_grad_norm > 0, "trainer.max_grad_norm", t.max_grad_norm,
-          "a number > 0 or null")
+    check(
+        t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+        "trainer.device",
+        t.device,
+        "auto, cpu or cuda",
+    )
+    check(
+        t.max_grad_norm is None or t.max_grad_norm > 0, "trainer.max_grad_norm", t.max_grad_norm, "a number > 0 or null"
+    )
     check(d.max_length >= 2, "dataset.max_length", d.max_length, "an integer >= 2")
-    check(0 <= d.max_prompt_length < d.max_length, "dataset.max_prompt_length", d.max_prompt_length,
-          f"an integer in [0, dataset.max_length={d.max_length}) so responses keep at least one token")
+    check(
+        0 <= d.max_prompt_length < d.max_length,
+        "dataset.max_prompt_length",
+        d.max_prompt_length,
+        f"an integer in [0, dataset.max_length={d.max_length}) so responses keep at least one token",
+    )
     check(cfg.logger.backend in ("wandb", "none"), "logger.backend", cfg.logger.backend, "wandb or none")
-    check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
-          "offline, online or disabled")
+    check(
+        cfg.logger.mode in ("offline", "online", "disabled"),
+        "logger.mode",
+        cfg.logger.mode,
+        "offline, online or disabled",
+    )
     check(cfg.deepspeed.stage in (0, 1, 2, 3), "deepspeed.stage", cfg.deepspeed.stage, "0 (off), 1, 2 or 3")
     if "eval" in cfg and cfg.eval.generate:
         check_eval_config(cfg.eval)
@@ -233,6 +251,10 @@ def check_eval_config(ev: DictConfig) -> None:
     if ev.samples_per_prompt < 1:
         raise ConfigError(f"eval.samples_per_prompt={ev.samples_per_prompt} is invalid: set it to an integer >= 1")
     if ev.max_new_tokens < 1:
-        raise ConfigError(f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1")
+        raise ConfigError(
+            f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1"
+        )
     if not ev.greedy and not (ev.temperature > 0 and math.isfinite(ev.temperature)):
-        raise ConfigError(f"eval.temperature={ev.temperature} is invalid: set eval.temperature > 0, or eval.greedy=true")
+        raise ConfigError(
+            f"eval.temperature={ev.temperature} is invalid: set eval.temperature > 0, or eval.greedy=true"
+        )

@@ -38,17 +38,30 @@ def launch_env() -> dict[str, str]:
         import submitit
 
         job = submitit.JobEnvironment()
-        return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
-                "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
-                "MASTER_ADDR": job.hostnames[0] if job.hostnames else "127.0.0.1",
-                "MASTER_PORT": str(20000 + int(str(job.job_id).split("_")[0]) % 20000)}
+        return {
+            "RANK": str(job.global_rank),
+            "WORLD_SIZE": str(job.num_tasks),
+            "LOCAL_RANK": str(job.local_rank),
+            "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
+            "MASTER_ADDR": job.hostnames[0] if job.hostnames else "127.0.0.1",
+            "MASTER_PORT": str(20000 + int(str(job.job_id).split("_")[0]) % 20000),
+        }
     if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", "127.0.0.1"))
-        return {"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": os.environ["SLURM_NTASKS"],
-                "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
-                "MASTER_ADDR": os.environ.get("MASTER_ADDR", nodes.split(",")[0].split("[")[0]),
-                "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))}
-    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        return {
+            "RANK": os.environ["SLURM_PROCID"],
+            "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+            "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": os.environ.get("MASTER_ADDR", nodes.split(",")[0].split("[")[0]),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)),
+        }
+    return {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
 
 
 def launched_world_size() -> int:
@@ -83,7 +96,9 @@ def init_distributed(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     warnings.filterwarnings("ignore", message=".*is deprecated. Please use `torch.distributed")
     os.environ.update(launch_env())
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["WORLD_SIZE"])))
+    local_world = int(
+        os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["WORLD_SIZE"]))
+    )
     if "OMP_NUM_THREADS" not in os.environ and not cfg.trainer.num_threads:
         # The deepspeed launcher leaves OMP_NUM_THREADS unset: ranks would oversubscribe the cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
@@ -138,9 +153,13 @@ def check_config(cfg: DictConfig, world_size: int) -> None:
     """One-line errors for DeepSpeed settings that conflict with the trainer's."""
     ds = cfg.deepspeed
     if ds.stage not in (1, 2, 3):
-        raise ConfigError(f"deepspeed.stage={ds.stage} is invalid: set deepspeed.stage to 1, 2 or 3 (or deepspeed=none)")
+        raise ConfigError(
+            f"deepspeed.stage={ds.stage} is invalid: set deepspeed.stage to 1, 2 or 3 (or deepspeed=none)"
+        )
     if ds.offload_params and ds.stage != 3:
-        raise ConfigError(f"deepspeed.offload_params=true needs ZeRO stage 3 (deepspeed.stage={ds.stage}); set deepspeed=zero3")
+        raise ConfigError(
+            f"deepspeed.offload_params=true needs ZeRO stage 3 (deepspeed.stage={ds.stage}); set deepspeed=zero3"
+        )
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -189,7 +208,9 @@ class DeepSpeedEngine:
         self.grad_accum = int(cfg.trainer.grad_accum)
         self._micro = 0
         self.policy, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=policy, optimizer=optimizer, lr_scheduler=scheduler,
+            model=policy,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
             config=deepspeed_config(cfg, self.world_size, train=True),
         )
         self.reference = self.prepare_frozen(reference) if reference is not None else None
@@ -200,7 +221,9 @@ class DeepSpeedEngine:
 
         model.requires_grad_(False)
         if self.stage == 3:
-            engine = deepspeed.initialize(model=model, config=deepspeed_config(self.cfg, self.world_size, train=False))[0]
+            engine = deepspeed.initialize(model=model, config=deepspeed_config(self.cfg, self.world_size, train=False))[
+                0
+            ]
             engine.eval()
             return engine
         return model.to(self.device).eval()
@@ -218,8 +241,10 @@ class DeepSpeedEngine:
             pol.append(p.ds_tensor)
             ref.append(r.ds_tensor)
             if r.ds_persist != p.ds_persist:
-                raise ConfigError("policy and reference disagree on ZeRO-3 persistent parameters; "
-                                  "set deepspeed.param_persistence_threshold=0")
+                raise ConfigError(
+                    "policy and reference disagree on ZeRO-3 persistent parameters; "
+                    "set deepspeed.param_persistence_threshold=0"
+                )
             if r.ds_persist:
                 persistent.append((p, r))
         pol += [b for b in policy.buffers() if b.is_floating_point()]
@@ -294,14 +319,17 @@ class DeepSpeedEngine:
         dist.barrier()
 
     def load(self, directory: Path) -> None:
-        path, _ = self.policy.load_checkpoint(str(directory / "deepspeed"), tag="policy",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        path, _ = self.policy.load_checkpoint(
+            str(directory / "deepspeed"), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise ConfigError(f"trainer.resume={directory}: no DeepSpeed policy state in it; pick another checkpoint")
         shard_file = directory / f"reference_rank{self.rank}.pt"
         if not shard_file.exists():
-            raise ConfigError(f"trainer.resume={directory}: no reference shards for rank {self.rank} "
-                              f"(world size changed?); resume with the world size it was saved with")
+            raise ConfigError(
+                f"trainer.resume={directory}: no reference shards for rank {self.rank} "
+                f"(world size changed?); resume with the world size it was saved with"
+            )
         saved = torch.load(shard_file, map_location=self.device, weights_only=True)
         with torch.no_grad():
             torch._foreach_copy_(self._reference_tensors(), saved)

@@ -152,8 +152,11 @@ class LocalEngine:
         return path
 
     def save(self, directory: Path) -> None:
-        state = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict()}
+        state = {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         torch.save(state, directory / "state.pt")

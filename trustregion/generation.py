@@ -32,15 +32,25 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         if p:
-            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
     return ids, mask
 
 
 @torch.no_grad()
-def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
-           temperature: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu", lockstep: bool = False) -> Samples:
+def sample(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    lockstep: bool = False,
+) -> Samples:
     """Sample one response per prompt, with a KV cache, stopping each row at EOS.
 
     ``lockstep=True`` always runs ``max_new_tokens`` forwards (no early exit when every row is done),
@@ -72,8 +82,13 @@ def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int,
         if t == max_new_tokens - 1 or (not lockstep and bool(done.all())):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = next_pos + 1
     tokens = torch.stack(picked, 1).cpu()
@@ -84,14 +99,22 @@ def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int,
 
 
 @torch.no_grad()
-def response_logps(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                   device: torch.device, batch_size: int) -> list[float]:
+def response_logps(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+) -> list[float]:
     """Summed log-prob of each response given its prompt (teacher forcing, right padding)."""
     collator = PairCollator(pad_id, ("chosen",))
     out: list[float] = []
     for s in range(0, len(prompts), batch_size):
-        rows = [{"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
-                for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))]
+        rows = [
+            {"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
+            for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))
+        ]
         batch = {k: v.to(device) for k, v in collator(rows).items()}
         logps, _ = sequence_logps(model, batch)
         out += logps.float().cpu().tolist()
@@ -103,5 +126,5 @@ def encode_prompts(texts: Sequence[str], tokenizer, max_prompt_length: int) -> l
     out = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        out.append(ids[max(0, len(ids) - max_prompt_length):])
+        out.append(ids[max(0, len(ids) - max_prompt_length) :])
     return out

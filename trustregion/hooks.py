@@ -147,9 +147,17 @@ class CheckpointHook(BaseHook):
     def on_save(self, recipe: Recipe) -> None:
         step = recipe.state.step
         shared, mine = recipe.state_dict()
-        checkpoint.save(recipe.run_dir, step, recipe.engine, shared=shared, rank_state=mine,
-                        meta={**recipe.identity(), "step": step}, cfg=recipe.cfg,
-                        keep_last=recipe.cfg.trainer.keep_last, after_engine=lambda: fault("save", step))
+        checkpoint.save(
+            recipe.run_dir,
+            step,
+            recipe.engine,
+            shared=shared,
+            rank_state=mine,
+            meta={**recipe.identity(), "step": step},
+            cfg=recipe.cfg,
+            keep_last=recipe.cfg.trainer.keep_last,
+            after_engine=lambda: fault("save", step),
+        )
 
 
 class ExportHook(BaseHook):

@@ -28,8 +28,14 @@ def run_tags(cfg: DictConfig) -> list[str]:
     if "method" not in cfg:
         return tags + ["sft", f"seed={cfg.trainer.seed}"]
     r = cfg.ref_update
-    return tags + [cfg.method.name, f"ref_update={r.name}", f"alpha={r.alpha:g}", f"tau={r.tau}",
-                   f"beta={cfg.method.beta:g}", f"seed={cfg.trainer.seed}"]
+    return tags + [
+        cfg.method.name,
+        f"ref_update={r.name}",
+        f"alpha={r.alpha:g}",
+        f"tau={r.tau}",
+        f"beta={cfg.method.beta:g}",
+        f"seed={cfg.trainer.seed}",
+    ]
 
 
 def run_group(cfg: DictConfig, sweep_dir: str | None) -> str:
@@ -49,8 +55,15 @@ def _clean(value: Any) -> Any:
 class RunLogger:
     """Writes one JSON object per logged step to ``metrics.jsonl``; mirrors it to wandb if configured."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, enabled: bool = True, sweep_dir: str | None = None,
-                 job_type: str = "align", resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        enabled: bool = True,
+        sweep_dir: str | None = None,
+        job_type: str = "align",
+        resume_step: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.wandb = None

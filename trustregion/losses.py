@@ -135,4 +135,3 @@ def kto_unpaired_loss(
     good = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - z)))
     bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z - logratios)))
     return torch.where(desirable, good, bad), _rewards(beta, policy_logps, reference_logps)
-

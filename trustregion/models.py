@@ -39,8 +39,13 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None,
-        padding_side="right", model_max_length=1 << 20,
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        unk_token=None,
+        padding_side="right",
+        model_max_length=1 << 20,
     )
 
 
@@ -78,7 +83,7 @@ def resolve_model_path(path: str) -> str:
         return path
     import importlib.util
 
-    module = path[len("pkg:"):]
+    module = path[len("pkg:") :]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"model.path={path}: package '{module}' is not installed; install it (see the model's yaml)")
@@ -115,8 +120,14 @@ def load_pretrained(cfg) -> nn.Module:
         return model
     except OSError as e:
         local = Path(cfg.path).expanduser()
-        hint = "no such directory" if not local.exists() and cfg.path.startswith((".", "/", "~")) else str(e).splitlines()[0]
-        raise ConfigError(f"model.path={cfg.path}: cannot load it ({hint}); set model.path to a saved model dir or a hub name") from e
+        hint = (
+            "no such directory"
+            if not local.exists() and cfg.path.startswith((".", "/", "~"))
+            else str(e).splitlines()[0]
+        )
+        raise ConfigError(
+            f"model.path={cfg.path}: cannot load it ({hint}); set model.path to a saved model dir or a hub name"
+        ) from e
 
 
 def load_policy(cfg, texts: Iterable[str] | None, seed: int):
@@ -143,7 +154,9 @@ def make_reference(policy: nn.Module) -> nn.Module:
     return freeze(reference)
 
 
-def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each sequence's response tokens, summed or averaged; response token counts).
 
     Uses ``logsumexp`` and a gather rather than a full ``log_softmax``, so no second logits-sized tensor.
@@ -157,4 +170,3 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bo
     counts = mask.sum(-1)
     total = token_logps.sum(-1)
     return (total / counts.clamp(min=1) if average else total), counts
-

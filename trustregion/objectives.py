@@ -56,12 +56,36 @@ class KTOConfig(MethodConfig):
     reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
 
 
-PAIR_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "rewards/grad_term", "logps/chosen", "logps/rejected", "ref/logps/chosen", "ref/logps/rejected",
-                "rewards_sft/chosen", "rewards_sft/rejected", "rewards_sft/margins", "rewards_sft/accuracies",
-                "kl/policy_ref", "lengths/chosen", "lengths/rejected", "data/padding_fraction")
-EVAL_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards_sft/margins", "rewards_sft/accuracies",
-                "kl/policy_ref", "logps/chosen", "logps/rejected")
+PAIR_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/grad_term",
+    "logps/chosen",
+    "logps/rejected",
+    "ref/logps/chosen",
+    "ref/logps/rejected",
+    "rewards_sft/chosen",
+    "rewards_sft/rejected",
+    "rewards_sft/margins",
+    "rewards_sft/accuracies",
+    "kl/policy_ref",
+    "lengths/chosen",
+    "lengths/rejected",
+    "data/padding_fraction",
+)
+EVAL_METRICS = (
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards_sft/margins",
+    "rewards_sft/accuracies",
+    "kl/policy_ref",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 class Objective:
@@ -111,7 +135,9 @@ class Objective:
         k, b = len(self.chunks), cached.shape[0]
         return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
 
-    def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None) -> StepOutput:
+    def __call__(
+        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
         use_cache = self.reference_from_cache if use_cache is None else use_cache
         pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
         losses, cr, rr = self.loss(engine, pol, ref)
@@ -186,8 +212,13 @@ class KTO(Objective):
     def loss(self, engine, pol, ref):
         m, mismatched = self.cfg, self.reference_point == "mismatched"
         return kto_loss(
-            pol[0], pol[1], ref[0], ref[1], m.beta,
-            desirable_weight=m.desirable_weight, undesirable_weight=m.undesirable_weight,
+            pol[0],
+            pol[1],
+            ref[0],
+            ref[1],
+            m.beta,
+            desirable_weight=m.desirable_weight,
+            undesirable_weight=m.undesirable_weight,
             reference_point=self.reference_point,
             policy_mismatched_logps=pol[2] if mismatched else None,
             reference_mismatched_logps=ref[2] if mismatched else None,
@@ -200,9 +231,19 @@ class KTOUnpaired(KTO):
 
     name = "kto_unpaired"
     chunks = ("completion", "mismatched")
-    metrics = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards_sft/chosen",
-               "rewards_sft/rejected", "rewards_sft/margins", "logps/completion", "ref/logps/completion",
-               "kl/policy_ref", "data/padding_fraction")
+    metrics = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards_sft/chosen",
+        "rewards_sft/rejected",
+        "rewards_sft/margins",
+        "logps/completion",
+        "ref/logps/completion",
+        "kl/policy_ref",
+        "data/padding_fraction",
+    )
 
     def __init__(self, method_cfg: Any) -> None:
         Objective.__init__(self, method_cfg)
@@ -214,13 +255,24 @@ class KTOUnpaired(KTO):
     def collator(self, pad_token_id: int) -> PairCollator:
         return UnpairedCollator(pad_token_id)
 
-    def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None) -> StepOutput:
+    def __call__(
+        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
         m = self.cfg
         use_cache = self.reference_from_cache if use_cache is None else use_cache
         pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
         good = batch["desirable"]
-        losses, rewards = kto_unpaired_loss(pol[0], ref[0], good, m.beta, m.desirable_weight, m.undesirable_weight,
-                                            pol[1], ref[1], batch_mean=engine.batch_mean)
+        losses, rewards = kto_unpaired_loss(
+            pol[0],
+            ref[0],
+            good,
+            m.beta,
+            m.desirable_weight,
+            m.undesirable_weight,
+            pol[1],
+            ref[1],
+            batch_mean=engine.batch_mean,
+        )
         loss = losses.mean()
         with torch.no_grad():
             n_good, n_bad = good.sum().clamp(min=1), (~good).sum().clamp(min=1)
@@ -259,8 +311,9 @@ class SFT(Objective):
     def rows(self, data, split: str):
         return data.sft_view() if split == "train" else None  # no held-out evaluation
 
-    def __call__(self, engine, batch: dict, cached: Tensor | None, grad: bool = True,
-                 use_cache: bool | None = None) -> StepOutput:
+    def __call__(
+        self, engine, batch: dict, cached: Tensor | None, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
         with torch.set_grad_enabled(grad):
             logps, counts = sequence_logps(engine.policy, batch)
         loss = -logps.sum() / counts.sum()
@@ -277,10 +330,14 @@ def build_objective(method_cfg: Any, data_kind: str, dataset_name: str) -> Objec
     if key not in OBJECTIVES:
         if data_kind == "unpaired":
             unpaired = sorted(k.removesuffix("_unpaired") for k in OBJECTIVES if k.endswith("_unpaired"))
-            raise ConfigError(f"dataset={dataset_name} holds unpaired examples: set method={'|'.join(unpaired)}, "
-                              "or use a paired dataset")
-        raise ConfigError(f"method.name={name} is unknown: set method to one of "
-                          f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}")
+            raise ConfigError(
+                f"dataset={dataset_name} holds unpaired examples: set method={'|'.join(unpaired)}, "
+                "or use a paired dataset"
+            )
+        raise ConfigError(
+            f"method.name={name} is unknown: set method to one of "
+            f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}"
+        )
     cls = OBJECTIVES[key]
     cls.validate(method_cfg)
     return cls(method_cfg)
@@ -308,7 +365,9 @@ def reference_logps(engine, rows, collator: PairCollator, batch_size: int, avera
 
 
 @torch.no_grad()
-def evaluate_objective(engine, objective: Objective, rows, collator, cached: Tensor, batch_size: int) -> dict[str, float]:
+def evaluate_objective(
+    engine, objective: Objective, rows, collator, cached: Tensor, batch_size: int
+) -> dict[str, float]:
     """Loss, margins and accuracies on held-out rows, against the current reference and against SFT."""
     if len(rows) < engine.world_size:
         return {}

@@ -69,8 +69,9 @@ class Recipe:
     exports: tuple[str, ...] = ("policy", "reference")
     rows_name = "training pairs"  # what a training row is, in messages
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None,
-                 extra_hooks: list[hooks.Hook] | None = None) -> None:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None, extra_hooks: list[hooks.Hook] | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.sweep_dir = cfg, Path(run_dir), sweep_dir
         self.extra_hooks = list(extra_hooks or [])
         self.state = TrainState()
@@ -97,8 +98,10 @@ class Recipe:
         if cfg.deepspeed.stage > 0:
             init_distributed(cfg)
         elif launched_world_size() > 1:
-            raise ConfigError(f"{launched_world_size()} processes were launched but deepspeed.stage=0: "
-                              "set deepspeed=zero2 or deepspeed=zero3, or launch one process")
+            raise ConfigError(
+                f"{launched_world_size()} processes were launched but deepspeed.stage=0: "
+                "set deepspeed=zero2 or deepspeed=zero3, or launch one process"
+            )
 
     def make_objective(self, data) -> Objective:
         return build_objective(self.cfg.method, data.kind, self.cfg.dataset.name)
@@ -112,8 +115,9 @@ class Recipe:
         cfg, d = self.cfg, self.cfg.dataset
         texts = self.data.texts() if cfg.model.path is None else None
         self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
-        self.train_rows, self.truncation = self.objective.tokenize(self.objective.rows(self.data, "train"),
-                                                                   self.tokenizer, d)
+        self.train_rows, self.truncation = self.objective.tokenize(
+            self.objective.rows(self.data, "train"), self.tokenizer, d
+        )
         eval_split = self.objective.rows(self.data, "eval")
         self.eval_rows = None if eval_split is None else self.objective.tokenize(eval_split, self.tokenizer, d)[0]
         self.collator = self.objective.collator(self.tokenizer.pad_token_id)
@@ -132,11 +136,19 @@ class Recipe:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
         if self.objective.uses_reference:
             self.updater = self.engine.updater(cfg.ref_update.alpha, cfg.ref_update.tau)
-            self.objective.reference_from_cache = (cfg.ref_update.tau is None and self.engine.world_size == 1
-                                                   and t.cache_reference)
+            self.objective.reference_from_cache = (
+                cfg.ref_update.tau is None and self.engine.world_size == 1 and t.cache_reference
+            )
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
-        self.stream = BatchStream(len(self.train_rows), t.batch_size, self.engine.world_size, self.engine.rank,
-                                  t.seed, t.shuffle, lengths=self.train_rows["length"] if group else None)
+        self.stream = BatchStream(
+            len(self.train_rows),
+            t.batch_size,
+            self.engine.world_size,
+            self.engine.rank,
+            t.seed,
+            t.shuffle,
+            lengths=self.train_rows["length"] if group else None,
+        )
 
     def wants_generation(self) -> bool:
         return bool(self.cfg.eval.generate) and self.data.task is not None
@@ -156,20 +168,32 @@ class Recipe:
     def setup_logger(self) -> None:
         engine, cfg = self.engine, self.cfg
         resume_step = self.state.step if self.state.resumed else None
-        self.logger = RunLogger(self.run_dir, cfg, enabled=engine.is_main, sweep_dir=self.sweep_dir,
-                                job_type=self.job_type, resume_step=resume_step)
+        self.logger = RunLogger(
+            self.run_dir,
+            cfg,
+            enabled=engine.is_main,
+            sweep_dir=self.sweep_dir,
+            job_type=self.job_type,
+            resume_step=resume_step,
+        )
         if engine.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             print(self.banner(), flush=True)
 
     def banner(self) -> str:
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
-        return (f"[trustregion] {len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
-                f"steps, {n_params / 1e6:.2f}M params, run dir {self.run_dir}")
+        return (
+            f"[trustregion] {len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
+            f"steps, {n_params / 1e6:.2f}M params, run dir {self.run_dir}"
+        )
 
     def default_hooks(self) -> list[hooks.Hook]:
-        found: list[hooks.Hook] = [hooks.ReferenceUpdateHook(), hooks.FaultHook(), hooks.ThroughputHook(),
-                                   hooks.EpochHook()]
+        found: list[hooks.Hook] = [
+            hooks.ReferenceUpdateHook(),
+            hooks.FaultHook(),
+            hooks.ThroughputHook(),
+            hooks.EpochHook(),
+        ]
         if self.sft_model is not None:
             found.append(hooks.GenerationEvalHook())
         found.append(hooks.CheckpointHook())
@@ -180,12 +204,19 @@ class Recipe:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint."""
         method = str(self.cfg.method.name) if "method" in self.cfg else self.objective.name
-        return {"model": OmegaConf.to_container(self.cfg.model, resolve=True), "method": method,
-                "world_size": self.engine.world_size}
+        return {
+            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "method": method,
+            "world_size": self.engine.world_size,
+        }
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(state shared by every rank, this rank's own state) for ``checkpoint.save``."""
-        shared = {"stream": self.stream.state_dict(), "sft_train": self.state.sft_train, "sft_eval": self.state.sft_eval}
+        shared = {
+            "stream": self.stream.state_dict(),
+            "sft_train": self.state.sft_train,
+            "sft_eval": self.state.sft_eval,
+        }
         mine = {"updater": self.updater.state_dict()} if self.updater is not None else {}
         return shared, mine
 
@@ -238,11 +269,17 @@ class Recipe:
     def log_data_report(self) -> None:
         """The step-0 row of a fresh run: world size, training rows, skipped and truncated rows."""
         trunc = self.truncation
-        self.logger.log(0, {"world_size": self.engine.world_size, "data/train_pairs": len(self.train_rows),
-                            "data/skipped_rows": self.data.report.skipped,
-                            "data/truncated_prompts": trunc.truncated_prompts,
-                            "data/truncated_responses": trunc.truncated_responses,
-                            "data/truncated_rows": trunc.truncated_rows})
+        self.logger.log(
+            0,
+            {
+                "world_size": self.engine.world_size,
+                "data/train_pairs": len(self.train_rows),
+                "data/skipped_rows": self.data.report.skipped,
+                "data/truncated_prompts": trunc.truncated_prompts,
+                "data/truncated_responses": trunc.truncated_responses,
+                "data/truncated_rows": trunc.truncated_rows,
+            },
+        )
 
     def accumulate(self, buffer: MetricBuffer) -> None:
         """``trainer.grad_accum`` micro-batches: forward, loss, backward; metrics stay on the device."""
@@ -269,8 +306,10 @@ class Recipe:
     def check_finite(self) -> None:
         if int(self.state.first_bad) >= 0:
             hint = "trainer.lr or method.beta" if "method" in self.cfg else "trainer.lr"
-            raise TrainingError(f"non-finite loss at step {int(self.state.first_bad)}; lower {hint} "
-                                f"(checkpoints and metrics up to the last good step are kept in {self.run_dir})")
+            raise TrainingError(
+                f"non-finite loss at step {int(self.state.first_bad)}; lower {hint} "
+                f"(checkpoints and metrics up to the last good step are kept in {self.run_dir})"
+            )
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the objective, plus what the hooks add (generation); logged as one row."""
@@ -279,8 +318,9 @@ class Recipe:
         try:
             metrics: dict[str, Any] = {}
             if self.eval_rows is not None:
-                metrics = evaluate_objective(engine, self.objective, self.eval_rows, self.collator, state.sft_eval,
-                                             self.cfg.trainer.batch_size)
+                metrics = evaluate_objective(
+                    engine, self.objective, self.eval_rows, self.collator, state.sft_eval, self.cfg.trainer.batch_size
+                )
             self.fire("on_eval", metrics)
         finally:
             engine.policy.train()

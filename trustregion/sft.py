@@ -22,7 +22,9 @@ from trustregion.recipe import SFTRecipe
 def run_sft(cfg: DictConfig, run_dir: Path, sweep_dir: str | None = None) -> dict[str, float]:
     """Train ``cfg.model`` on the SFT corpus of ``cfg.dataset``; save it to ``run_dir/policy``."""
     last = SFTRecipe(cfg, run_dir, sweep_dir).run()
-    print(f"[trustregion.sft] saved {run_dir / 'policy'} (sft/loss {last.get('sft/loss', float('nan')):.4f})", flush=True)
+    print(
+        f"[trustregion.sft] saved {run_dir / 'policy'} (sft/loss {last.get('sft/loss', float('nan')):.4f})", flush=True
+    )
     return last
 
 

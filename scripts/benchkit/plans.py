@@ -12,9 +12,18 @@ MODELS = {
 }
 # The toy task with longer walks: 32-token prompts, 64-token responses (+ EOS), 97 tokens per sequence;
 # 128 symbols give a 472-token BPE vocabulary. 64 pairs: the loop cycles through them (throughput only).
-DATA = ["dataset=toy", "dataset.pair_source=process", "dataset.vocab=128", "dataset.prompt_len=32",
-        "dataset.response_len=64", "dataset.max_length=128", "dataset.max_prompt_length=64",
-        "dataset.num_pairs=64", "dataset.eval_samples=8", "dataset.sft_samples=64"]
+DATA = [
+    "dataset=toy",
+    "dataset.pair_source=process",
+    "dataset.vocab=128",
+    "dataset.prompt_len=32",
+    "dataset.response_len=64",
+    "dataset.max_length=128",
+    "dataset.max_prompt_length=64",
+    "dataset.num_pairs=64",
+    "dataset.eval_samples=8",
+    "dataset.sft_samples=64",
+]
 BATCH = 8
 THREADS = 2
 # Our runs: (name, overrides). "frozen" = ref_update=none.
@@ -43,10 +52,22 @@ PLANS = {
     "full": {
         "budget_s": 840,
         "models": {
-            "tiny": {"rounds": 3, "warmup": 4, "steps": 24, "steps_hard": 64, "configs": list(CONFIGS),
-                     "trl": list(TRL_CONFIGS)},
-            "small": {"rounds": 2, "warmup": 2, "steps": 5, "steps_hard": 5,
-                      "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft", "tr-dpo-hard"], "trl": []},
+            "tiny": {
+                "rounds": 3,
+                "warmup": 4,
+                "steps": 24,
+                "steps_hard": 64,
+                "configs": list(CONFIGS),
+                "trl": list(TRL_CONFIGS),
+            },
+            "small": {
+                "rounds": 2,
+                "warmup": 2,
+                "steps": 5,
+                "steps_hard": 5,
+                "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft", "tr-dpo-hard"],
+                "trl": [],
+            },
         },
         "update": {"tiny_reps": 200, "big_reps": 8},
         "zero3": {"models": ["tiny", "small"], "reps": 20, "train_steps": 24, "train_warmup": 4},
@@ -54,8 +75,14 @@ PLANS = {
     "quick": {
         "budget_s": 150,
         "models": {
-            "tiny": {"rounds": 1, "warmup": 3, "steps": 15, "steps_hard": 15,
-                     "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft"], "trl": ["trl-frozen", "trl-synced"]},
+            "tiny": {
+                "rounds": 1,
+                "warmup": 3,
+                "steps": 15,
+                "steps_hard": 15,
+                "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft"],
+                "trl": ["trl-frozen", "trl-synced"],
+            },
         },
         "update": {"tiny_reps": 50, "big_reps": 3},
         "zero3": {"models": ["tiny"], "reps": 5, "train_steps": 0, "train_warmup": 0},
@@ -95,12 +122,29 @@ def compose(*overrides: str):
     return cli_compose(*overrides)
 
 
-
 def loop_overrides(model: str, total: int, threads: int | None = THREADS, batch: int = BATCH) -> list[str]:
     # optimisation settings pinned (TRL gets the same ones), so edits of conf/trainer/default.yaml do not move the bench
-    return ["trainer=default", "trainer.epochs=1", "trainer.lr=1e-4", "trainer.schedule=constant", "trainer.warmup_steps=0",
-            "trainer.max_grad_norm=1.0", "trainer.weight_decay=0.0", "trainer.adam_betas=[0.9,0.999]", "trainer.grad_accum=1",
-            "method.beta=0.1", "logger=none", "eval.generate=false", "trainer.eval_every=0", "trainer.save_every=0",
-            "trainer.save_models=false", "trainer.log_every=10", f"trainer.batch_size={batch}",
-            f"trainer.max_steps={total + 10}", "trainer.device=auto",
-            f"trainer.num_threads={threads if threads else 'null'}", *model_overrides(model), *DATA]
+    return [
+        "trainer=default",
+        "trainer.epochs=1",
+        "trainer.lr=1e-4",
+        "trainer.schedule=constant",
+        "trainer.warmup_steps=0",
+        "trainer.max_grad_norm=1.0",
+        "trainer.weight_decay=0.0",
+        "trainer.adam_betas=[0.9,0.999]",
+        "trainer.grad_accum=1",
+        "method.beta=0.1",
+        "logger=none",
+        "eval.generate=false",
+        "trainer.eval_every=0",
+        "trainer.save_every=0",
+        "trainer.save_models=false",
+        "trainer.log_every=10",
+        f"trainer.batch_size={batch}",
+        f"trainer.max_steps={total + 10}",
+        "trainer.device=auto",
+        f"trainer.num_threads={threads if threads else 'null'}",
+        *model_overrides(model),
+        *DATA,
+    ]

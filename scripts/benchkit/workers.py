@@ -69,11 +69,17 @@ class LoopTimer(BaseHook):
 
     def result(self, warmup: int) -> dict:
         deltas = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
-        timed = deltas[max(0, warmup - 1):]  # deltas[i] is step i+2
-        cpu = [b - a for a, b in zip(self.cpu_stamps, self.cpu_stamps[1:])][max(0, warmup - 1):]
+        timed = deltas[max(0, warmup - 1) :]  # deltas[i] is step i+2
+        cpu = [b - a for a, b in zip(self.cpu_stamps, self.cpu_stamps[1:])][max(0, warmup - 1) :]
         toks = [int(t) for t in self.tokens]
-        return {"step_s": timed, "cpu_step_s": cpu, "tokens_per_step": statistics.median(toks) if toks else 0,
-                "update_ms": self.update_ms, "threads": self.first_threads, "steps_seen": len(self.stamps)}
+        return {
+            "step_s": timed,
+            "cpu_step_s": cpu,
+            "tokens_per_step": statistics.median(toks) if toks else 0,
+            "update_ms": self.update_ms,
+            "threads": self.first_threads,
+            "steps_seen": len(self.stamps),
+        }
 
 
 def run_loop(cfg, run_dir: Path, timer: LoopTimer) -> None:
@@ -104,9 +110,14 @@ def profile_summary(prof, steps: int) -> dict:
     events = prof.key_averages()
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return {"steps": steps, "total_ms_per_step": total / 1e3 / steps,
-            "top": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps, "calls_per_step": e.count / steps}
-                    for e in rows[:15]]}
+    return {
+        "steps": steps,
+        "total_ms_per_step": total / 1e3 / steps,
+        "top": [
+            {"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps, "calls_per_step": e.count / steps}
+            for e in rows[:15]
+        ],
+    }
 
 
 def peak_memory() -> dict:
@@ -127,17 +138,25 @@ def worker_ours(spec: dict) -> dict:
     import torch
 
     total = spec["warmup"] + spec["steps"] + 1
-    cfg = compose(*loop_overrides(spec["model"], total, spec["threads"]), *CONFIGS[spec["config"]],
-                  *spec.get("overrides", []))
+    cfg = compose(
+        *loop_overrides(spec["model"], total, spec["threads"]), *CONFIGS[spec["config"]], *spec.get("overrides", [])
+    )
     timer = LoopTimer(total, spec["warmup"] if spec.get("profile") else None)
     with tempfile.TemporaryDirectory(prefix="bench-") as run_dir:
         run_loop(cfg, Path(run_dir), timer)
     out = timer.result(spec["warmup"])
     if timer.profiler is not None:
         out["profile"] = profile_summary(timer.profiler, total - spec["warmup"])
-    out.update(peak_memory(), params=timer.params, vocab=timer.vocab,
-               setup_s=timer.stamps[0] - t0 if timer.stamps else None, torch_threads=torch.get_num_threads(),
-               lr=float(cfg.trainer.lr), max_grad_norm=cfg.trainer.max_grad_norm, schedule=str(cfg.trainer.schedule.value))
+    out.update(
+        peak_memory(),
+        params=timer.params,
+        vocab=timer.vocab,
+        setup_s=timer.stamps[0] - t0 if timer.stamps else None,
+        torch_threads=torch.get_num_threads(),
+        lr=float(cfg.trainer.lr),
+        max_grad_norm=cfg.trainer.max_grad_norm,
+        schedule=str(cfg.trainer.schedule.value),
+    )
     return out
 
 
@@ -200,32 +219,78 @@ def worker_trl(spec: dict) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out_dir:
         args = DPOConfig(
-            output_dir=out_dir, per_device_train_batch_size=BATCH, max_steps=total + 10,
-            learning_rate=t.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=t.weight_decay,
-            adam_beta1=t.adam_betas[0], adam_beta2=t.adam_betas[1], max_grad_norm=t.max_grad_norm,
-            beta=cfg.method.beta, loss_type=["sigmoid"], max_length=cfg.dataset.max_length,
-            gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
-            logging_steps=t.log_every, save_strategy="no", eval_strategy="no", report_to="none",
-            disable_tqdm=True, dataloader_num_workers=0, seed=t.seed, **spec["trl"],
+            output_dir=out_dir,
+            per_device_train_batch_size=BATCH,
+            max_steps=total + 10,
+            learning_rate=t.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=t.weight_decay,
+            adam_beta1=t.adam_betas[0],
+            adam_beta2=t.adam_betas[1],
+            max_grad_norm=t.max_grad_norm,
+            beta=cfg.method.beta,
+            loss_type=["sigmoid"],
+            max_length=cfg.dataset.max_length,
+            gradient_checkpointing=False,
+            bf16=False,
+            fp16=False,
+            use_cpu=not torch.cuda.is_available(),
+            logging_steps=t.log_every,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=t.seed,
+            **spec["trl"],
         )
-        trainer = CountingDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data.train,
-                                     processing_class=tokenizer, callbacks=[Stamp()])
+        trainer = CountingDPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=data.train,
+            processing_class=tokenizer,
+            callbacks=[Stamp()],
+        )
         threads = torch.get_num_threads()
         trainer.train()
-        optimizer = type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__
+        optimizer = type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__
         defaults = getattr(trainer.optimizer, "defaults", {})
     deltas = [b - a for a, b in zip(stamps, stamps[1:])]
     toks = [int(x) for x in tokens]
     cpu = [b - a for a, b in zip(cpu_stamps, cpu_stamps[1:])]
-    return {**({"profile": profiler[1]} if len(profiler) > 1 else {}),
-            "step_s": deltas[max(0, spec["warmup"] - 1):], "cpu_step_s": cpu[max(0, spec["warmup"] - 1):],
-            "tokens_per_step": statistics.median(toks) if toks else 0,
-            "update_ms": sync_ms, "threads": threads, "steps_seen": len(stamps), **peak_memory(),
-            "params": sum(p.numel() for p in policy.parameters()), "vocab": policy.config.vocab_size,
-            "setup_s": stamps[0] - t0 if stamps else None, "optimizer": f"{optimizer} (fused={defaults.get('fused')}, "
-            f"foreach={defaults.get('foreach')})", "args": {k: str(getattr(args, k)) for k in ("optim", "bf16", "gradient_checkpointing", "max_length", "learning_rate",
-                                                   "lr_scheduler_type", "warmup_steps", "max_grad_norm", "weight_decay")},
-            "lr_seen": trainer.lr_scheduler.get_last_lr()[0] if trainer.lr_scheduler else None}
+    return {
+        **({"profile": profiler[1]} if len(profiler) > 1 else {}),
+        "step_s": deltas[max(0, spec["warmup"] - 1) :],
+        "cpu_step_s": cpu[max(0, spec["warmup"] - 1) :],
+        "tokens_per_step": statistics.median(toks) if toks else 0,
+        "update_ms": sync_ms,
+        "threads": threads,
+        "steps_seen": len(stamps),
+        **peak_memory(),
+        "params": sum(p.numel() for p in policy.parameters()),
+        "vocab": policy.config.vocab_size,
+        "setup_s": stamps[0] - t0 if stamps else None,
+        "optimizer": f"{optimizer} (fused={defaults.get('fused')}, foreach={defaults.get('foreach')})",
+        "args": {
+            k: str(getattr(args, k))
+            for k in (
+                "optim",
+                "bf16",
+                "gradient_checkpointing",
+                "max_length",
+                "learning_rate",
+                "lr_scheduler_type",
+                "warmup_steps",
+                "max_grad_norm",
+                "weight_decay",
+            )
+        },
+        "lr_seen": trainer.lr_scheduler.get_last_lr()[0] if trainer.lr_scheduler else None,
+    }
 
 
 def worker_update(spec: dict) -> dict:
@@ -239,10 +304,18 @@ def worker_update(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     results = {}
-    for name, shape, reps in (("tiny", {**MODELS["tiny"], "vocab": TINY_VOCAB}, spec["tiny_reps"]),
-                              ("pythia-160m-shape", BIG, spec["big_reps"])):
-        mcfg = OmegaConf.create({"dtype": "float32", "attn_implementation": None, "max_position_embeddings": 256,
-                                 **{k: v for k, v in shape.items() if k != "vocab"}})
+    for name, shape, reps in (
+        ("tiny", {**MODELS["tiny"], "vocab": TINY_VOCAB}, spec["tiny_reps"]),
+        ("pythia-160m-shape", BIG, spec["big_reps"]),
+    ):
+        mcfg = OmegaConf.create(
+            {
+                "dtype": "float32",
+                "attn_implementation": None,
+                "max_position_embeddings": 256,
+                **{k: v for k, v in shape.items() if k != "vocab"},
+            }
+        )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         policy = tiny_model(mcfg, shape["vocab"], seed=0).to(device)
         reference = make_reference(policy)
@@ -274,7 +347,7 @@ def worker_update(spec: dict) -> dict:
         times = {m: [] for m in methods}
         with torch.no_grad():
             for rep in range(reps + 2):
-                order = list(methods)[rep % len(methods):] + list(methods)[: rep % len(methods)]
+                order = list(methods)[rep % len(methods) :] + list(methods)[: rep % len(methods)]
                 for m in order:
                     fn = methods[m][0]
                     if device == "cuda":
@@ -286,9 +359,13 @@ def worker_update(spec: dict) -> dict:
                     dt = time.perf_counter() - tic
                     if rep >= 2:
                         times[m].append(dt)
-        results[name] = {"params": n, "tensors": len(pol), "elements": elems, "reps": reps,
-                         "methods": {m: {"ms": [x * 1e3 for x in times[m]], "bytes_per_elem": methods[m][1]}
-                                     for m in methods}}
+        results[name] = {
+            "params": n,
+            "tensors": len(pol),
+            "elements": elems,
+            "reps": reps,
+            "methods": {m: {"ms": [x * 1e3 for x in times[m]], "bytes_per_elem": methods[m][1]} for m in methods},
+        }
         del policy, reference, pol, ref, soft, hard
     results.update(peak_memory())
     return results
@@ -305,13 +382,16 @@ def worker_head(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     optim = {}
     for name in MODELS:
-        mcfg = OmegaConf.create({"dtype": "float32", "attn_implementation": None, "max_position_embeddings": 256,
-                                 **MODELS[name]})
+        mcfg = OmegaConf.create(
+            {"dtype": "float32", "attn_implementation": None, "max_position_embeddings": 256, **MODELS[name]}
+        )
         params = list(tiny_model(mcfg, TINY_VOCAB, seed=0).parameters())
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
-        opts = {"foreach=True (default)": torch.optim.AdamW(params, lr=1e-4, foreach=True),
-                "fused=True": torch.optim.AdamW(params, lr=1e-4, fused=True)}
+        opts = {
+            "foreach=True (default)": torch.optim.AdamW(params, lr=1e-4, foreach=True),
+            "fused=True": torch.optim.AdamW(params, lr=1e-4, fused=True),
+        }
         times = {k: [] for k in opts}
         for rep in range(spec["reps"] * 4 + 3):
             for k, opt in opts.items():

@@ -35,8 +35,6 @@ class HHDatasetConfig(FileDatasetConfig):
     rejected_field: str = "rejected"
 
 
-
-
 def split_dialogues(chosen: str, rejected: str) -> dict[str, str]:
     """{prompt, chosen, rejected} of one HH pair, or ``BadRow`` saying why it cannot be split."""
     shared = os.path.commonprefix([chosen, rejected])
@@ -48,7 +46,7 @@ def split_dialogues(chosen: str, rejected: str) -> dict[str, str]:
     if HUMAN not in shared[:cut]:
         raise BadRow(f"no '{HUMAN.strip()}' turn before the last shared assistant turn")
     prompt = chosen[: cut + len(ASSISTANT)]
-    responses = chosen[len(prompt):], rejected[len(prompt):]
+    responses = chosen[len(prompt) :], rejected[len(prompt) :]
     if any(HUMAN in r or ASSISTANT in r for r in responses):
         raise BadRow("the dialogues differ before the last assistant turn (a response holds a further turn)")
     return {"prompt": prompt, "chosen": responses[0], "rejected": responses[1]}
@@ -65,7 +63,9 @@ def hh_converter(cfg) -> Callable[[dict], dict]:
 
 def hh_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
     def columns(_: Dataset) -> dict[str, str]:
-        fix = "HH-RLHF rows hold whole dialogues in 'chosen' and 'rejected'; set dataset.{} to the column that holds them"
+        fix = (
+            "HH-RLHF rows hold whole dialogues in 'chosen' and 'rejected'; set dataset.{} to the column that holds them"
+        )
         return {cfg.chosen_field: fix.format("chosen_field"), cfg.rejected_field: fix.format("rejected_field")}
 
     return columns

@@ -34,8 +34,6 @@ class KTOUnpairedDatasetConfig(FileDatasetConfig):
     label_field: str = "label"
 
 
-
-
 def _completion(value: Any, column: str) -> str:
     if isinstance(value, list):
         messages = check_messages(value, column)
@@ -56,8 +54,12 @@ def unpaired_row(prompt: Any, completion: Any, label: Any, columns: tuple[str, s
         text = plain_prompt(messages)
     else:
         text, messages = text_field({columns[0]: prompt}, columns[0]), None
-    return {"prompt": text, "completion": _completion(completion, columns[1]), "label": label,
-            "prompt_messages": messages}
+    return {
+        "prompt": text,
+        "completion": _completion(completion, columns[1]),
+        "label": label,
+        "prompt_messages": messages,
+    }
 
 
 def load(cfg) -> PreferenceData:
@@ -65,8 +67,10 @@ def load(cfg) -> PreferenceData:
     names = (cfg.prompt_field, cfg.completion_field, cfg.label_field)
 
     def columns(_: Dataset) -> dict[str, str]:
-        return {c: f"unpaired KTO rows need prompt, completion and a boolean label; set dataset.{k} to the column"
-                for c, k in zip(names, ("prompt_field", "completion_field", "label_field"))}
+        return {
+            c: f"unpaired KTO rows need prompt, completion and a boolean label; set dataset.{k} to the column"
+            for c, k in zip(names, ("prompt_field", "completion_field", "label_field"))
+        }
 
     def convert(row: dict) -> dict:
         return unpaired_row(row.get(names[0]), row.get(names[1]), row.get(names[2]), names)
@@ -76,8 +80,9 @@ def load(cfg) -> PreferenceData:
         for r in rows + eval_rows:
             del r["prompt_messages"]
     cols = COLUMNS if rows and "prompt_messages" in rows[0] else COLUMNS[:3]
-    return PreferenceData(train=to_dataset(rows, cols), eval=to_dataset(eval_rows, cols), report=report,
-                          kind="unpaired")
+    return PreferenceData(
+        train=to_dataset(rows, cols), eval=to_dataset(eval_rows, cols), report=report, kind="unpaired"
+    )
 
 
 SOURCES = (Source("kto_unpaired", load, KTOUnpairedDatasetConfig),)

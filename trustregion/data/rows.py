@@ -91,14 +91,14 @@ def _undecodable_column(ds: Dataset, i: int) -> str | None:
 def iter_rows(ds: Dataset | Sequence[dict], order: Optional[Sequence[int]] = None) -> Iterator[tuple[int, Any]]:
     """(row number, row) in ``order`` (default: file order); a row ``datasets`` cannot decode comes as ``NotUTF8``."""
     if not isinstance(ds, Dataset):
-        for i in (range(len(ds)) if order is None else order):
+        for i in range(len(ds)) if order is None else order:
             yield i, ds[i]
         return
     order = list(range(len(ds))) if order is None else list(order)
     for start in range(0, len(order), _BATCH):
-        idx = order[start:start + _BATCH]
+        idx = order[start : start + _BATCH]
         try:
-            batch = ds[idx] if idx != list(range(idx[0], idx[0] + len(idx))) else ds[idx[0]:idx[0] + len(idx)]
+            batch = ds[idx] if idx != list(range(idx[0], idx[0] + len(idx))) else ds[idx[0] : idx[0] + len(idx)]
         except UnicodeDecodeError:
             for i in idx:
                 try:

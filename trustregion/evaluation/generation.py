@@ -56,8 +56,9 @@ class Generated:
     logp_sft: list[float]
 
 
-def generate_and_score(engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer,
-                       scorers: Sequence[Any], seed: int) -> Generated:
+def generate_and_score(
+    engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer, scorers: Sequence[Any], seed: int
+) -> Generated:
     """Sample ``samples_per_prompt`` responses per prompt from ``model`` (this rank's share) and score them.
 
     Every rank gets the same number of rows (padded with copies of the first), so all ranks run the
@@ -78,9 +79,18 @@ def generate_and_score(engine, model, prompt_ids: list[list[int]], cfg: DictConf
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     responses, ended, entropy = [], [], []
     for s in range(0, len(prompts), batch_size):
-        out = sample(model, prompts[s : s + batch_size], eos_id=eos, pad_id=pad, max_new_tokens=int(ev.max_new_tokens),
-                     temperature=float(ev.temperature), greedy=bool(ev.greedy), generator=gen,
-                     device=engine.device, lockstep=lockstep)
+        out = sample(
+            model,
+            prompts[s : s + batch_size],
+            eos_id=eos,
+            pad_id=pad,
+            max_new_tokens=int(ev.max_new_tokens),
+            temperature=float(ev.temperature),
+            greedy=bool(ev.greedy),
+            generator=gen,
+            device=engine.device,
+            lockstep=lockstep,
+        )
         responses += out.responses
         ended += out.ended
         entropy += out.entropy
@@ -104,11 +114,22 @@ def _records(gen: Generated, prompt_texts: list[str], k: int, tokenizer, task) -
         text = tokenizer.decode(body, skip_special_tokens=False) if body else ""
         prompt = prompt_texts[idx // k]
         reward, in_domain = task.score_text(prompt, text)
-        out.append({
-            "index": idx, "prompt": prompt, "response": text, "ids": body, "ended": gen.samples.ended[i],
-            "tokens": len(ids), "entropy": gen.samples.entropy[i], "gold": float(reward), "in_domain": bool(in_domain),
-            "logp": gen.logp_policy[i], "logp_ref": gen.logp_ref[i], "logp_sft": gen.logp_sft[i],
-        })
+        out.append(
+            {
+                "index": idx,
+                "prompt": prompt,
+                "response": text,
+                "ids": body,
+                "ended": gen.samples.ended[i],
+                "tokens": len(ids),
+                "entropy": gen.samples.entropy[i],
+                "gold": float(reward),
+                "in_domain": bool(in_domain),
+                "logp": gen.logp_policy[i],
+                "logp_ref": gen.logp_ref[i],
+                "logp_sft": gen.logp_sft[i],
+            }
+        )
     return out
 
 
@@ -153,8 +174,15 @@ class EvalContext:
 
 def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     """Sample from the policy on held-out prompts; gold reward, KL to SFT and reference, diversity (``eval/*``)."""
-    engine, cfg, data, tokenizer, sft_model, logger, run_dir = (ctx.engine, ctx.cfg, ctx.data, ctx.tokenizer,
-                                                                ctx.sft_model, ctx.logger, ctx.run_dir)
+    engine, cfg, data, tokenizer, sft_model, logger, run_dir = (
+        ctx.engine,
+        ctx.cfg,
+        ctx.data,
+        ctx.tokenizer,
+        ctx.sft_model,
+        ctx.logger,
+        ctx.run_dir,
+    )
     ev = cfg.eval
     check_eval_config(ev)
     task = data.task
@@ -171,10 +199,13 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task))
     metrics["eval/generation_s"] = time.perf_counter() - clock
     if engine.is_main:
-        table = [[step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
-                 for r in records[:TABLE_ROWS]]
-        logger.log_table("eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"],
-                         table, step)
+        table = [
+            [step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
+            for r in records[:TABLE_ROWS]
+        ]
+        logger.log_table(
+            "eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"], table, step
+        )
         if ev.plot:
             points = history(run_dir / "metrics.jsonl") + [(step, metrics["eval/kl_sft"], metrics["eval/gold_reward"])]
             path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"])
@@ -189,8 +220,10 @@ def sft_baseline(engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenize
         k = 1 if cfg.eval.greedy else int(cfg.eval.samples_per_prompt)
         gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, int(cfg.trainer.seed))
         m = summarize(sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"]), k)
-        _SFT_BASELINE[sft_model] = {"eval/sft_gold_reward": m["eval/gold_reward"],
-                                    "eval/sft_in_domain_rate": m["eval/in_domain_rate"]}
+        _SFT_BASELINE[sft_model] = {
+            "eval/sft_gold_reward": m["eval/gold_reward"],
+            "eval/sft_in_domain_rate": m["eval/in_domain_rate"],
+        }
     return dict(_SFT_BASELINE[sft_model])
 
 
@@ -240,5 +273,11 @@ def log_scatter(logger, points: list[tuple[int, float, float]], step: int) -> No
     import wandb
 
     table = wandb.Table(columns=["step", "kl_sft", "gold_reward"], data=[list(p) for p in sorted(points)])
-    run.log({"eval/gold_vs_kl_points": wandb.plot.scatter(table, "kl_sft", "gold_reward",
-                                                          title="gold reward vs KL to SFT")}, step=step)
+    run.log(
+        {
+            "eval/gold_vs_kl_points": wandb.plot.scatter(
+                table, "kl_sft", "gold_reward", title="gold reward vs KL to SFT"
+            )
+        },
+        step=step,
+    )
