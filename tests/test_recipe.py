@@ -105,8 +105,8 @@ def test_unpaired_kto_trains_through_the_loop(fast_cfg, tmp_path):
     "schedule,expected",
     [
         ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
-        ("linear", [0.5, 1.0, 2 / 3, 1 / 3, 0.0]),
-        ("cosine", [0.5, 1.0, 0.75, 0.25, 0.0]),
+        ("linear", [0.5, 1.0, 1.0, 2 / 3, 1 / 3]),
+        ("cosine", [0.5, 1.0, 1.0, 0.75, 0.25]),
     ],
 )
 def test_lr_schedules_warm_up_linearly_then_hold_or_decay(schedule, expected):
