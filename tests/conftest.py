@@ -35,6 +35,10 @@ def compose(*overrides: str, config_name: str = "config"):
     """The config the CLI composes from conf/ with these overrides (the one compose helper of the tests)."""
     from trustregion.cli import compose as cli_compose
 
+    if config_name == "judge":
+        from trustregion.judge import register_judge
+
+        register_judge()
     return cli_compose(*overrides, config_name=config_name)
 
 
