@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, compose
 from trustregion.engine import lr_lambda
 from trustregion.errors import TrainingError
-from trustregion.hooks import StepTimeHook
+from trustregion.hooks import BaseHook, StepTimeHook
 from trustregion.models import sequence_logps
 from trustregion.recipe import Recipe
 from trustregion.sft import run_sft
@@ -243,3 +243,83 @@ def test_bf16_reference_under_zero3_updates_the_whole_copy_parameters(tmp_path):
     torchrun_train(*common, "deepspeed.param_persistence_threshold=0", f"hydra.run.dir={tmp_path / 'sharded'}")
     losses = {k: [r["loss"] for r in rows(tmp_path / k) if "loss" in r] for k in ("whole", "sharded")}
     assert losses["whole"] == pytest.approx(losses["sharded"], abs=1e-6)
+
+
+class Recorder(BaseHook):
+    """Counts the events the recipe sends its hooks."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_train_start(self, recipe) -> None:
+        self.events.append(("start", recipe.state.step))
+
+    def on_step_end(self, recipe) -> None:
+        self.events.append(("step", recipe.state.step))
+
+    def on_log(self, recipe, metrics) -> None:
+        self.events.append(("log", recipe.state.step))
+        metrics["recorded"] = 1.0
+
+    def on_eval(self, recipe, metrics) -> None:
+        self.events.append(("eval", recipe.state.step))
+
+    def on_save(self, recipe) -> None:
+        self.events.append(("save", recipe.state.step))
+
+    def on_train_end(self, recipe) -> None:
+        self.events.append(("end", recipe.state.step))
+
+
+def test_hooks_see_every_step_log_evaluation_and_checkpoint_in_order(fast_cfg, tmp_path):
+    hook = Recorder()
+    cfg = fast_cfg("trainer.log_every=2", "trainer.eval_every=2", "trainer.save_every=3")
+    Recipe(cfg, tmp_path, extra_hooks=[hook]).run()
+    assert hook.events == [
+        ("eval", 0),
+        ("start", 0),
+        ("step", 1),
+        ("step", 2),
+        ("log", 2),
+        ("eval", 2),
+        ("step", 3),
+        ("save", 3),
+        ("step", 4),
+        ("log", 4),
+        ("eval", 4),
+        ("save", 4),
+        ("end", 4),
+    ]
+    assert all(r["recorded"] == 1.0 for r in rows(tmp_path) if "loss" in r)
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_training_row_holds_the_metrics_its_objective_declares(fast_cfg, tmp_path, method):
+    from trustregion.objectives import OBJECTIVES
+
+    train(fast_cfg(f"method={method}"), tmp_path)
+    row = next(r for r in rows(tmp_path) if "loss" in r)
+    hooks_and_loop = {
+        "step",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "ref_updates",
+        "ref/distance",
+        "ref/update_ms",
+        "epoch",
+    }
+    assert set(row) - hooks_and_loop == set(OBJECTIVES[method].metrics)
+
+
+def test_both_engines_implement_every_method_of_the_engine_protocol():
+    import inspect
+
+    from trustregion.distributed import DeepSpeedEngine
+    from trustregion.engine import Engine, LocalEngine
+
+    wanted = {n for n, f in vars(Engine).items() if inspect.isfunction(f) and not n.startswith("_")}
+    for cls in (LocalEngine, DeepSpeedEngine):
+        for name in wanted:
+            mine, theirs = inspect.signature(getattr(cls, name)), inspect.signature(getattr(Engine, name))
+            assert list(mine.parameters) == list(theirs.parameters), (cls.__name__, name)

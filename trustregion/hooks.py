@@ -1,6 +1,7 @@
 """Step hooks: what runs around the training loop without being the loop.
 
-The recipe calls, in order: ``on_train_start`` once; per optimizer step ``on_step_end``, then on log
+The recipe calls, in order: ``on_train_start`` once, right before the first step (after the step-0
+evaluation, so timers start with the steps); per optimizer step ``on_step_end``, then on log
 steps ``on_log`` (each hook adds its fields to the row), on evaluation points ``on_eval`` (each hook
 adds its metrics), on checkpoint points ``on_save``; ``on_train_end`` once. The reference update,
 generation evaluation, checkpointing, export and the timers are hooks; so are test-only faults.
