@@ -28,15 +28,17 @@ RUN := outputs/make-train/$(shell date +%Y-%m-%d_%H-%M-%S)
 BETA ?= 0.5
 SEED ?= 1
 TR ?= ref_update=soft ref_update.alpha=0.03 ref_update.tau=1
-ALIGN := method=dpo method.beta=$(BETA) trainer.seed=$(SEED) eval.samples_per_prompt=4
+ALIGN := experiment=toy_overopt method=dpo method.beta=$(BETA) trainer.seed=$(SEED) eval.samples_per_prompt=4
 train: install
-	$(BIN)/python -m trustregion.sft hydra.run.dir=$(RUN)/sft
+	$(BIN)/python -m trustregion.sft experiment=toy_sft hydra.run.dir=$(RUN)/sft
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy ref_update=none hydra.run.dir=$(RUN)/frozen
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy $(TR) hydra.run.dir=$(RUN)/trust-region
 	$(BIN)/python -m trustregion.report --compare $(RUN)/frozen $(RUN)/trust-region --out $(RUN)
 	@echo "run dirs: $(RUN)/{sft,frozen,trust-region}; side by side: $(RUN)/compare.png"
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest tests
 
 bench: install

@@ -5,7 +5,7 @@
 ``mode=update``: one engine per model, built as train.py builds it; the reference update alone, sharded
 (each rank lerps its own ``ds_tensor`` shards) against gathered (``GatheredParameters``), interleaved,
 each between two barriers; the loopback interface's byte counter is read around each update.
-``mode=train``: the real ``train()`` loop with the step hook of bench.py; rank 0 writes the result.
+``mode=train``: the real loop with the step hook of benchkit.workers; rank 0 writes the result.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402  (scripts/bench.py)
+from benchkit.plans import CONFIGS, compose, loop_overrides, quiet  # noqa: E402
+from benchkit.workers import LoopTimer, peak_memory, run_loop  # noqa: E402
 
 
 def loopback_bytes() -> int:
@@ -43,13 +44,12 @@ def update_mode(spec: dict) -> dict:
     import torch.distributed as dist
 
     from trustregion.data import load_preferences
-    from trustregion.distributed import DeepSpeedEngine, init_distributed
+    from trustregion.distributed import DeepSpeedEngine, GatheredUpdater, init_distributed
     from trustregion.models import load_policy, make_reference
 
     out: dict = {"models": {}}
     for model in spec["models"]:
-        cfg = bench.compose(*bench.loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3",
-                            *bench.CONFIGS["tr-dpo-soft"])
+        cfg = compose(*loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3", *CONFIGS["tr-dpo-soft"])
         init_distributed(cfg)
         torch.set_num_threads(1)
         data = load_preferences(cfg.dataset)
@@ -60,8 +60,8 @@ def update_mode(spec: dict) -> dict:
                 p.add_(1e-3)
         engine = DeepSpeedEngine(cfg, policy, reference, total_steps=10)
         world = engine.world_size
-        updaters = {"sharded": engine.updater(0.6, 1, "sharded"), "gathered": engine.updater(0.6, 1, "gathered"),
-                    "barrier only": None}
+        gathered = GatheredUpdater(engine.unwrap("policy"), engine.unwrap("reference"), 0.6, 1)
+        updaters = {"sharded": engine.updater(0.6, 1), "gathered": gathered, "barrier only": None}
         pol = list(engine.unwrap("policy").parameters())
         elements = sum(p.ds_numel for p in pol)
         shard_elements = sum(p.ds_tensor.numel() for p in pol)
@@ -71,7 +71,7 @@ def update_mode(spec: dict) -> dict:
         with torch.no_grad():
             for rep in range(reps + 1):
                 names = list(updaters)
-                order = names[rep % len(names):] + names[: rep % len(names)]
+                order = names[rep % len(names) :] + names[: rep % len(names)]
                 for name in order:
                     dist.barrier()
                     b0 = loopback_bytes()
@@ -86,29 +86,27 @@ def update_mode(spec: dict) -> dict:
                         lo[name].append(b1 - b0)
         base = statistics.median(lo["barrier only"])
         out["models"][model] = {
-            "elements": elements, "shard_elements_per_rank": shard_elements, "world_size": world,
+            "elements": elements,
+            "shard_elements_per_rank": shard_elements,
+            "world_size": world,
             "persistent": sum(1 for p in pol if p.ds_persist),
-            **{name: {"ms": times[name], "lo_bytes": max(0.0, statistics.median(lo[name]) - base)} for name in updaters},
+            **{
+                name: {"ms": times[name], "lo_bytes": max(0.0, statistics.median(lo[name]) - base)} for name in updaters
+            },
             "barrier_lo_bytes": base,
         }
         del engine, updaters, policy, reference
-    out.update(bench.peak_memory())
+    out.update(peak_memory())
     return out
 
 
 def train_mode(spec: dict) -> dict:
-    import trustregion.train as T
-
     total = spec["train_warmup"] + spec["train_steps"] + 1
-    cfg = bench.compose(*bench.loop_overrides("tiny", total, 1, batch=4), "deepspeed=zero3", *bench.CONFIGS["tr-dpo-soft"])
-    timer = bench.LoopTimer(total)
-    timer.install()
-    try:
-        T.train(cfg, Path(spec["run_dir"]))
-    except bench.StopBench:
-        pass
+    cfg = compose(*loop_overrides("tiny", total, 1, batch=4), "deepspeed=zero3", *CONFIGS["tr-dpo-soft"])
+    timer = LoopTimer(total)
+    run_loop(cfg, Path(spec["run_dir"]), timer)
     out = timer.result(spec["train_warmup"])
-    out.update(bench.peak_memory())
+    out.update(peak_memory())
     return out
 
 
@@ -117,7 +115,7 @@ def main() -> None:
     ap.add_argument("--spec", required=True)
     ap.add_argument("--result", required=True)
     a = ap.parse_args()
-    bench.quiet()
+    quiet()
     spec = json.loads(a.spec)
     import torch.distributed as dist
 

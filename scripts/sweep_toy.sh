@@ -47,14 +47,14 @@ if [[ -n "${SFT:-}" ]]; then
   say "using the SFT policy $policy"
 else
   say "SFT -> $OUT/sft (log: $OUT/logs/sft.log)"
-  "$PY" -m trustregion.sft hydra.run.dir="$OUT/sft" \
+  "$PY" -m trustregion.sft hydra.run.dir="$OUT/sft" experiment=toy_sft \
     > "$OUT/logs/sft.log" 2>&1 || { tail -5 "$OUT/logs/sft.log"; exit 1; }
   policy=$OUT/sft/policy
 fi
 
 # Every alignment run evaluates by sampling (gold reward, KL to SFT) on the same held-out prompts, from step 0.
 # The wandb group is the family (method, beta, rule), so wandb's grouped view averages over seeds.
-COMMON=(model.path="$policy" eval.generate=true eval.prompts=128 eval.samples_per_prompt=4
+COMMON=(model.path="$policy" experiment=toy_overopt eval.generate=true eval.prompts=128 eval.samples_per_prompt=4
         trainer.save_models=false "trainer.seed=$SEEDS" "${EXTRA[@]}")
 
 run_group() {  # name, then overrides: one Hydra multirun into $OUT/<name>/<job num>

@@ -17,6 +17,7 @@ CONF = REPO / "conf"
 
 # Small and fast: the tiny model shrunk further, few pairs, few steps, no wandb.
 FAST = [
+    "experiment=toy_overopt",
     "logger=none",
     "model.hidden_size=32",
     "model.num_layers=1",
@@ -31,14 +32,14 @@ TOY = ["dataset.num_pairs=64", "dataset.eval_samples=16", "dataset.sft_samples=6
 
 
 def compose(*overrides: str, config_name: str = "config"):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The config the CLI composes from conf/ with these overrides (the one compose helper of the tests)."""
+    from trustregion.cli import compose as cli_compose
 
-    from trustregion.config import register
+    if config_name == "judge":
+        from trustregion.judge import register_judge
 
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        register_judge()
+    return cli_compose(*overrides, config_name=config_name)
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict
-from hydra import compose, initialize_config_dir
 
-from trustregion.config import register
+from tests.conftest import compose
 from trustregion.data import load_preferences
 from trustregion.data.tldr import PROMPT_TEMPLATE
 from trustregion.errors import DataError
@@ -19,9 +18,7 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 
 
 def dataset_cfg(source: str, *overrides: str):
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"dataset={source}", *overrides]).dataset
+    return compose(f"dataset={source}", *overrides).dataset
 
 
 def files(**splits: Path) -> list[str]:
@@ -34,14 +31,22 @@ def hh(*overrides: str):
 
 
 def tldr(*overrides: str):
-    return dataset_cfg("tldr", "dataset.subset=null", *files(train=FIX / "tldr/comparisons_train.jsonl",
-                                                            validation=FIX / "tldr/comparisons_validation.jsonl"),
-                       *overrides)
+    return dataset_cfg(
+        "tldr",
+        "dataset.subset=null",
+        *files(train=FIX / "tldr/comparisons_train.jsonl", validation=FIX / "tldr/comparisons_validation.jsonl"),
+        *overrides,
+    )
 
 
 def ultrafeedback(*overrides: str):
-    return dataset_cfg("ultrafeedback", *files(train_prefs=FIX / "ultrafeedback/train_prefs.parquet",
-                                              test_prefs=FIX / "ultrafeedback/test_prefs.parquet"), *overrides)
+    return dataset_cfg(
+        "ultrafeedback",
+        *files(
+            train_prefs=FIX / "ultrafeedback/train_prefs.parquet", test_prefs=FIX / "ultrafeedback/test_prefs.parquet"
+        ),
+        *overrides,
+    )
 
 
 # --- HH-RLHF -------------------------------------------------------------------------------------
@@ -72,8 +77,15 @@ def test_hh_uses_the_test_split_for_evaluation():
 
 
 def test_hh_bad_rows_are_skipped_and_counted_by_reason():
-    data = load_preferences(dataset_cfg("hh", f"dataset.path={FIX}/hh/bad_rows.jsonl", "dataset.eval_split=null",
-                                        "dataset.on_bad_row=skip", "dataset.eval_samples=0"))
+    data = load_preferences(
+        dataset_cfg(
+            "hh",
+            f"dataset.path={FIX}/hh/bad_rows.jsonl",
+            "dataset.eval_split=null",
+            "dataset.on_bad_row=skip",
+            "dataset.eval_samples=0",
+        )
+    )
     report = data.report
     assert (report.kept, report.skipped) == (4, 4)
     assert set(report.reasons) == {
@@ -86,14 +98,18 @@ def test_hh_bad_rows_are_skipped_and_counted_by_reason():
 
 def test_hh_dialogues_differing_before_the_last_turn_fail_naming_file_and_row(tmp_path):
     lines = open(FIX / "hh/train.jsonl").read().splitlines()[:2]
-    lines.append('{"chosen": "\\n\\nHuman: Hi?\\n\\nAssistant: Hello!\\n\\nHuman: Bye?\\n\\nAssistant: Bye.", '
-                 '"rejected": "\\n\\nHuman: Hi?\\n\\nAssistant: Go.\\n\\nHuman: Bye?\\n\\nAssistant: Bye."}')
+    lines.append(
+        '{"chosen": "\\n\\nHuman: Hi?\\n\\nAssistant: Hello!\\n\\nHuman: Bye?\\n\\nAssistant: Bye.", '
+        '"rejected": "\\n\\nHuman: Hi?\\n\\nAssistant: Go.\\n\\nHuman: Bye?\\n\\nAssistant: Bye."}'
+    )
     (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as e:
         load_preferences(dataset_cfg("hh", f"dataset.path={tmp_path}/hh.jsonl", "dataset.eval_split=null"))
-    assert str(e.value) == (f"{tmp_path}/hh.jsonl, row 2: the dialogues differ before the last assistant turn "
-                            "(a response holds a further turn) (fix the row, or set dataset.on_bad_row=skip "
-                            "to drop bad rows)")
+    assert str(e.value) == (
+        f"{tmp_path}/hh.jsonl, row 2: the dialogues differ before the last assistant turn "
+        "(a response holds a further turn) (fix the row, or set dataset.on_bad_row=skip "
+        "to drop bad rows)"
+    )
 
 
 # --- TL;DR ---------------------------------------------------------------------------------------
@@ -118,18 +134,27 @@ def test_tldr_news_article_rows_of_the_validation_split_are_counted_as_bad_rows(
 
 
 def test_tldr_prompt_chosen_rejected_form_is_detected_and_drops_a_repeated_tldr():
-    data = load_preferences(dataset_cfg("tldr", "dataset.subset=null", f"dataset.path={FIX}/tldr/pairs_train.jsonl",
-                                        "dataset.eval_split=null"))
+    data = load_preferences(
+        dataset_cfg(
+            "tldr", "dataset.subset=null", f"dataset.path={FIX}/tldr/pairs_train.jsonl", "dataset.eval_split=null"
+        )
+    )
     row = data.train[0]
     assert row["prompt"].startswith("SUBREDDIT: r/") and row["prompt"].endswith("TL;DR:")
     assert row["chosen"].startswith(" ") and not row["chosen"].startswith(" TL;DR")
 
 
 def test_tldr_comparisons_and_pairs_forms_give_the_same_pairs():
-    from_comparisons = load_preferences(dataset_cfg("tldr", "dataset.subset=null", "dataset.eval_split=null",
-                                                    f"dataset.path={FIX}/tldr/comparisons_train.jsonl"))
-    from_pairs = load_preferences(dataset_cfg("tldr", "dataset.subset=null", "dataset.eval_split=null",
-                                              f"dataset.path={FIX}/tldr/pairs_train.jsonl"))
+    from_comparisons = load_preferences(
+        dataset_cfg(
+            "tldr", "dataset.subset=null", "dataset.eval_split=null", f"dataset.path={FIX}/tldr/comparisons_train.jsonl"
+        )
+    )
+    from_pairs = load_preferences(
+        dataset_cfg(
+            "tldr", "dataset.subset=null", "dataset.eval_split=null", f"dataset.path={FIX}/tldr/pairs_train.jsonl"
+        )
+    )
     assert from_comparisons.train.to_list() == from_pairs.train.to_list()
 
 
@@ -150,23 +175,32 @@ def test_ultrafeedback_conversations_that_differ_before_the_answer_are_bad_rows(
     rows = Dataset.from_parquet(str(FIX / "ultrafeedback/train_prefs.parquet")).to_list()[:6]
     rows[2]["rejected"][0]["content"] = "A different question."
     Dataset.from_list(rows).to_parquet(str(tmp_path / "prefs.parquet"))
-    data = load_preferences(dataset_cfg("ultrafeedback", f"dataset.path={tmp_path}/prefs.parquet",
-                                        "dataset.split=train", "dataset.eval_split=null", "dataset.on_bad_row=skip"))
+    data = load_preferences(
+        dataset_cfg(
+            "ultrafeedback",
+            f"dataset.path={tmp_path}/prefs.parquet",
+            "dataset.split=train",
+            "dataset.eval_split=null",
+            "dataset.on_bad_row=skip",
+        )
+    )
     assert data.report.reasons == {"the conversations differ before the final assistant message": 1}
 
 
 # --- unpaired KTO --------------------------------------------------------------------------------
 def test_kto_unpaired_rows_hold_prompt_completion_and_a_boolean_label():
-    data = load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/unpaired.jsonl",
-                                        "dataset.eval_split=null"))
+    data = load_preferences(
+        dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/unpaired.jsonl", "dataset.eval_split=null")
+    )
     assert data.kind == "unpaired"
     assert data.train.column_names == ["prompt", "completion", "label"]
     assert {r["label"] for r in data.train} == {True, False}
 
 
 def test_kto_unpaired_conversational_rows_keep_prompt_messages_and_the_assistant_content():
-    data = load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/conversational.jsonl",
-                                        "dataset.eval_split=null"))
+    data = load_preferences(
+        dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/conversational.jsonl", "dataset.eval_split=null")
+    )
     row = data.train[0]
     assert row["prompt_messages"][0]["role"] == "user" and not row["completion"].startswith("[")
 
@@ -174,13 +208,13 @@ def test_kto_unpaired_conversational_rows_keep_prompt_messages_and_the_assistant
 def test_kto_unpaired_label_that_is_not_boolean_is_a_bad_row(tmp_path):
     (tmp_path / "kto.jsonl").write_text('{"prompt": "Hi?", "completion": " Hello.", "label": "yes"}\n')
     with pytest.raises(DataError, match=r"kto.jsonl, row 0: field 'label' is 'yes', expected true or false"):
-        load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={tmp_path}/kto.jsonl",
-                                     "dataset.eval_split=null"))
+        load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={tmp_path}/kto.jsonl", "dataset.eval_split=null"))
 
 
 def test_sft_view_of_unpaired_data_is_the_desirable_rows():
-    data = load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/unpaired.jsonl",
-                                        "dataset.eval_split=null"))
+    data = load_preferences(
+        dataset_cfg("kto_unpaired", f"dataset.path={FIX}/kto/unpaired.jsonl", "dataset.eval_split=null")
+    )
     sft = data.sft_view()
     assert len(sft) == sum(data.train["label"]) and set(sft.column_names) == {"prompt", "response"}
 
@@ -194,8 +228,15 @@ def test_sft_view_of_pairs_is_prompt_and_chosen():
 # --- local files, splits, sampling ---------------------------------------------------------------
 def test_local_renames_columns_named_by_the_field_options(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"q": "Hi?", "good": " Hello.", "bad": " Go."}\n' * 2)
-    data = load_preferences(dataset_cfg("local", f"dataset.path={tmp_path}/p.jsonl", "dataset.prompt_field=q",
-                                        "dataset.chosen_field=good", "dataset.rejected_field=bad"))
+    data = load_preferences(
+        dataset_cfg(
+            "local",
+            f"dataset.path={tmp_path}/p.jsonl",
+            "dataset.prompt_field=q",
+            "dataset.chosen_field=good",
+            "dataset.rejected_field=bad",
+        )
+    )
     assert data.train[0] == {"prompt": "Hi?", "chosen": " Hello.", "rejected": " Go."}
 
 
@@ -207,7 +248,9 @@ def test_jsonl_is_an_alias_of_local():
 
 def test_save_to_disk_directory_gives_the_split_asked_for(tmp_path):
     rows = load_preferences(hh()).train.to_list()
-    DatasetDict({"train": Dataset.from_list(rows[:20]), "test": Dataset.from_list(rows[20:])}).save_to_disk(tmp_path / "d")
+    DatasetDict({"train": Dataset.from_list(rows[:20]), "test": Dataset.from_list(rows[20:])}).save_to_disk(
+        tmp_path / "d"
+    )
     data = load_preferences(dataset_cfg("local", f"dataset.path={tmp_path}/d", "dataset.eval_split=test"))
     assert (len(data.train), len(data.eval)) == (20, 12)
 

@@ -6,17 +6,31 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-
 from fixtures.tiny_models import llama3_tokenizer, pythia_tokenizer
-from trustregion.data import PreferenceData
-from trustregion.data.tokenize import (PairCollator, UnpairedCollator, length_grouped_order, padding_fraction,
-                                       tokenize_options, tokenize_pairs, tokenize_sft, tokenize_unpaired)
 
-PAIRS = Dataset.from_list([
-    {"prompt": "How do I bake bread?", "chosen": " Start small and note what works.", "rejected": " No idea."},
-    {"prompt": "Give me one tip to grow tomatoes.", "chosen": " Keep notes every day.", "rejected": " Tomatoes."},
-    {"prompt": "Human: How do I fix a bicycle? Assistant:", "chosen": " Start small.", "rejected": " I don't know."},
-])
+from trustregion.data import PreferenceData
+from trustregion.data.tokenize import (
+    PairCollator,
+    UnpairedCollator,
+    length_grouped_order,
+    padding_fraction,
+    tokenize_options,
+    tokenize_pairs,
+    tokenize_sft,
+    tokenize_unpaired,
+)
+
+PAIRS = Dataset.from_list(
+    [
+        {"prompt": "How do I bake bread?", "chosen": " Start small and note what works.", "rejected": " No idea."},
+        {"prompt": "Give me one tip to grow tomatoes.", "chosen": " Keep notes every day.", "rejected": " Tomatoes."},
+        {
+            "prompt": "Human: How do I fix a bicycle? Assistant:",
+            "chosen": " Start small.",
+            "rejected": " I don't know.",
+        },
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +74,18 @@ def test_responses_are_cut_on_the_right_to_fit_max_length_and_counted(neox_tok):
     assert rows[0]["chosen_ids"] == chosen[:4]  # room = 8 - 4 prompt tokens; the EOS is cut with the rest
     assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 8 for r in rows)
     assert stats.truncated_responses == sum(
-        len(ids(neox_tok, PAIRS[i][k])) + 1 > 8 - len(rows[i]["prompt_ids"]) for i in range(3) for k in ("chosen", "rejected"))
+        len(ids(neox_tok, PAIRS[i][k])) + 1 > 8 - len(rows[i]["prompt_ids"])
+        for i in range(3)
+        for k in ("chosen", "rejected")
+    )
     assert stats.truncated_rows == 3 and stats.rows == 3
 
 
 def test_chat_prompt_is_the_tokenizers_template_with_the_generation_prompt(llama_tok):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I bake bread?"}]
-    chat = Dataset.from_list([{"prompt": "plain", "chosen": " Knead.", "rejected": " No.", "prompt_messages": messages}])
+    chat = Dataset.from_list(
+        [{"prompt": "plain", "chosen": " Knead.", "rejected": " No.", "prompt_messages": messages}]
+    )
     rows, _ = tokenize_pairs(chat, llama_tok, max_length=128, max_prompt_length=96)
     rendered = llama_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -77,8 +96,16 @@ def test_chat_prompt_is_the_tokenizers_template_with_the_generation_prompt(llama
 
 def test_chat_rows_use_the_plain_prompt_with_a_tokenizer_without_a_template(neox_tok):
     messages = [{"role": "user", "content": "How do I bake bread?"}]
-    chat = Dataset.from_list([{"prompt": "\n\nUser: How do I bake bread?\n\nAssistant:", "chosen": " Knead.",
-                               "rejected": " No.", "prompt_messages": messages}])
+    chat = Dataset.from_list(
+        [
+            {
+                "prompt": "\n\nUser: How do I bake bread?\n\nAssistant:",
+                "chosen": " Knead.",
+                "rejected": " No.",
+                "prompt_messages": messages,
+            }
+        ]
+    )
     rows, _ = tokenize_pairs(chat, neox_tok, max_length=128, max_prompt_length=96)
     assert rows[0]["prompt_ids"] == ids(neox_tok, chat[0]["prompt"], special=True)
 
@@ -121,8 +148,12 @@ def test_sft_rows_hold_prompt_and_response_ids(neox_tok):
 
 
 def test_unpaired_rows_carry_the_label_and_a_mismatched_completion(neox_tok):
-    unpaired = Dataset.from_list([{"prompt": "Hi?", "completion": " Hello.", "label": True},
-                                  {"prompt": "Bye?", "completion": " Go away.", "label": False}])
+    unpaired = Dataset.from_list(
+        [
+            {"prompt": "Hi?", "completion": " Hello.", "label": True},
+            {"prompt": "Bye?", "completion": " Go away.", "label": False},
+        ]
+    )
     rows, _ = tokenize_unpaired(unpaired, neox_tok, 64, 32)
     assert rows["desirable"] == [True, False]
     assert rows[0]["mismatched_ids"] == rows[1]["completion_ids"]
@@ -136,17 +167,30 @@ def test_unpaired_batch_trains_with_the_kto_unpaired_loss(neox_tok):
     from trustregion.losses import kto_unpaired_loss
     from trustregion.models import sequence_logps
 
-    unpaired = Dataset.from_list([{"prompt": "Hi?", "completion": " Hello.", "label": True},
-                                  {"prompt": "Bye?", "completion": " Go away.", "label": False}])
+    unpaired = Dataset.from_list(
+        [
+            {"prompt": "Hi?", "completion": " Hello.", "label": True},
+            {"prompt": "Bye?", "completion": " Go away.", "label": False},
+        ]
+    )
     rows, _ = tokenize_unpaired(unpaired, neox_tok, 64, 32)
     batch = UnpairedCollator(0)([rows[0], rows[1]])
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(neox_tok), hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=64))
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=len(neox_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
     logps, _ = sequence_logps(model, batch)
     pol = logps.view(2, -1)
-    losses, _ = kto_unpaired_loss(pol[0], pol[0].detach() - 0.1, batch["desirable"], 0.1,
-                                  policy_mismatched_logps=pol[1], reference_mismatched_logps=pol[1].detach())
+    losses, _ = kto_unpaired_loss(
+        pol[0],
+        pol[0].detach() - 0.1,
+        batch["desirable"],
+        0.1,
+        policy_mismatched_logps=pol[1],
+        reference_mismatched_logps=pol[1].detach(),
+    )
     losses.mean().backward()
     assert torch.isfinite(losses).all() and model.get_input_embeddings().weight.grad is not None
 
@@ -166,8 +210,10 @@ def test_length_grouped_order_is_a_seeded_permutation_that_cuts_padding():
     assert order != length_grouped_order(lengths, 8, seed=1)
 
     def padding(perm: list[int]) -> int:
-        return sum(max(lengths[i] for i in perm[s:s + 8]) * 8 - sum(lengths[i] for i in perm[s:s + 8])
-                   for s in range(0, 400, 8))
+        return sum(
+            max(lengths[i] for i in perm[s : s + 8]) * 8 - sum(lengths[i] for i in perm[s : s + 8])
+            for s in range(0, 400, 8)
+        )
 
     shuffled = list(range(400))
     import random

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trustregion.errors import ConfigError
-from trustregion.evaluation.generation import response_logps, sample
 from trustregion.evaluation.text_metrics import bleu, distinct_n, self_bleu
+from trustregion.generation import response_logps, sample
 from trustregion.models import build_tokenizer, tiny_model
 
 TEXTS = ["ba be bi", " bo bu da", "de di do du", " fa fe fi fo fu"] * 8
@@ -22,8 +22,17 @@ def lm():
     from omegaconf import OmegaConf
 
     tok = build_tokenizer(TEXTS, 64)
-    cfg = OmegaConf.create({"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
-                            "max_position_embeddings": 64, "attn_implementation": None, "dtype": "float32"})
+    cfg = OmegaConf.create(
+        {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "attn_implementation": None,
+            "dtype": "float32",
+        }
+    )
     model = tiny_model(cfg, len(tok), seed=0).eval()
     return model, tok
 
@@ -108,8 +117,14 @@ def frozen_run(tmp_path_factory):
     from trustregion.train import train
 
     run_dir = tmp_path_factory.mktemp("frozen_run")
-    cfg = compose(*FAST, "ref_update=none", "eval.generate=true", "eval.prompts=6", "eval.samples_per_prompt=2",
-                  "trainer.eval_every=2")
+    cfg = compose(
+        *FAST,
+        "ref_update=none",
+        "eval.generate=true",
+        "eval.prompts=6",
+        "eval.samples_per_prompt=2",
+        "trainer.eval_every=2",
+    )
     train(cfg, run_dir)
     return run_dir, [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
 
@@ -118,8 +133,18 @@ def test_generation_evaluation_during_training_logs_gold_kl_and_a_plot(frozen_ru
     run_dir, rows = frozen_run
     evals = [r for r in rows if "eval/gold_reward" in r]
     assert [r["step"] for r in evals] == [0, 2, 4]
-    for key in ("eval/in_domain_rate", "eval/kl_sft", "eval/kl_ref", "eval/response_tokens", "eval/entropy",
-                "eval/distinct_1", "eval/distinct_2", "eval/self_bleu", "eval/sft_perplexity", "eval/sft_gold_reward"):
+    for key in (
+        "eval/in_domain_rate",
+        "eval/kl_sft",
+        "eval/kl_ref",
+        "eval/response_tokens",
+        "eval/entropy",
+        "eval/distinct_1",
+        "eval/distinct_2",
+        "eval/self_bleu",
+        "eval/sft_perplexity",
+        "eval/sft_gold_reward",
+    ):
         assert math.isfinite(evals[-1][key]), key
     assert -3.0 <= evals[-1]["eval/gold_reward"] <= 2.5
     assert (run_dir / "gold_vs_kl.png").stat().st_size > 1000
@@ -140,5 +165,7 @@ def test_zero_temperature_without_greedy_is_a_config_error(fast_cfg, tmp_path):
     from trustregion.train import train
 
     cfg = fast_cfg("eval.generate=true", "eval.temperature=0", "trainer.max_steps=1")
-    with pytest.raises(ConfigError, match="eval.temperature=0.0 is invalid: set eval.temperature > 0, or eval.greedy=true"):
+    with pytest.raises(
+        ConfigError, match="eval.temperature=0.0 is invalid: set eval.temperature > 0, or eval.greedy=true"
+    ):
         train(cfg, tmp_path)

@@ -11,8 +11,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from trustregion.errors import ConfigError, DataError
-from trustregion.judge import (ChatClient, EndpointConfig, JudgeCache, combine, judge_pairs, parse_verdict, summarize,
-                               wilson)
+from trustregion.judge import (
+    ChatClient,
+    EndpointConfig,
+    JudgeCache,
+    combine,
+    judge_pairs,
+    parse_verdict,
+    summarize,
+    wilson,
+)
 
 
 class JudgeServer:
@@ -112,7 +120,9 @@ def test_failed_requests_are_retried_with_backoff(serve):
 def test_retries_give_up_with_one_clear_error(serve):
     server = serve(prefers_good, failures=10, status=429)
     client = ChatClient(endpoint(server.url, retries=1), sleep=lambda s: None)
-    with pytest.raises(DataError, match=r"failed 2 times \(last: HTTP 429 .*\); raise judge.retries or check the server"):
+    with pytest.raises(
+        DataError, match=r"failed 2 times \(last: HTTP 429 .*\); raise judge.retries or check the server"
+    ):
         client.complete("Response 1:\na\n\nResponse 2:\nb\n\nAnswer")
 
 
@@ -153,8 +163,13 @@ def test_an_unset_key_variable_is_one_config_error(monkeypatch):
 
 
 def test_verdicts_are_read_from_the_first_matching_word():
-    assert [parse_verdict(x) for x in ("1", "Response 2.", "TIE", "2 is better", "cannot decide")] == \
-        ["1", "2", "tie", "2", "tie"]
+    assert [parse_verdict(x) for x in ("1", "Response 2.", "TIE", "2 is better", "cannot decide")] == [
+        "1",
+        "2",
+        "tie",
+        "2",
+        "tie",
+    ]
     assert combine("1", "2") == 1.0 and combine("1", "1") == 0.5 and combine("tie", "2") == 0.75
 
 
@@ -162,7 +177,7 @@ def test_wilson_interval_contains_the_rate_and_narrows_with_more_prompts():
     lo, hi = wilson(30, 50)
     lo2, hi2 = wilson(300, 500)
     assert lo < 0.6 < hi and hi2 - lo2 < hi - lo
-    assert wilson(0, 10) == pytest.approx((0.0, 1.96 ** 2 / (10 + 1.96 ** 2)), abs=1e-3)  # z^2 / (n + z^2)
+    assert wilson(0, 10) == pytest.approx((0.0, 1.96**2 / (10 + 1.96**2)), abs=1e-3)  # z^2 / (n + z^2)
 
 
 def test_the_judge_command_compares_two_response_files(serve, tmp_path):
@@ -175,8 +190,15 @@ def test_the_judge_command_compares_two_response_files(serve, tmp_path):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for p, r in zip(PROMPTS, answers):
                 f.write(json.dumps({"prompt": p, "response": r}) + "\n")
-    cfg = compose(f"a={tmp_path / 'b.jsonl'}", f"b={tmp_path / 'a.jsonl'}", f"judge.base_url={server.url}",
-                  "judge.api_key_env=null", f"cache={tmp_path / 'cache.json'}", "prompts=8", config_name="judge")
+    cfg = compose(
+        f"a={tmp_path / 'b.jsonl'}",
+        f"b={tmp_path / 'a.jsonl'}",
+        f"judge.base_url={server.url}",
+        "judge.api_key_env=null",
+        f"cache={tmp_path / 'cache.json'}",
+        "prompts=8",
+        config_name="judge",
+    )
     summary = judge.run_judge(cfg, tmp_path / "out")
     assert summary["loss_rate"] == 1.0 and summary["prompts"] == 8
     assert json.loads((tmp_path / "out" / "judge.json").read_text())["loss_ci"][0] > 0.6  # Wilson: 8 / (8 + z^2)
@@ -191,17 +213,33 @@ def test_the_judge_samples_responses_from_saved_models(serve, tmp_path):
     from trustregion.models import build_tokenizer, tiny_model
 
     tok = build_tokenizer(PROMPTS + GOOD + BAD, 300)
-    mcfg = OmegaConf.create({"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
-                             "max_position_embeddings": 64, "attn_implementation": None, "dtype": "float32"})
+    mcfg = OmegaConf.create(
+        {
+            "hidden_size": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 32,
+            "max_position_embeddings": 64,
+            "attn_implementation": None,
+            "dtype": "float32",
+        }
+    )
     for name, seed in (("a", 0), ("b", 1)):
         tiny_model(mcfg, len(tok), seed).save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     with open(tmp_path / "prompts.jsonl", "w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in PROMPTS)
     server = serve(lambda r1, r2: "tie")
-    cfg = compose(f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", f"judge.base_url={server.url}", "judge.api_key_env=null",
-                  f"cache={tmp_path / 'cache.json'}", f"prompts_file={tmp_path / 'prompts.jsonl'}", "max_new_tokens=4",
-                  config_name="judge")
+    cfg = compose(
+        f"a={tmp_path / 'a'}",
+        f"b={tmp_path / 'b'}",
+        f"judge.base_url={server.url}",
+        "judge.api_key_env=null",
+        f"cache={tmp_path / 'cache.json'}",
+        f"prompts_file={tmp_path / 'prompts.jsonl'}",
+        "max_new_tokens=4",
+        config_name="judge",
+    )
     summary = judge.run_judge(cfg, tmp_path / "out")
     judged = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()]
     differing = sum(r["a"].strip() != r["b"].strip() for r in judged)

@@ -39,8 +39,17 @@ def test_ipo_loss_is_squared_distance_to_half_inverse_beta():
 def test_kto_mismatched_reference_point_is_clamped_detached_batch_mean():
     pc, pr, rc, rr = t(-1.0, -2.0).requires_grad_(), t(-4.0, -3.0), t(-2.0, -2.0), t(-3.0, -3.0)
     pm, rm = t(-5.0, -6.0).requires_grad_(), t(-6.0, -6.0)
-    losses, _, _ = kto_loss(pc, pr, rc, rr, beta=1.0, desirable_weight=2.0, undesirable_weight=0.5,
-                            policy_mismatched_logps=pm, reference_mismatched_logps=rm)
+    losses, _, _ = kto_loss(
+        pc,
+        pr,
+        rc,
+        rr,
+        beta=1.0,
+        desirable_weight=2.0,
+        undesirable_weight=0.5,
+        policy_mismatched_logps=pm,
+        reference_mismatched_logps=rm,
+    )
     z = max(0.0, ((-5 + 6) + (-6 + 6)) / 2)  # 0.5
     expected0 = 2.0 * (1 - sigmoid(1.0 - z)) + 0.5 * (1 - sigmoid(z - (-1.0)))
     expected1 = 2.0 * (1 - sigmoid(0.0 - z)) + 0.5 * (1 - sigmoid(z - 0.0))
@@ -51,8 +60,9 @@ def test_kto_mismatched_reference_point_is_clamped_detached_batch_mean():
 
 def test_kto_reference_point_clamps_at_zero():
     pm, rm = t(-9.0), t(-1.0)  # mean log-ratio -8 -> z = 0
-    losses, _, _ = kto_loss(t(-1.0), t(-1.0), t(-1.0), t(-1.0), beta=1.0,
-                            policy_mismatched_logps=pm, reference_mismatched_logps=rm)
+    losses, _, _ = kto_loss(
+        t(-1.0), t(-1.0), t(-1.0), t(-1.0), beta=1.0, policy_mismatched_logps=pm, reference_mismatched_logps=rm
+    )
     assert losses.item() == pytest.approx(2 * (1 - sigmoid(0.0)))
 
 
@@ -88,6 +98,14 @@ def test_losses_stay_finite_at_extreme_margins(margin):
         assert torch.isfinite(pc32.grad).all()
         pc32.grad = None
     for point in ("mismatched", "paired"):
-        losses, _, _ = kto_loss(pc32, pr.float(), ref.float(), ref.float(), beta=0.1, reference_point=point,
-                                policy_mismatched_logps=pc32, reference_mismatched_logps=ref.float())
+        losses, _, _ = kto_loss(
+            pc32,
+            pr.float(),
+            ref.float(),
+            ref.float(),
+            beta=0.1,
+            reference_point=point,
+            policy_mismatched_logps=pc32,
+            reference_mismatched_logps=ref.float(),
+        )
         assert torch.isfinite(losses).all()

@@ -8,18 +8,26 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
 from fixtures.tiny_models import save_tiny_gpt_neox, save_tiny_llama
-from trustregion.config import register
+
+from tests.conftest import compose
 from trustregion.models import load_policy
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PYTHIA_PRESETS = ["pythia-410m", "pythia-1.4b", "pythia-2.8b", "pythia-6.9b"]
-SMALL_RUN = ["logger=none", "trainer.batch_size=4", "trainer.max_steps=2", "trainer.log_every=1",
-             "trainer.eval_every=0", "dataset.max_length=48", "dataset.max_prompt_length=32",
-             "dataset.eval_samples=4", "trainer.num_threads=2"]
+SMALL_RUN = [
+    "experiment=toy_overopt",
+    "logger=none",
+    "trainer.batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.log_every=1",
+    "trainer.eval_every=0",
+    "dataset.max_length=48",
+    "dataset.max_prompt_length=32",
+    "dataset.eval_samples=4",
+    "trainer.num_threads=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,29 +41,38 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 def compose_cfg(overrides: list[str]):
-    register()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(*overrides)
 
 
 def hh_fixture() -> list[str]:
-    return ["dataset=hh", "dataset.path=null",
-            f"dataset.data_files={{train:{FIXTURES}/hh/train.jsonl,test:{FIXTURES}/hh/test.jsonl}}"]
+    return [
+        "dataset=hh",
+        "dataset.path=null",
+        f"dataset.data_files={{train:{FIXTURES}/hh/train.jsonl,test:{FIXTURES}/hh/test.jsonl}}",
+    ]
 
 
 def ultrafeedback_fixture() -> list[str]:
     uf = FIXTURES / "ultrafeedback"
-    return ["dataset=ultrafeedback", "dataset.path=null",
-            f"dataset.data_files={{train_prefs:{uf}/train_prefs.parquet,test_prefs:{uf}/test_prefs.parquet}}"]
+    return [
+        "dataset=ultrafeedback",
+        "dataset.path=null",
+        f"dataset.data_files={{train_prefs:{uf}/train_prefs.parquet,test_prefs:{uf}/test_prefs.parquet}}",
+    ]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("preset", PYTHIA_PRESETS)
-def test_pythia_preset_loads_gpt_neox_with_a_pad_token_and_right_padding(preset, neox_dir):
-    cfg = compose_cfg([f"model={preset}", f"model.path={neox_dir}"])
+def test_pythia_presets_differ_only_in_the_checkpoint_they_name():
+    models = [compose_cfg([f"model={preset}"]).model for preset in PYTHIA_PRESETS]
+    assert [m.path for m in models] == [f"EleutherAI/{p}" for p in PYTHIA_PRESETS]
+    assert len({(m.dtype, m.attn_implementation, m.gradient_checkpointing) for m in models}) == 1
+
+
+def test_pythia_preset_loads_gpt_neox_with_a_pad_token_and_right_padding(neox_dir):
+    cfg = compose_cfg(["model=pythia-2.8b", f"model.path={neox_dir}"])
     policy, tokenizer = load_policy(cfg.model, None, seed=0)
     assert type(policy).__name__ == "GPTNeoXForCausalLM"
     assert tokenizer.pad_token_id is not None and tokenizer.padding_side == "right"

@@ -56,16 +56,6 @@ def test_soft_update_every_step_equals_the_closed_form():
     assert torch.allclose(flat(reference).double(), closed, atol=1e-6)
 
 
-def test_lerp_with_alpha_one_equals_copy():
-    policy = model()
-    perturb(policy, 1)
-    a, b = freeze(model()), freeze(model())
-    ReferenceUpdater.for_models(policy, a, alpha=1.0, tau=1).update()
-    torch._foreach_lerp_(list(b.parameters()), list(policy.parameters()), 1.0)
-    assert torch.equal(flat(a), flat(b))
-    assert torch.equal(flat(a), flat(policy))
-
-
 def test_no_update_rule_never_touches_the_reference():
     policy = model()
     reference = freeze(copy.deepcopy(policy))
@@ -90,17 +80,8 @@ def test_small_alpha_still_moves_a_bf16_reference():
         updater.maybe_update(step)
         torch._foreach_lerp_(list(naive.parameters()), list(policy.parameters()), 1e-3)
     expected = 0.5 * (1 - (1 - 1e-3) ** 50)  # 0.0244
-    assert (flat(reference) - 1.0).mean().item() == pytest.approx(expected, abs=2 ** -7)
+    assert (flat(reference) - 1.0).mean().item() == pytest.approx(expected, abs=2**-7)
     assert torch.all(flat(naive) == 1.0), "a bf16 lerp without the fp32 master rounds the update away"
-
-
-def test_update_allocates_no_new_full_size_tensors():
-    policy, reference = model(), freeze(model(1))
-    updater = ReferenceUpdater.for_models(policy, reference, alpha=0.5, tau=1)
-    ptrs = [p.data_ptr() for p in reference.parameters()]
-    updater.update()
-    assert [p.data_ptr() for p in reference.parameters()] == ptrs
-    assert updater.masters is None
 
 
 def test_reference_is_frozen_and_in_eval_mode():

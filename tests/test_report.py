@@ -16,21 +16,45 @@ from trustregion.report import Family, build_report, compare, gold_at_kl, load_r
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
 
 
-def write_run(path: Path, method: str, tau, alpha: float, beta: float, kl: list[float], gold: list[float],
-              sft_gold: float = 0.0, seed: int = 0, max_steps: int | None = None, sem: float = 0.05,
-              first_step: int = 0) -> Path:
+def write_run(
+    path: Path,
+    method: str,
+    tau,
+    alpha: float,
+    beta: float,
+    kl: list[float],
+    gold: list[float],
+    sft_gold: float = 0.0,
+    seed: int = 0,
+    max_steps: int | None = None,
+    sem: float = 0.05,
+    first_step: int = 0,
+) -> Path:
     """A run dir as train() leaves it: config.yaml and metrics.jsonl with an eval row every 10 steps."""
     path.mkdir(parents=True)
-    cfg = {"method": {"name": method, "beta": beta}, "ref_update": {"name": "none" if tau is None else "soft",
-                                                                   "alpha": alpha, "tau": tau},
-           "trainer": {"seed": seed, "max_steps": max_steps or 10 * (len(kl) - 1), "batch_size": 8, "epochs": 1}}
+    cfg = {
+        "method": {"name": method, "beta": beta},
+        "ref_update": {"name": "none" if tau is None else "soft", "alpha": alpha, "tau": tau},
+        "trainer": {"seed": seed, "max_steps": max_steps or 10 * (len(kl) - 1), "batch_size": 8, "epochs": 1},
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     with open(path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 0, "data/train_pairs": 64}) + "\n")
         for i, (k, g) in enumerate(zip(kl, gold), first_step // 10):
             f.write(json.dumps({"step": 10 * i, "loss": 0.5}) + "\n")
-            f.write(json.dumps({"step": 10 * i, "eval/kl_sft": k, "eval/gold_reward": g, "eval/gold_reward_sem": sem,
-                                "eval/in_domain_rate": 0.9, "eval/sft_gold_reward": sft_gold}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": 10 * i,
+                        "eval/kl_sft": k,
+                        "eval/gold_reward": g,
+                        "eval/gold_reward_sem": sem,
+                        "eval/in_domain_rate": 0.9,
+                        "eval/sft_gold_reward": sft_gold,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -52,8 +76,17 @@ def sweep(tmp_path):
         0.3: {1: -0.17, 2: -0.22, 3: -0.19},  # -0.20, -0.25, -0.22 -> worse
     }
     for seed, e in SEED_OFFSET.items():
-        write_run(tmp_path / f"frozen-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL,
-                  [frozen_curve(k) + e for k in FROZEN_KL], sft_gold=-0.2 + e, seed=seed)
+        write_run(
+            tmp_path / f"frozen-{seed}",
+            "dpo",
+            None,
+            1.0,
+            0.1,
+            FROZEN_KL,
+            [frozen_curve(k) + e for k in FROZEN_KL],
+            sft_gold=-0.2 + e,
+            seed=seed,
+        )
         for alpha, lift in lifts.items():
             gold = [frozen_curve(k) + (lift[seed] if k > 0 else 0.0) + e for k in TR_KL]
             write_run(tmp_path / f"soft{alpha}-{seed}", "dpo", 1, alpha, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
@@ -70,8 +103,10 @@ def report_json(sweep: Path) -> dict:
 def test_t_interval_is_the_mean_plus_minus_t_sd_over_root_n():
     iv = t_interval([0.09, 0.06, 0.12])
     assert iv.mean == pytest.approx(0.09) and iv.sd == pytest.approx(0.03)
-    assert (iv.lo, iv.hi) == (pytest.approx(0.09 - T_975_2DF * 0.03 / math.sqrt(3)),
-                              pytest.approx(0.09 + T_975_2DF * 0.03 / math.sqrt(3)))
+    assert (iv.lo, iv.hi) == (
+        pytest.approx(0.09 - T_975_2DF * 0.03 / math.sqrt(3)),
+        pytest.approx(0.09 + T_975_2DF * 0.03 / math.sqrt(3)),
+    )
 
 
 def test_one_seed_gives_a_mean_without_an_interval():
@@ -136,7 +171,9 @@ def test_evaluation_noise_is_reported_beside_seed_noise(sweep):
     report_json(sweep)
     frozen = report_json(sweep)["families"]["dpo β=0.1 frozen"]
     assert frozen["eval_se"] == pytest.approx(0.05)
-    row = next(line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| dpo β=0.1 frozen |"))
+    row = next(
+        line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| dpo β=0.1 frozen |")
+    )
     assert row.rstrip(" |").endswith("0.050 | 0.050")  # eval SE, then the seed SD of peak gold
 
 
@@ -169,8 +206,9 @@ def test_a_partial_run_is_reported_as_partial(tmp_path):
 
 
 def test_gold_at_a_kl_is_interpolated_between_the_evaluations_nearest_in_kl(tmp_path):
-    run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [0.0, 2.0, 6.0, 4.0, 12.0],
-                             [0.0, 0.4, 0.8, 0.0, -1.0]))
+    run = load_run(
+        write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [0.0, 2.0, 6.0, 4.0, 12.0], [0.0, 0.4, 0.8, 0.0, -1.0])
+    )
     assert gold_at_kl(run, 1.0) == pytest.approx(0.2)
     assert gold_at_kl(run, 4.0) == pytest.approx(0.0)  # the evaluation at KL 4, although it came after KL 6
     assert gold_at_kl(run, 5.0) == pytest.approx(0.4)  # between KL 4 (0.0) and KL 6 (0.8)
@@ -178,8 +216,9 @@ def test_gold_at_a_kl_is_interpolated_between_the_evaluations_nearest_in_kl(tmp_
 
 
 def test_a_run_without_a_step_0_evaluation_starts_from_the_sft_gold(tmp_path):
-    run = load_run(write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [2.0, 4.0], [0.4, 0.6], sft_gold=0.2,
-                             first_step=10))
+    run = load_run(
+        write_run(tmp_path / "0", "dpo", None, 1.0, 0.1, [2.0, 4.0], [0.4, 0.6], sft_gold=0.2, first_step=10)
+    )
     assert gold_at_kl(run, 1.0) == pytest.approx(0.3)
 
 
@@ -199,7 +238,9 @@ def test_the_report_is_logged_to_wandb_as_an_artifact(sweep, monkeypatch):
     build_report([str(sweep)])
     artifact = log_to_wandb(sweep, Study.of(load_runs([str(sweep)])[0]), "trustregion-test")
     assert artifact.type == "sweep-report"
-    assert {"report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png"} <= set(artifact.manifest.entries)
+    assert {"report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png"} <= set(
+        artifact.manifest.entries
+    )
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # synced later with `wandb sync`
 
 
@@ -214,8 +255,11 @@ def test_report_reads_a_real_training_run(fast_cfg, tmp_path):
 
 
 def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trustregion.report", str(tmp_path / "missing")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trustregion.report", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such file or directory; "
-                                                f"pass a sweep dir (outputs/multirun/<date>/<time>) or a glob"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing'}: no such file or directory; "
+        f"pass a sweep dir (outputs/multirun/<date>/<time>) or a glob"
+    ]

@@ -90,7 +90,9 @@ def test_cold_labels_prefer_the_higher_gold_response(task):
 
 def test_hot_labels_are_close_to_coin_flips(task):
     rows = task.preference_rows(1000, seed=1, label_temperature=1e4)
-    higher = [task.score_text(r["prompt"], r["chosen"])[0] > task.score_text(r["prompt"], r["rejected"])[0] for r in rows]
+    higher = [
+        task.score_text(r["prompt"], r["chosen"])[0] > task.score_text(r["prompt"], r["rejected"])[0] for r in rows
+    ]
     assert 0.45 < float(np.mean(higher)) < 0.55
 
 
@@ -121,8 +123,11 @@ def saved_model(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("sft_policy")
     data = load_preferences(compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8"))
-    policy, tok = load_policy(compose("model.hidden_size=32", "model.num_layers=1").model,
-                              (t for r in data.sft for t in (r["prompt"], r["response"])), seed=0)
+    policy, tok = load_policy(
+        compose("model.hidden_size=32", "model.num_layers=1").model,
+        (t for r in data.sft for t in (r["prompt"], r["response"])),
+        seed=0,
+    )
     policy.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -131,8 +136,11 @@ def saved_model(tmp_path_factory):
 def test_pairs_can_be_sampled_from_a_saved_sft_model(saved_model):
     from trustregion.data import load_preferences
 
-    data = load_preferences(compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8", "dataset.pair_source=sft",
-                                        f"model.path={saved_model}"))
+    data = load_preferences(
+        compose_toy(
+            "dataset.num_pairs=32", "dataset.eval_samples=8", "dataset.pair_source=sft", f"model.path={saved_model}"
+        )
+    )
     assert len(data.train) == 32 and len(data.eval) == 8
     assert in_domain_rate(data) < 0.5  # the random model's own samples, unlike the process's
 
@@ -140,8 +148,9 @@ def test_pairs_can_be_sampled_from_a_saved_sft_model(saved_model):
 def test_auto_pairs_come_from_the_model_being_aligned_when_there_is_one(saved_model):
     from trustregion.data import load_preferences
 
-    with_model = load_preferences(compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8",
-                                              f"model.path={saved_model}"))
+    with_model = load_preferences(
+        compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8", f"model.path={saved_model}")
+    )
     without = load_preferences(compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8"))
     assert in_domain_rate(with_model) < 0.5 and in_domain_rate(without) == 1.0
 
@@ -156,6 +165,9 @@ def test_sft_pairs_without_a_model_path_is_one_config_error():
 def test_more_successors_than_symbols_is_one_config_error():
     from trustregion.data import load_preferences
 
-    with pytest.raises(ConfigError, match=r"dataset.successors=30 is invalid: set dataset.successors to an integer in \[1, "
-                                          r"dataset.vocab=24\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset.successors=30 is invalid: set dataset.successors to an integer in \[1, "
+        r"dataset.vocab=24\]",
+    ):
         load_preferences(compose_toy("dataset.successors=30"))

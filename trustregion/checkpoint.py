@@ -1,8 +1,10 @@
-"""Atomic checkpoints: written under a temporary name, then renamed, so ``latest`` never sees a half-written one.
+"""The checkpoint format, owned here alone: atomic directories that ``latest`` can trust.
 
-A checkpoint directory ``checkpoints/step_NNNNNN`` holds the engine's state (policy, reference,
-optimizer, scheduler), the loop's state (step, data position, reference-updater state, cached SFT
-log-probs, RNG states of every rank) and the resolved config, in ``meta.json``/``loop.pt``.
+A checkpoint ``checkpoints/step_NNNNNN`` is written under ``.tmp-step_NNNNNN`` and renamed once
+complete. It holds the engine's state (policy, reference, optimizer, scheduler: ``Engine.save``), the
+loop's shared state (``loop.pt``: step, data position, cached SFT log-probs), each rank's own state
+(``rank{N}.pt``: reference-updater state, RNG states), ``meta.json`` (what a resume must match) and
+the resolved config.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from trustregion.errors import ConfigError
 
@@ -49,7 +54,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -64,7 +69,7 @@ def begin(run_dir: Path, step: int) -> Path:
 def commit(tmp: Path, keep_last: int) -> Path:
     """Mark ``tmp`` complete, rename it into place, and prune all but the newest ``keep_last``."""
     (tmp / COMPLETE).write_text("ok\n")
-    final = tmp.parent / tmp.name[len(".tmp-"):]
+    final = tmp.parent / tmp.name[len(".tmp-") :]
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -88,12 +93,18 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     if path.is_dir() and (path / "checkpoints").is_dir():
         found = complete_checkpoints(path)
         if not found:
-            raise ConfigError(f"trainer.resume={resume}: the run has no complete checkpoint; start without trainer.resume")
+            raise ConfigError(
+                f"trainer.resume={resume}: the run has no complete checkpoint; start without trainer.resume"
+            )
         return found[-1]
     if not path.is_dir():
-        raise ConfigError(f"trainer.resume={resume}: no such checkpoint directory; set trainer.resume to a checkpoints/step_* dir or 'latest'")
+        raise ConfigError(
+            f"trainer.resume={resume}: no such checkpoint directory; set trainer.resume to a checkpoints/step_* dir or 'latest'"
+        )
     if not (path / COMPLETE).exists() or not (path / "meta.json").exists():
-        raise ConfigError(f"trainer.resume={resume}: incomplete or corrupt checkpoint (no {COMPLETE} marker); pick an earlier step_* dir")
+        raise ConfigError(
+            f"trainer.resume={resume}: incomplete or corrupt checkpoint (no {COMPLETE} marker); pick an earlier step_* dir"
+        )
     return path
 
 
@@ -112,3 +123,43 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
                 f"trainer.resume={path}: checkpoint has {key}={meta.get(key)} but this run has {key}={current.get(key)}; "
                 f"resume with the same {key} or start a new run"
             )
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    engine,
+    *,
+    shared: dict,
+    rank_state: dict,
+    meta: dict,
+    cfg: DictConfig,
+    keep_last: int,
+    after_engine: Callable[[], None] | None = None,
+) -> None:
+    """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits."""
+    tmp = begin(run_dir, step) if engine.is_main else None
+    tmp = engine.broadcast_path(tmp)
+    engine.save(tmp)
+    if after_engine is not None:
+        after_engine()
+    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
+    if engine.is_main:
+        torch.save({"step": step, **shared}, tmp / "loop.pt")
+        write_meta(tmp, meta)
+        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+    engine.barrier()
+    if engine.is_main:
+        commit(tmp, keep_last)
+    engine.barrier()
+
+
+def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
+    returns (step, shared state, this rank's state)."""
+    check_compatible(read_meta(path), identity, path)
+    engine.load(path)
+    shared = torch.load(path / "loop.pt", weights_only=False)
+    mine = torch.load(path / f"rank{engine.rank}.pt", weights_only=False)
+    set_rng_state(mine.pop("rng"))
+    return int(shared.pop("step")), shared, mine

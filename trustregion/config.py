@@ -1,8 +1,9 @@
-"""Structured configs: one dataclass per config group option, registered with Hydra's ConfigStore.
+"""Structured configs: one dataclass per config group, stored in Hydra's ConfigStore by ``trustregion.cli.register``.
 
-Each YAML file under ``conf/<group>/`` starts from its schema here (``defaults: [<schema>]``), so an
-unknown key or a value of the wrong type fails at start-up. Range checks that types cannot express
-(alpha in (0, 1], beta > 0, ...) are in ``validate``.
+Each YAML file under ``conf/<group>/`` starts from its schema (``defaults: [/schema/<group>/<name>@_here_]``),
+so an unknown key or a value of the wrong type fails at start-up. Range checks that types cannot
+express (alpha in (0, 1], beta > 0, ...) are in ``validate``. Method-specific schemas live beside their
+objective (``trustregion.objectives``), dataset-specific ones beside their loader (``trustregion.data``).
 """
 
 from __future__ import annotations
@@ -12,21 +13,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from trustregion.errors import ConfigError
-
-
-class MethodName(str, Enum):
-    dpo = "dpo"
-    ipo = "ipo"
-    kto = "kto"
-
-
-class KTOReferencePoint(str, Enum):
-    mismatched = "mismatched"  # canonical KTO: detached batch mean on mismatched pairs
-    paired = "paired"  # the TR paper's authors' library: each half against the other half
 
 
 class OnBadRow(str, Enum):
@@ -47,18 +36,10 @@ class ZeroUpdate(str, Enum):
 
 @dataclass
 class MethodConfig:
-    name: MethodName = MethodName.dpo
+    name: str = MISSING  # a key of trustregion.objectives.OBJECTIVES
     beta: float = 0.1
     # Average log-probs over response tokens instead of summing them (TRL's IPO does; the IPO paper does not).
     average_logps: bool = False
-
-
-@dataclass
-class KTOConfig(MethodConfig):
-    name: MethodName = MethodName.kto
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
 
 
 @dataclass
@@ -113,6 +94,7 @@ class TrainerConfig:
     max_steps: Optional[int] = None  # optimizer steps; null: run `epochs` passes over the data
     epochs: float = 1.0
     max_grad_norm: Optional[float] = 1.0
+    fused_optimizer: bool = False  # AdamW(fused=True) instead of foreach=True (see scripts/bench.py --experiments)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
@@ -175,6 +157,18 @@ class Config:
     run_name: Optional[str] = None
 
 
+@dataclass
+class SFTRunConfig:
+    """The SFT stage: no method, no reference update, no generation evaluation."""
+
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
+    run_name: Optional[str] = None
+
+
 def _run_time(fmt: str) -> str:
     """``${run_time:%H-%M-%S}``: like Hydra's ``${now:}``, but every rank of one launch gets rank 0's time."""
     import os
@@ -184,24 +178,15 @@ def _run_time(fmt: str) -> str:
     return (datetime.fromtimestamp(float(stamp)) if stamp else datetime.now()).strftime(fmt)
 
 
-def register() -> None:
-    """Put every schema in Hydra's ConfigStore, and the ``run_time`` resolver (idempotent)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("run_time"):
-        OmegaConf.register_new_resolver("run_time", _run_time, use_cache=True)
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="method", name="base_method", node=MethodConfig)
-    cs.store(group="method", name="base_kto", node=KTOConfig)
-    cs.store(group="ref_update", name="base_ref_update", node=RefUpdateConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
-    cs.store(group="deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
-    from trustregion.data import import_loaders
-
-    import_loaders()  # each data source registers its own dataset schema
+def schemas() -> dict[str, type]:
+    """The group schemas of this module as ``{group: dataclass}`` (stored by ``trustregion.cli.register``)."""
+    return {
+        "ref_update": RefUpdateConfig,
+        "model": ModelConfig,
+        "trainer": TrainerConfig,
+        "logger": LoggerConfig,
+        "deepspeed": DeepSpeedConfig,
+    }
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -214,12 +199,12 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!s} is invalid: set {key} to {want}")
 
-    m, r, t, d = cfg.method, cfg.ref_update, cfg.trainer, cfg.dataset
-    check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
-    if m.name == MethodName.kto:
-        check(m.desirable_weight > 0, "method.desirable_weight", m.desirable_weight, "a number > 0")
-        check(m.undesirable_weight > 0, "method.undesirable_weight", m.undesirable_weight, "a number > 0")
-    if r.tau is not None:
+    t, d = cfg.trainer, cfg.dataset
+    if "method" in cfg:
+        m = cfg.method
+        check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
+    if "ref_update" in cfg and cfg.ref_update.tau is not None:
+        r = cfg.ref_update
         check(0 < r.alpha <= 1, "ref_update.alpha", r.alpha, "a number in (0, 1] (1 = hard update)")
         check(r.tau >= 1, "ref_update.tau", r.tau, "an integer >= 1 (optimizer steps between updates), or null")
     check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
@@ -231,18 +216,45 @@ def validate(cfg: DictConfig) -> None:
     check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
     check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
     check(t.keep_last >= 1, "trainer.keep_last", t.keep_last, "an integer >= 1")
-    check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "trainer.device", t.device,
-          "auto, cpu or cuda")
-    check(t.max_grad_norm is None or t.max_grad_norm > 0, "trainer.max_grad_norm", t.max_grad_norm,
-          "a number > 0 or null")
+    check(
+        t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+        "trainer.device",
+        t.device,
+        "auto, cpu or cuda",
+    )
+    check(
+        t.max_grad_norm is None or t.max_grad_norm > 0, "trainer.max_grad_norm", t.max_grad_norm, "a number > 0 or null"
+    )
     check(d.max_length >= 2, "dataset.max_length", d.max_length, "an integer >= 2")
-    check(0 <= d.max_prompt_length < d.max_length, "dataset.max_prompt_length", d.max_prompt_length,
-          f"an integer in [0, dataset.max_length={d.max_length}) so responses keep at least one token")
+    check(
+        0 <= d.max_prompt_length < d.max_length,
+        "dataset.max_prompt_length",
+        d.max_prompt_length,
+        f"an integer in [0, dataset.max_length={d.max_length}) so responses keep at least one token",
+    )
     check(cfg.logger.backend in ("wandb", "none"), "logger.backend", cfg.logger.backend, "wandb or none")
-    check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
-          "offline, online or disabled")
+    check(
+        cfg.logger.mode in ("offline", "online", "disabled"),
+        "logger.mode",
+        cfg.logger.mode,
+        "offline, online or disabled",
+    )
     check(cfg.deepspeed.stage in (0, 1, 2, 3), "deepspeed.stage", cfg.deepspeed.stage, "0 (off), 1, 2 or 3")
-    if cfg.eval.generate:
-        from trustregion.evaluation.generation import check_eval_config
-
+    if "eval" in cfg and cfg.eval.generate:
         check_eval_config(cfg.eval)
+
+
+def check_eval_config(ev: DictConfig) -> None:
+    """Range checks of the generation settings; one ConfigError naming the field and the fix."""
+    if ev.prompts < 1:
+        raise ConfigError(f"eval.prompts={ev.prompts} is invalid: set eval.prompts to an integer >= 1")
+    if ev.samples_per_prompt < 1:
+        raise ConfigError(f"eval.samples_per_prompt={ev.samples_per_prompt} is invalid: set it to an integer >= 1")
+    if ev.max_new_tokens < 1:
+        raise ConfigError(
+            f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1"
+        )
+    if not ev.greedy and not (ev.temperature > 0 and math.isfinite(ev.temperature)):
+        raise ConfigError(
+            f"eval.temperature={ev.temperature} is invalid: set eval.temperature > 0, or eval.greedy=true"
+        )

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from trustregion.engine import lr_lambda
+from trustregion.engine import make_optimizer
 from trustregion.errors import ConfigError
 from trustregion.reference import ReferenceUpdater
 
@@ -38,17 +38,30 @@ def launch_env() -> dict[str, str]:
         import submitit
 
         job = submitit.JobEnvironment()
-        return {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
-                "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
-                "MASTER_ADDR": job.hostnames[0] if job.hostnames else "127.0.0.1",
-                "MASTER_PORT": str(20000 + int(str(job.job_id).split("_")[0]) % 20000)}
+        return {
+            "RANK": str(job.global_rank),
+            "WORLD_SIZE": str(job.num_tasks),
+            "LOCAL_RANK": str(job.local_rank),
+            "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
+            "MASTER_ADDR": job.hostnames[0] if job.hostnames else "127.0.0.1",
+            "MASTER_PORT": str(20000 + int(str(job.job_id).split("_")[0]) % 20000),
+        }
     if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", "127.0.0.1"))
-        return {"RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": os.environ["SLURM_NTASKS"],
-                "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
-                "MASTER_ADDR": os.environ.get("MASTER_ADDR", nodes.split(",")[0].split("[")[0]),
-                "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))}
-    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        return {
+            "RANK": os.environ["SLURM_PROCID"],
+            "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+            "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": os.environ.get("MASTER_ADDR", nodes.split(",")[0].split("[")[0]),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)),
+        }
+    return {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
 
 
 def launched_world_size() -> int:
@@ -83,7 +96,9 @@ def init_distributed(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     warnings.filterwarnings("ignore", message=".*is deprecated. Please use `torch.distributed")
     os.environ.update(launch_env())
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["WORLD_SIZE"])))
+    local_world = int(
+        os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["WORLD_SIZE"]))
+    )
     if "OMP_NUM_THREADS" not in os.environ and not cfg.trainer.num_threads:
         # The deepspeed launcher leaves OMP_NUM_THREADS unset: ranks would oversubscribe the cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
@@ -138,13 +153,45 @@ def check_config(cfg: DictConfig, world_size: int) -> None:
     """One-line errors for DeepSpeed settings that conflict with the trainer's."""
     ds = cfg.deepspeed
     if ds.stage not in (1, 2, 3):
-        raise ConfigError(f"deepspeed.stage={ds.stage} is invalid: set deepspeed.stage to 1, 2 or 3 (or deepspeed=none)")
+        raise ConfigError(
+            f"deepspeed.stage={ds.stage} is invalid: set deepspeed.stage to 1, 2 or 3 (or deepspeed=none)"
+        )
     if ds.offload_params and ds.stage != 3:
-        raise ConfigError(f"deepspeed.offload_params=true needs ZeRO stage 3 (deepspeed.stage={ds.stage}); set deepspeed=zero3")
+        raise ConfigError(
+            f"deepspeed.offload_params=true needs ZeRO stage 3 (deepspeed.stage={ds.stage}); set deepspeed=zero3"
+        )
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is the sum over ranks of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_ranks_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over every rank's elements: one all-reduce of (sum, count). Differentiable: each rank's
+    elements get the gradient of every rank's loss (which the engine's gradient averaging then divides)."""
+    local = torch.stack([t.sum(), torch.tensor(float(t.numel()), dtype=t.dtype, device=t.device)])
+    if torch.is_grad_enabled() and t.requires_grad:
+        total = _AllReduceSum.apply(local)
+    else:
+        total = local.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total[0] / total[1]
 
 
 class DeepSpeedEngine:
-    """Policy and reference as DeepSpeed engines; same methods as ``trustregion.engine.Engine``."""
+    """Policy and reference as DeepSpeed engines: ``trustregion.engine.Engine`` under ZeRO stages 1-3."""
 
     def __init__(self, cfg: DictConfig, policy, reference, total_steps: int) -> None:
         import deepspeed
@@ -154,48 +201,50 @@ class DeepSpeedEngine:
         self.world_size = dist.get_world_size()
         self.is_main = self.rank == 0
         check_config(cfg, self.world_size)
+        self.stage = int(cfg.deepspeed.stage)
         cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        t = cfg.trainer
-        optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad], lr=t.lr, betas=tuple(t.adam_betas),
-            weight_decay=t.weight_decay, foreach=True,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(str(t.schedule.value), t.warmup_steps, total_steps))
-        self.grad_accum = int(t.grad_accum)
+        optimizer, scheduler = make_optimizer(policy, cfg.trainer, total_steps)
+        self.grad_accum = int(cfg.trainer.grad_accum)
         self._micro = 0
         self.policy, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=policy, optimizer=optimizer, lr_scheduler=scheduler,
+            model=policy,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
             config=deepspeed_config(cfg, self.world_size, train=True),
         )
-        self.reference = self.prepare_frozen(reference)
-        self.stage = int(cfg.deepspeed.stage)
+        self.reference = self.prepare_frozen(reference) if reference is not None else None
 
     def prepare_frozen(self, model):
         """A frozen model partitioned like the policy under ZeRO-3 (an inference engine), else replicated."""
         import deepspeed
 
         model.requires_grad_(False)
-        if self.cfg.deepspeed.stage == 3:
-            engine = deepspeed.initialize(model=model, config=deepspeed_config(self.cfg, self.world_size, train=False))[0]
+        if self.stage == 3:
+            engine = deepspeed.initialize(model=model, config=deepspeed_config(self.cfg, self.world_size, train=False))[
+                0
+            ]
             engine.eval()
             return engine
         return model.to(self.device).eval()
 
     # --- the reference update -------------------------------------------------------------------
-    def updater(self, alpha: float, tau: int | None, mode: str = "sharded") -> ReferenceUpdater:
+    def updater(self, alpha: float, tau: int | None) -> ReferenceUpdater:
+        """Sharded (each rank lerps its own shards) or, with ``ref_update.zero3=gathered``, on whole parameters."""
         policy, reference = self.unwrap("policy"), self.unwrap("reference")
         if self.stage != 3:
             return ReferenceUpdater.for_models(policy, reference, alpha, tau)
-        if mode == "gathered":
+        if str(self.cfg.ref_update.zero3.value) == "gathered":
             return GatheredUpdater(policy, reference, alpha, tau)
         pol, ref, persistent = [], [], []
         for p, r in zip(policy.parameters(), reference.parameters()):
             pol.append(p.ds_tensor)
             ref.append(r.ds_tensor)
             if r.ds_persist != p.ds_persist:
-                raise ConfigError("policy and reference disagree on ZeRO-3 persistent parameters; "
-                                  "set deepspeed.param_persistence_threshold=0")
+                raise ConfigError(
+                    "policy and reference disagree on ZeRO-3 persistent parameters; "
+                    "set deepspeed.param_persistence_threshold=0"
+                )
             if r.ds_persist:
                 persistent.append((p, r))
         pol += [b for b in policy.buffers() if b.is_floating_point()]
@@ -234,6 +283,9 @@ class DeepSpeedEngine:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
+        return all_ranks_mean(t)
+
     def barrier(self) -> None:
         dist.barrier()
 
@@ -244,33 +296,43 @@ class DeepSpeedEngine:
 
     def unwrap(self, which: str):
         model = self.policy if which == "policy" else self.reference
-        return getattr(model, "module", model)
+        return model.module if isinstance(model, self._ds_engine_type()) else model
+
+    @staticmethod
+    def _ds_engine_type() -> type:
+        from deepspeed import DeepSpeedEngine as Wrapped
+
+        return Wrapped
 
     # --- checkpoints: DeepSpeed's own for the policy, each rank's shards for the reference -----------
     def _reference_tensors(self) -> list[torch.Tensor]:
         ref = self.unwrap("reference")
+        if ref is None:
+            return []
         if self.stage == 3:
             return [p.ds_tensor for p in ref.parameters()] + [p.data for p in ref.parameters() if p.ds_persist]
         return list(ref.state_dict().values())
 
-    def save(self, directory: Path, extra: dict) -> None:
-        self.policy.save_checkpoint(str(directory / "deepspeed"), tag="policy", client_state=extra)
+    def save(self, directory: Path) -> None:
+        self.policy.save_checkpoint(str(directory / "deepspeed"), tag="policy")
         torch.save([t.detach().cpu() for t in self._reference_tensors()], directory / f"reference_rank{self.rank}.pt")
         dist.barrier()
 
-    def load(self, directory: Path) -> dict:
-        path, client = self.policy.load_checkpoint(str(directory / "deepspeed"), tag="policy",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+    def load(self, directory: Path) -> None:
+        path, _ = self.policy.load_checkpoint(
+            str(directory / "deepspeed"), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise ConfigError(f"trainer.resume={directory}: no DeepSpeed policy state in it; pick another checkpoint")
         shard_file = directory / f"reference_rank{self.rank}.pt"
         if not shard_file.exists():
-            raise ConfigError(f"trainer.resume={directory}: no reference shards for rank {self.rank} "
-                              f"(world size changed?); resume with the world size it was saved with")
+            raise ConfigError(
+                f"trainer.resume={directory}: no reference shards for rank {self.rank} "
+                f"(world size changed?); resume with the world size it was saved with"
+            )
         saved = torch.load(shard_file, map_location=self.device, weights_only=True)
         with torch.no_grad():
             torch._foreach_copy_(self._reference_tensors(), saved)
-        return client or {}
 
     def export(self, which: str, directory: Path) -> None:
         """save_pretrained of the whole model from rank 0 (consolidated from the shards under ZeRO-3)."""

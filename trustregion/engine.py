@@ -1,13 +1,15 @@
-"""The optimisation side of training on one process: AdamW, LR schedule, clipping, state for checkpoints.
+"""The optimisation side of training: one ``Engine`` interface, and its single-process implementation.
 
-``trustregion.distributed.DeepSpeedEngine`` offers the same methods under ZeRO, so the loop in
-``train.py`` does not know which one it drives.
+``LocalEngine`` trains on one device with torch's AdamW; ``trustregion.distributed.DeepSpeedEngine``
+implements the same interface under ZeRO. The loop (``trustregion.recipe``) sees only ``Engine``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -15,7 +17,54 @@ from torch import nn
 from trustregion.reference import ReferenceUpdater
 
 
-def lr_lambda(schedule: str, warmup: int, total: int):
+@runtime_checkable
+class Engine(Protocol):
+    """Policy (trained), reference (frozen or moved by an updater), optimizer, collectives, checkpoints."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+    is_main: bool
+    policy: nn.Module
+    reference: nn.Module | None
+
+    def prepare_frozen(self, model: nn.Module) -> nn.Module:
+        """Place a frozen model (the SFT model kept for evaluation) the way the reference is placed."""
+
+    def updater(self, alpha: float, tau: int | None) -> ReferenceUpdater:
+        """The (alpha, tau) reference update over this engine's policy and reference."""
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step; returns the gradient norm as a tensor (no host sync)."""
+
+    def lr(self) -> float: ...
+
+    def reduce_mean(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean of a per-example tensor over every rank's micro-batch; gradients flow to every rank's part."""
+
+    def barrier(self) -> None: ...
+
+    def broadcast_path(self, path: Path | None) -> Path:
+        """Rank 0's ``path`` on every rank."""
+
+    def save(self, directory: Path) -> None:
+        """Policy, reference, optimizer and scheduler state into ``directory`` (every rank calls it)."""
+
+    def load(self, directory: Path) -> None: ...
+
+    def export(self, which: str, directory: Path) -> None:
+        """``save_pretrained`` of ``policy`` or ``reference`` from rank 0 (consolidated when sharded)."""
+
+    def unwrap(self, which: str) -> nn.Module: ...
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     """Multiplier of the base LR at optimizer step ``s`` (0-based): linear warm-up, then constant/linear/cosine."""
 
     def f(s: int) -> float:
@@ -31,14 +80,24 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+def make_optimizer(policy: nn.Module, trainer_cfg, total_steps: int):
+    """torch's AdamW over the trainable parameters, and its LR schedule."""
+    t = trainer_cfg
+    params = [p for p in policy.parameters() if p.requires_grad]
+    impl = {"fused": True} if t.fused_optimizer else {"foreach": True}
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay, **impl)
+    schedule = lr_lambda(str(t.schedule.value), t.warmup_steps, total_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-class Engine:
-    """Policy + frozen reference on one device, trained with torch's AdamW."""
+class LocalEngine:
+    """Policy + reference on one device, trained with torch's AdamW."""
 
     rank = 0
     world_size = 1
@@ -49,24 +108,19 @@ class Engine:
         self.policy = policy.to(self.device)
         self.reference = reference.to(self.device) if reference is not None else None
         self.policy.train()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=trainer_cfg.lr, betas=tuple(trainer_cfg.adam_betas),
-            weight_decay=trainer_cfg.weight_decay, foreach=True,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(str(trainer_cfg.schedule.value), trainer_cfg.warmup_steps, total_steps)
-        )
+        self.optimizer, self.scheduler = make_optimizer(self.policy, trainer_cfg, total_steps)
         self.max_grad_norm = trainer_cfg.max_grad_norm
 
-    def updater(self, alpha: float, tau: int | None, mode: str = "sharded") -> ReferenceUpdater:
+    def prepare_frozen(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def updater(self, alpha: float, tau: int | None) -> ReferenceUpdater:
         return ReferenceUpdater.for_models(self.policy, self.reference, alpha, tau)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> torch.Tensor:
-        """One optimizer step; returns the pre-clipping gradient norm as a tensor (no host sync)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
@@ -87,29 +141,36 @@ class Engine:
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
+        return t.mean()
+
     def barrier(self) -> None:
         pass
 
-    # --- checkpoints --------------------------------------------------------------------------
-    def save(self, directory: Path, extra: dict) -> None:
-        torch.save(
-            {
-                "policy": self.policy.state_dict(),
-                "reference": self.reference.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                **extra,
-            },
-            directory / "state.pt",
-        )
+    def broadcast_path(self, path: Path | None) -> Path:
+        assert path is not None
+        return path
 
-    def load(self, directory: Path) -> dict:
+    def save(self, directory: Path) -> None:
+        state = {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
+        torch.save(state, directory / "state.pt")
+
+    def load(self, directory: Path) -> None:
         state = torch.load(directory / "state.pt", map_location=self.device, weights_only=False)
-        self.policy.load_state_dict(state.pop("policy"))
-        self.reference.load_state_dict(state.pop("reference"))
-        self.optimizer.load_state_dict(state.pop("optimizer"))
-        self.scheduler.load_state_dict(state.pop("scheduler"))
-        return state
+        self.policy.load_state_dict(state["policy"])
+        if self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def export(self, which: str, directory: Path) -> None:
+        self.unwrap(which).save_pretrained(directory)
 
     def unwrap(self, which: str) -> nn.Module:
         return self.policy if which == "policy" else self.reference

@@ -20,19 +20,19 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from trustregion.errors import ConfigError, DataError, TrustRegionError
+from trustregion.errors import ConfigError, DataError
 
 DEFAULT_SYSTEM = "You are a careful, impartial judge of AI assistant responses."
 DEFAULT_TEMPLATE = (
@@ -74,7 +74,9 @@ class JudgeRunConfig:
     judge: EndpointConfig = field(default_factory=EndpointConfig)
 
 
-ConfigStore.instance().store(name="base_judge", node=JudgeRunConfig)
+def register_judge() -> None:
+    """Store the judge's schema (called from the entry point, not at import)."""
+    ConfigStore.instance().store(name="base_judge", node=JudgeRunConfig)
 
 
 # --- the HTTP client ---------------------------------------------------------------------------------
@@ -88,7 +90,9 @@ class JudgeCache:
             try:
                 self.entries = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: the judge cache is not valid JSON ({e}); delete it or set cache to a new file") from e
+                raise DataError(
+                    f"{path}: the judge cache is not valid JSON ({e}); delete it or set cache to a new file"
+                ) from e
 
     @staticmethod
     def key(request: dict) -> str:
@@ -108,8 +112,12 @@ class JudgeCache:
 class ChatClient:
     """POSTs chat-completion requests with urllib; retries 429/5xx/network errors with exponential backoff."""
 
-    def __init__(self, cfg: EndpointConfig | DictConfig, cache: JudgeCache | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        cfg: EndpointConfig | DictConfig,
+        cache: JudgeCache | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.cfg = cfg
         self.cache = cache
         self.sleep = sleep
@@ -119,13 +127,19 @@ class ChatClient:
         if cfg.api_key_env:
             self.api_key = os.environ.get(cfg.api_key_env)
             if not self.api_key:
-                raise ConfigError(f"judge.api_key_env={cfg.api_key_env} names an unset environment variable: export "
-                                  f"{cfg.api_key_env}=<key>, or set judge.api_key_env=null for an endpoint without a key")
+                raise ConfigError(
+                    f"judge.api_key_env={cfg.api_key_env} names an unset environment variable: export "
+                    f"{cfg.api_key_env}=<key>, or set judge.api_key_env=null for an endpoint without a key"
+                )
 
     def request_body(self, user: str) -> dict:
         c = self.cfg
-        return {"model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens,
-                "messages": [{"role": "system", "content": c.system_prompt}, {"role": "user", "content": user}]}
+        return {
+            "model": c.model,
+            "temperature": c.temperature,
+            "max_tokens": c.max_tokens,
+            "messages": [{"role": "system", "content": c.system_prompt}, {"role": "user", "content": user}],
+        }
 
     def complete(self, user: str) -> str:
         """The assistant message for ``user`` (from the cache if this exact request was answered before)."""
@@ -147,7 +161,7 @@ class ChatClient:
         data = json.dumps(body).encode()
         last = ""
         for attempt in range(self.cfg.retries + 1):
-            wait = self.cfg.backoff_s * 2 ** attempt
+            wait = self.cfg.backoff_s * 2**attempt
             try:
                 self.requests_sent += 1
                 req = urllib.request.Request(url, data=data, headers=headers, method="POST")
@@ -157,8 +171,10 @@ class ChatClient:
             except urllib.error.HTTPError as e:
                 detail = e.read().decode(errors="replace")[:200]
                 if e.code != 429 and e.code < 500:
-                    raise DataError(f"judge endpoint {url} refused the request: HTTP {e.code} {detail}; "
-                                    f"check judge.base_url, judge.model and the key in ${self.cfg.api_key_env}") from e
+                    raise DataError(
+                        f"judge endpoint {url} refused the request: HTTP {e.code} {detail}; "
+                        f"check judge.base_url, judge.model and the key in ${self.cfg.api_key_env}"
+                    ) from e
                 last = f"HTTP {e.code} {detail}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
@@ -166,12 +182,16 @@ class ChatClient:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last = str(getattr(e, "reason", e))
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
-                raise DataError(f"judge endpoint {url} sent a reply without choices[0].message.content ({e}); "
-                                f"is judge.base_url an OpenAI-compatible /v1 URL?") from e
+                raise DataError(
+                    f"judge endpoint {url} sent a reply without choices[0].message.content ({e}); "
+                    f"is judge.base_url an OpenAI-compatible /v1 URL?"
+                ) from e
             if attempt < self.cfg.retries:
                 self.sleep(wait)
-        raise DataError(f"judge endpoint {url} failed {self.cfg.retries + 1} times (last: {last}); "
-                        f"raise judge.retries or check the server")
+        raise DataError(
+            f"judge endpoint {url} failed {self.cfg.retries + 1} times (last: {last}); "
+            f"raise judge.retries or check the server"
+        )
 
 
 # --- verdicts and statistics -------------------------------------------------------------------------
@@ -215,15 +235,22 @@ def summarize(scores: Sequence[float], confidence: float = 0.95) -> dict[str, An
     sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1)) if n > 1 else math.nan
     half = _z(confidence) * sd / math.sqrt(n) if n > 1 else math.nan
     return {
-        "prompts": n, "confidence": confidence,
-        "win_rate": wins / n if n else math.nan, "win_ci": wilson(wins, n, confidence),
-        "tie_rate": ties / n if n else math.nan, "tie_ci": wilson(ties, n, confidence),
-        "loss_rate": losses / n if n else math.nan, "loss_ci": wilson(losses, n, confidence),
-        "score": mean, "score_ci": (mean - half, mean + half),  # wins + ties/2, averaged over both orders
+        "prompts": n,
+        "confidence": confidence,
+        "win_rate": wins / n if n else math.nan,
+        "win_ci": wilson(wins, n, confidence),
+        "tie_rate": ties / n if n else math.nan,
+        "tie_ci": wilson(ties, n, confidence),
+        "loss_rate": losses / n if n else math.nan,
+        "loss_ci": wilson(losses, n, confidence),
+        "score": mean,
+        "score_ci": (mean - half, mean + half),  # wins + ties/2, averaged over both orders
     }
 
 
-def judge_pairs(client: ChatClient, template: str, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[dict]:
+def judge_pairs(
+    client: ChatClient, template: str, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]
+) -> list[dict]:
     """Both orders per prompt (identical responses tie unasked); one record per prompt with both verdicts and A's score."""
     out = []
     for prompt, ra, rb in zip(prompts, a, b):
@@ -232,7 +259,9 @@ def judge_pairs(client: ChatClient, template: str, prompts: Sequence[str], a: Se
             continue
         first = parse_verdict(client.complete(template.format(prompt=prompt, response_1=ra, response_2=rb)))
         second = parse_verdict(client.complete(template.format(prompt=prompt, response_1=rb, response_2=ra)))
-        out.append({"prompt": prompt, "a": ra, "b": rb, "a_first": first, "b_first": second, "score": combine(first, second)})
+        out.append(
+            {"prompt": prompt, "a": ra, "b": rb, "a_first": first, "b_first": second, "score": combine(first, second)}
+        )
     return out
 
 
@@ -260,8 +289,10 @@ def model_dir(source: str) -> Path:
         return path / "policy"
     if (path / "config.json").exists():
         return path
-    raise ConfigError(f"{source}: neither a run dir with policy/ nor a model dir with config.json; "
-                      f"set a/b to a finished run dir, a saved model, or a .jsonl of responses")
+    raise ConfigError(
+        f"{source}: neither a run dir with policy/ nor a model dir with config.json; "
+        f"set a/b to a finished run dir, a saved model, or a .jsonl of responses"
+    )
 
 
 def load_prompts(cfg: DictConfig) -> list[str]:
@@ -275,8 +306,10 @@ def load_prompts(cfg: DictConfig) -> list[str]:
         return [r["prompt"] for r in read_jsonl(a, "prompt")][:n]
     run_cfg = a / "config.yaml"
     if not run_cfg.exists():
-        raise ConfigError(f"prompts_file is null and {run_cfg} does not exist: set prompts_file=<.jsonl with a prompt field>")
-    from trustregion.config import register
+        raise ConfigError(
+            f"prompts_file is null and {run_cfg} does not exist: set prompts_file=<.jsonl with a prompt field>"
+        )
+    from trustregion.cli import register
     from trustregion.data import load_preferences
 
     register()
@@ -291,13 +324,15 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
         table = {r["prompt"]: r["response"] for r in read_jsonl(path, "response")}
         missing = [p for p in prompts if p not in table]
         if missing:
-            raise DataError(f"{path}: no response for {len(missing)} of the prompts (first: {missing[0]!r}); "
-                            f"add them or judge fewer prompts")
+            raise DataError(
+                f"{path}: no response for {len(missing)} of the prompts (first: {missing[0]!r}); "
+                f"add them or judge fewer prompts"
+            )
         return [table[p] for p in prompts]
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trustregion.evaluation.generation import encode_prompts, sample
+    from trustregion.generation import encode_prompts, sample
     from trustregion.models import load_tokenizer
 
     where = model_dir(source)
@@ -305,9 +340,16 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
     model = AutoModelForCausalLM.from_pretrained(str(where)).eval()
     gen = torch.Generator().manual_seed(int(cfg.seed))
     ids = encode_prompts(prompts, tokenizer, getattr(model.config, "max_position_embeddings", 2048) // 2)
-    out = sample(model, ids, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                 max_new_tokens=int(cfg.max_new_tokens), temperature=float(cfg.temperature), greedy=bool(cfg.greedy),
-                 generator=gen)
+    out = sample(
+        model,
+        ids,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=int(cfg.max_new_tokens),
+        temperature=float(cfg.temperature),
+        greedy=bool(cfg.greedy),
+        generator=gen,
+    )
     return [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True) for r, e in zip(out.responses, out.ended)]
 
 
@@ -334,8 +376,15 @@ def run_judge(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     a, b = responses_for(cfg.a, prompts, cfg), responses_for(cfg.b, prompts, cfg)
     records = judge_pairs(client, cfg.judge.template, prompts, a, b)
     summary = summarize([r["score"] for r in records], float(cfg.confidence))
-    summary.update({"a": cfg.a, "b": cfg.b, "judge_model": cfg.judge.model, "requests_sent": client.requests_sent,
-                    "cache_hits": client.cache_hits})
+    summary.update(
+        {
+            "a": cfg.a,
+            "b": cfg.b,
+            "judge_model": cfg.judge.model,
+            "requests_sent": client.requests_sent,
+            "cache_hits": client.cache_hits,
+        }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "judgments.jsonl", "w", encoding="utf-8") as f:
         for r in records:
@@ -348,28 +397,27 @@ def format_summary(s: dict[str, Any]) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     ci = lambda lo_hi: f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]"  # noqa: E731
     c = int(round(100 * s["confidence"]))
-    return (f"A={s['a']} vs B={s['b']} on {s['prompts']} prompts (judge {s['judge_model']}, both orders; "
-            f"{s['requests_sent']} requests, {s['cache_hits']} cached)\n"
-            f"  win  {pct(s['win_rate'])} {ci(s['win_ci'])}\n  tie  {pct(s['tie_rate'])} {ci(s['tie_ci'])}\n"
-            f"  loss {pct(s['loss_rate'])} {ci(s['loss_ci'])}\n"
-            f"  score (win + tie/2) {s['score']:.3f} [{s['score_ci'][0]:.3f}, {s['score_ci'][1]:.3f}]  ({c}% intervals)")
+    return (
+        f"A={s['a']} vs B={s['b']} on {s['prompts']} prompts (judge {s['judge_model']}, both orders; "
+        f"{s['requests_sent']} requests, {s['cache_hits']} cached)\n"
+        f"  win  {pct(s['win_rate'])} {ci(s['win_ci'])}\n  tie  {pct(s['tie_rate'])} {ci(s['tie_ci'])}\n"
+        f"  loss {pct(s['loss_rate'])} {ci(s['loss_ci'])}\n"
+        f"  score (win + tie/2) {s['score']:.3f} [{s['score_ci'][0]:.3f}, {s['score_ci'][1]:.3f}]  ({c}% intervals)"
+    )
 
 
 @hydra.main(config_path="../conf", config_name="judge", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        summary = run_judge(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except TrustRegionError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    from trustregion.cli import exit_on_error
+
+    summary = exit_on_error(run_judge)(cfg, Path(HydraConfig.get().runtime.output_dir))
     print(format_summary(summary), flush=True)
 
 
 def main() -> None:
+    register_judge()
     _main()
 
 

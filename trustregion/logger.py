@@ -13,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 def family(cfg: DictConfig) -> str:
     """What a sweep point is apart from its seed: method, beta and update rule (the report's family too)."""
+    if "method" not in cfg:
+        return f"sft-{cfg.model.name}-{cfg.dataset.name}"
     r = cfg.ref_update
     rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
-    return f"{cfg.method.name.value}-b{cfg.method.beta:g}-{rule}"
+    return f"{cfg.method.name}-b{cfg.method.beta:g}-{rule}"
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -28,6 +30,22 @@ def run_group(cfg: DictConfig) -> str:
     return cfg.logger.group or family(cfg)
 
 
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The run's wandb tags: the user's, then the method and update rule (the SFT stage: none of those)."""
+    tags = list(cfg.logger.tags)
+    if "method" not in cfg:
+        return tags + ["sft", f"seed={cfg.trainer.seed}"]
+    r = cfg.ref_update
+    return tags + [
+        cfg.method.name,
+        f"ref_update={r.name}",
+        f"alpha={r.alpha:g}",
+        f"tau={r.tau}",
+        f"beta={cfg.method.beta:g}",
+        f"seed={cfg.trainer.seed}",
+    ]
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -37,8 +55,14 @@ def _clean(value: Any) -> Any:
 class RunLogger:
     """Writes one JSON object per logged step to ``metrics.jsonl``; mirrors it to wandb if configured."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, enabled: bool = True, sweep_dir: str | None = None,
-                 job_type: str = "align", resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        enabled: bool = True,
+        job_type: str = "align",
+        resume_step: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.wandb = None
@@ -51,15 +75,13 @@ class RunLogger:
             import wandb
 
             mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
-            r = cfg.ref_update
             self.wandb = wandb.init(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 group=run_group(cfg),
                 name=run_name(cfg),
                 job_type=job_type,
-                tags=list(cfg.logger.tags) + [cfg.method.name.value, f"ref_update={r.name}", f"alpha={r.alpha:g}",
-                                              f"tau={r.tau}", f"beta={cfg.method.beta:g}", f"seed={cfg.trainer.seed}"],
+                tags=run_tags(cfg),
                 config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 dir=str(run_dir),
                 mode=mode,

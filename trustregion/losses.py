@@ -8,11 +8,20 @@ Whether log-probs are summed or averaged over tokens is the caller's choice (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
 LossOutput = tuple[Tensor, Tensor, Tensor]
+# The batch mean behind KTO's reference point: ``Tensor.mean`` on one process; across processes, the
+# mean over every rank's micro-batch (differentiable), so that N ranks train the objective of one.
+BatchMean = Callable[[Tensor], Tensor]
+
+
+def _mean(t: Tensor) -> Tensor:
+    return t.mean()
 
 
 def _rewards(beta: float, policy: Tensor, reference: Tensor) -> Tensor:
@@ -68,6 +77,7 @@ def kto_loss(
     reference_point: str = "mismatched",
     policy_mismatched_logps: Tensor | None = None,
     reference_mismatched_logps: Tensor | None = None,
+    batch_mean: BatchMean = _mean,
 ) -> LossOutput:
     """KTO on pairs: the chosen response is a desirable example, the rejected one undesirable.
 
@@ -77,17 +87,18 @@ def kto_loss(
     library, TRL's former ``kto_pair``): the chosen half is measured against the clamped batch-mean
     log-ratio of the rejected half and vice versa, not detached.
     Per example: lambda_D * (1 - sigmoid(beta (r_w - z_w))) + lambda_U * (1 - sigmoid(beta (z_l - r_l))).
+    ``batch_mean`` takes the batch means (pass a mean over all ranks' micro-batches when distributed).
     """
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
     if reference_point == "mismatched":
         if policy_mismatched_logps is None or reference_mismatched_logps is None:
             raise ValueError("kto_loss with reference_point='mismatched' needs the mismatched log-probs")
-        z = (policy_mismatched_logps - reference_mismatched_logps).mean().clamp(min=0).detach()
+        z = batch_mean((policy_mismatched_logps - reference_mismatched_logps).detach()).clamp(min=0)
         z_chosen = z_rejected = z
     elif reference_point == "paired":
-        z_chosen = rejected_logratios.mean().clamp(min=0)
-        z_rejected = chosen_logratios.mean().clamp(min=0)
+        z_chosen = batch_mean(rejected_logratios).clamp(min=0)
+        z_rejected = batch_mean(chosen_logratios).clamp(min=0)
     else:
         raise ValueError(f"kto_loss: reference_point must be 'mismatched' or 'paired', got {reference_point!r}")
     desirable = 1.0 - torch.sigmoid(beta * (chosen_logratios - z_chosen))
@@ -109,6 +120,7 @@ def kto_unpaired_loss(
     undesirable_weight: float = 1.0,
     policy_mismatched_logps: Tensor | None = None,
     reference_mismatched_logps: Tensor | None = None,
+    batch_mean: BatchMean = _mean,
 ) -> tuple[Tensor, Tensor]:
     """KTO on unpaired data (prompt, completion, boolean label): returns (losses, rewards) per example.
 
@@ -117,12 +129,9 @@ def kto_unpaired_loss(
     """
     logratios = policy_logps - reference_logps
     if policy_mismatched_logps is not None and reference_mismatched_logps is not None:
-        z = (policy_mismatched_logps - reference_mismatched_logps).mean().clamp(min=0).detach()
+        z = batch_mean((policy_mismatched_logps - reference_mismatched_logps).detach()).clamp(min=0)
     else:
-        z = logratios.mean().clamp(min=0).detach()
+        z = batch_mean(logratios.detach()).clamp(min=0)
     good = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - z)))
     bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z - logratios)))
     return torch.where(desirable, good, bad), _rewards(beta, policy_logps, reference_logps)
-
-
-LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "kto": kto_loss}

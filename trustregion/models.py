@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -39,8 +39,13 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None,
-        padding_side="right", model_max_length=1 << 20,
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=EOS,
+        unk_token=None,
+        padding_side="right",
+        model_max_length=1 << 20,
     )
 
 
@@ -78,7 +83,7 @@ def resolve_model_path(path: str) -> str:
         return path
     import importlib.util
 
-    module = path[len("pkg:"):]
+    module = path[len("pkg:") :]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"model.path={path}: package '{module}' is not installed; install it (see the model's yaml)")
@@ -171,7 +176,9 @@ def make_reference(policy: nn.Module) -> nn.Module:
     return freeze(reference)
 
 
-def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each sequence's response tokens, summed or averaged; response token counts).
 
     Uses ``logsumexp`` and a gather rather than a full ``log_softmax``, so no second logits-sized tensor.
@@ -185,4 +192,3 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bo
     counts = mask.sum(-1)
     total = token_logps.sum(-1)
     return (total / counts.clamp(min=1) if average else total), counts
-

@@ -9,7 +9,7 @@ are constants such as rotary frequencies, identical in both models, so this is a
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class ReferenceUpdater:
             self.masters = [r.detach().float().clone() for r in self.reference]
 
     @classmethod
-    def for_models(cls, policy: nn.Module, reference: nn.Module, alpha: float, tau: int | None) -> "ReferenceUpdater":
+    def for_models(cls, policy: nn.Module, reference: nn.Module, alpha: float, tau: int | None) -> ReferenceUpdater:
         return cls(mixable_tensors(policy), mixable_tensors(reference), alpha, tau)
 
     @property

@@ -22,15 +22,15 @@ import glob
 import json
 import math
 import os
-import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import yaml
 
-from trustregion.errors import DataError
+from trustregion.cli import exit_on_error, total_optimizer_steps
+from trustregion.errors import ConfigError, DataError
 
 KL_LEVELS = (2.0, 5.0, 10.0)
 CONFIDENCE = 0.95
@@ -191,8 +191,12 @@ def load_run(path: Path) -> Run | str:
     try:
         m, r = cfg["method"], cfg["ref_update"]
         tau = r.get("tau")
-        family = Family(str(m["name"]), float(m["beta"]), None if tau is None else int(tau),
-                        None if tau is None else float(r.get("alpha", 1.0)))
+        family = Family(
+            str(m["name"]),
+            float(m["beta"]),
+            None if tau is None else int(tau),
+            None if tau is None else float(r.get("alpha", 1.0)),
+        )
         run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
     except (KeyError, TypeError, ValueError) as e:
         return f"config.yaml lacks {e}"
@@ -215,14 +219,13 @@ def load_run(path: Path) -> Run | str:
 
 def _total_steps(cfg: dict, rows: list[dict]) -> int | None:
     t = cfg.get("trainer", {}) or {}
-    if t.get("max_steps"):
-        return int(t["max_steps"])
-    for row in rows:
-        if "data/train_pairs" in row and t.get("batch_size"):
-            world = int(row.get("world_size", 1) or 1)
-            per_epoch = int(row["data/train_pairs"]) // (int(t["batch_size"]) * world)
-            return max(1, int(float(t.get("epochs", 1)) * per_epoch) // int(t.get("grad_accum", 1)))
-    return None
+    first = next((row for row in rows if "data/train_pairs" in row), None)
+    if first is None or not t.get("batch_size"):
+        return int(t["max_steps"]) if t.get("max_steps") else None
+    try:
+        return total_optimizer_steps(t, int(first["data/train_pairs"]), int(first.get("world_size", 1)))
+    except ConfigError:
+        return None
 
 
 def find_run_dirs(targets: Sequence[str]) -> list[Path]:
@@ -231,7 +234,9 @@ def find_run_dirs(targets: Sequence[str]) -> list[Path]:
     for target in targets:
         matches = [Path(p) for p in glob.glob(target)] or ([Path(target)] if Path(target).exists() else [])
         if not matches:
-            raise DataError(f"{target}: no such file or directory; pass a sweep dir (outputs/multirun/<date>/<time>) or a glob")
+            raise DataError(
+                f"{target}: no such file or directory; pass a sweep dir (outputs/multirun/<date>/<time>) or a glob"
+            )
         for m in matches:
             if not m.is_dir():
                 continue
@@ -312,7 +317,7 @@ class Study:
             kl = self.matched_kl(fam)
             if fam.frozen or kl is None:
                 continue
-            at_kl, seeds = self.paired(fam, lambda r: gold_at_kl(r, kl))
+            at_kl, seeds = self.paired(fam, lambda r, kl=kl: gold_at_kl(r, kl))
             peak, _ = self.paired(fam, lambda r: r.peak_gold)
             out.append(Comparison(fam, kl, at_kl, peak, seeds))
         return out
@@ -322,6 +327,7 @@ class Study:
         and their paired (by seed) difference in peak gold."""
         out = []
         for method in sorted({f.method for f in self.families}):
+
             def mean_peak(f: Family) -> float:
                 return float(np.mean([r.peak_gold for r in self.families[f]]))
 
@@ -332,10 +338,17 @@ class Study:
             best_frozen, best_tr = max(frozen, key=mean_peak), max(moving, key=mean_peak)
             by_seed = {r.seed: r.peak_gold for r in self.families[best_frozen]}
             diff = t_interval([r.peak_gold - by_seed[r.seed] for r in self.families[best_tr] if r.seed in by_seed])
-            out.append({"method": method, "frozen": best_frozen, "tr": best_tr, "diff": diff,
-                        "frozen_peak": self.over_seeds(best_frozen, lambda r: r.peak_gold),
-                        "tr_peak": self.over_seeds(best_tr, lambda r: r.peak_gold),
-                        "candidates": len(moving)})
+            out.append(
+                {
+                    "method": method,
+                    "frozen": best_frozen,
+                    "tr": best_tr,
+                    "diff": diff,
+                    "frozen_peak": self.over_seeds(best_frozen, lambda r: r.peak_gold),
+                    "tr_peak": self.over_seeds(best_tr, lambda r: r.peak_gold),
+                    "candidates": len(moving),
+                }
+            )
         return out
 
     def eval_noise(self, family: Family) -> float:
@@ -359,18 +372,24 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def paired_table(study: Study) -> list[str]:
-    lines = ["| family | seeds | matched KL | Δ gold at matched KL | verdict | Δ peak gold | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | seeds | matched KL | Δ gold at matched KL | verdict | Δ peak gold | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in study.comparisons():
-        lines.append(f"| {c.family.name} | {c.at_kl.n} | {c.kl:.2f} | {c.at_kl.text()} | {c.at_kl.verdict()} | "
-                     f"{c.peak.text()} | {c.peak.verdict()} |")
+        lines.append(
+            f"| {c.family.name} | {c.at_kl.n} | {c.kl:.2f} | {c.at_kl.text()} | {c.at_kl.verdict()} | "
+            f"{c.peak.text()} | {c.peak.verdict()} |"
+        )
     return lines
 
 
 def family_table(study: Study) -> list[str]:
     head = " | ".join(f"gold at KL {x:g}" for x in KL_LEVELS)
-    lines = [f"| family | seeds | {head} | peak gold | KL at peak | eval SE | seed SD of peak |",
-             "|---|---|" + "---|" * len(KL_LEVELS) + "---|---|---|---|"]
+    lines = [
+        f"| family | seeds | {head} | peak gold | KL at peak | eval SE | seed SD of peak |",
+        "|---|---|" + "---|" * len(KL_LEVELS) + "---|---|---|---|",
+    ]
     for fam in study.families:
         cells = []
         for level in KL_LEVELS:
@@ -379,17 +398,24 @@ def family_table(study: Study) -> list[str]:
             cells.append(iv.text() + (f" ({iv.n}/{n_all} reached)" if 0 < iv.n < n_all else ""))
         peak = study.over_seeds(fam, lambda r: r.peak_gold)
         kl = study.over_seeds(fam, lambda r: r.peak_kl)
-        lines.append(f"| {fam.name} | {len(study.families[fam])} | " + " | ".join(cells) +
-                     f" | {peak.text()} | {kl.text(2)} | {_fmt(study.eval_noise(fam))} | {_fmt(peak.sd)} |")
+        lines.append(
+            f"| {fam.name} | {len(study.families[fam])} | "
+            + " | ".join(cells)
+            + f" | {peak.text()} | {kl.text(2)} | {_fmt(study.eval_noise(fam))} | {_fmt(peak.sd)} |"
+        )
     return lines
 
 
 def best_table(study: Study) -> list[str]:
-    lines = ["| method | best frozen (peak gold) | best Trust-Region (peak gold) | Δ peak gold, paired | verdict |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| method | best frozen (peak gold) | best Trust-Region (peak gold) | Δ peak gold, paired | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for b in study.best_per_method():
-        lines.append(f"| {b['method']} | {b['frozen'].name}: {b['frozen_peak'].text()} | {b['tr'].name}: "
-                     f"{b['tr_peak'].text()} | {b['diff'].text()} | {b['diff'].verdict()} |")
+        lines.append(
+            f"| {b['method']} | {b['frozen'].name}: {b['frozen_peak'].text()} | {b['tr'].name}: "
+            f"{b['tr_peak'].text()} | {b['diff'].text()} | {b['diff'].verdict()} |"
+        )
     return lines
 
 
@@ -398,7 +424,8 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
     counts = sorted({len(m) for m in study.families.values()})
     few = counts[0] < FEW_SEEDS
     lines = [
-        "# Sweep report", "",
+        "# Sweep report",
+        "",
         f"{len(study.runs)} runs in {len(study.families)} families from `{root}`; seeds {seeds} "
         f"({'/'.join(map(str, counts))} per family).",
         "",
@@ -409,36 +436,52 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "evaluation). Peak gold is the best evaluation of each run; as a maximum over noisy "
         "evaluations it is biased upward, alike for every family.",
         "",
-        "## Trust-Region vs frozen, paired by seed", "",
+        "## Trust-Region vs frozen, paired by seed",
+        "",
         "TR − frozen on the same seed (same training pairs, same evaluation prompts and sampling seed), "
         "same method and β. Matched KL: where the frozen runs peak, on average. Verdict: *better*/*worse* when the "
         "paired interval excludes 0, *identical* when every seed gives exactly 0 (no update before that point), "
-        "else *within noise*.", "",
-        *paired_table(study), "",
-        "## Best per method, β tuned too", "",
+        "else *within noise*.",
+        "",
+        *paired_table(study),
+        "",
+        "## Best per method, β tuned too",
+        "",
         "The family with the highest mean peak gold among the frozen ones and among the Trust-Region ones "
         "(any β, α, τ), paired by seed. Picking the best of many families on the same seeds favours the side "
-        "with more candidates: treat a *better* here as a lead to confirm on new seeds.", "",
-        *best_table(study), "",
-        "## Families", "",
+        "with more candidates: treat a *better* here as a lead to confirm on new seeds.",
+        "",
+        *best_table(study),
+        "",
+        "## Families",
+        "",
         "Mean [95 % interval] over seeds. *eval SE*: the standard error of one gold estimate from its prompts × "
         "samples (at the peak evaluation, averaged over seeds): sampling noise. *seed SD*: the spread of peak gold "
-        "across seeds: training noise. When seed SD ≫ eval SE, more seeds help more than more samples.", "",
-        *family_table(study), "",
-        "## Runs", "",
+        "across seeds: training noise. When seed SD ≫ eval SE, more seeds help more than more samples.",
+        "",
+        *family_table(study),
+        "",
+        "## Runs",
+        "",
         "| run | family | seed | evals | final gold | peak gold (step) | KL at peak | final KL | final in-domain | done |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(study.runs, key=lambda r: (r.family.sort_key(), r.seed)):
         b = r.best
-        lines.append(f"| {_rel(r.path, root)} | {r.family.name} | {r.seed} | {len(r.steps)} | {_fmt(r.gold[-1])} | "
-                     f"{_fmt(r.peak_gold)} ({r.steps[b]}) | {_fmt(r.peak_kl, 2)} | {_fmt(r.kl[-1], 2)} | "
-                     f"{_fmt(r.in_domain[-1], 2)} | {'yes' if r.finished else 'partial'} |")
+        lines.append(
+            f"| {_rel(r.path, root)} | {r.family.name} | {r.seed} | {len(r.steps)} | {_fmt(r.gold[-1])} | "
+            f"{_fmt(r.peak_gold)} ({r.steps[b]}) | {_fmt(r.peak_kl, 2)} | {_fmt(r.kl[-1], 2)} | "
+            f"{_fmt(r.in_domain[-1], 2)} | {'yes' if r.finished else 'partial'} |"
+        )
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
-    lines += ["", "Figures: `bands.png` (gold vs KL, mean and 95 % band over seeds, one panel per method and β), "
-              "`heatmap.png` / `heatmap_peak.png` (paired Δ gold at matched KL / Δ peak gold over α and τ), "
-              "`gold_vs_kl.png` (every run).", ""]
+    lines += [
+        "",
+        "Figures: `bands.png` (gold vs KL, mean and 95 % band over seeds, one panel per method and β), "
+        "`heatmap.png` / `heatmap_peak.png` (paired Δ gold at matched KL / Δ peak gold over α and τ), "
+        "`gold_vs_kl.png` (every run).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -451,18 +494,37 @@ def summary_json(study: Study) -> dict:
     fams = {}
     for fam, members in study.families.items():
         fams[fam.name] = {
-            "method": fam.method, "beta": fam.beta, "alpha": fam.alpha, "tau": fam.tau,
+            "method": fam.method,
+            "beta": fam.beta,
+            "alpha": fam.alpha,
+            "tau": fam.tau,
             "seeds": [r.seed for r in members],
             "gold_at_kl": {f"{x:g}": _iv(study.over_seeds(fam, lambda r, x=x: gold_at_kl(r, x))) for x in KL_LEVELS},
             "peak_gold": _iv(study.over_seeds(fam, lambda r: r.peak_gold)),
             "peak_kl": _iv(study.over_seeds(fam, lambda r: r.peak_kl)),
             "eval_se": study.eval_noise(fam),
         }
-    paired = {c.family.name: {"matched_kl": c.kl, "at_kl": _iv(c.at_kl), "at_kl_verdict": c.at_kl.verdict(),
-                              "peak": _iv(c.peak), "peak_verdict": c.peak.verdict(), "seeds": c.seeds}
-              for c in study.comparisons()}
-    best = [{"method": b["method"], "frozen": b["frozen"].name, "tr": b["tr"].name, "diff": _iv(b["diff"]),
-             "verdict": b["diff"].verdict()} for b in study.best_per_method()]
+    paired = {
+        c.family.name: {
+            "matched_kl": c.kl,
+            "at_kl": _iv(c.at_kl),
+            "at_kl_verdict": c.at_kl.verdict(),
+            "peak": _iv(c.peak),
+            "peak_verdict": c.peak.verdict(),
+            "seeds": c.seeds,
+        }
+        for c in study.comparisons()
+    }
+    best = [
+        {
+            "method": b["method"],
+            "frozen": b["frozen"].name,
+            "tr": b["tr"].name,
+            "diff": _iv(b["diff"]),
+            "verdict": b["diff"].verdict(),
+        }
+        for b in study.best_per_method()
+    ]
     return {"families": fams, "paired": paired, "best": best}
 
 
@@ -500,8 +562,9 @@ def plot_bands(study: Study, path: Path) -> None:
             grid = np.linspace(0.0, top, 40)
             ivs = [t_interval([gold_at_kl(r, x) for r in members]) for x in grid]
             mean = np.array([iv.mean for iv in ivs])
-            ax.plot(grid, mean, color=colors[fam], lw=2.2 if fam.frozen else 1.4,
-                    label=f"{fam.rule} (n={len(members)})")
+            ax.plot(
+                grid, mean, color=colors[fam], lw=2.2 if fam.frozen else 1.4, label=f"{fam.rule} (n={len(members)})"
+            )
             if len(members) > 1:
                 ax.fill_between(grid, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=colors[fam], alpha=0.12)
         ax.set_title(f"{method.upper()}, β={beta:g}")
@@ -562,8 +625,16 @@ def plot_runs(study: Study, path: Path) -> None:
         for fam in fams:
             for i, r in enumerate(study.families[fam]):
                 kl, gold = r.path_from_sft()
-                ax.plot(kl, gold, "o-", ms=2, lw=1.8 if fam.frozen else 1.0, color=colors[fam], alpha=0.7,
-                        label=fam.rule if i == 0 else None)
+                ax.plot(
+                    kl,
+                    gold,
+                    "o-",
+                    ms=2,
+                    lw=1.8 if fam.frozen else 1.0,
+                    color=colors[fam],
+                    alpha=0.7,
+                    label=fam.rule if i == 0 else None,
+                )
         ax.set_title(f"{method.upper()}, β={beta:g}")
         ax.set_xlabel("KL(policy ‖ SFT)")
         ax.set_ylabel("gold reward")
@@ -583,14 +654,28 @@ def log_to_wandb(out: Path, study: Study, project: str):
     import wandb
 
     name = "report-" + "-".join(out.resolve().parts[-2:]).replace(" ", "_")
-    run = wandb.init(project=project, job_type="report", name=name, group="reports", dir=str(out), mode=mode,
-                     settings=wandb.Settings(quiet=True, console="off"))
+    run = wandb.init(
+        project=project,
+        job_type="report",
+        name=name,
+        group="reports",
+        dir=str(out),
+        mode=mode,
+        settings=wandb.Settings(quiet=True, console="off"),
+    )
     try:
-        paired = wandb.Table(columns=["family", "seeds", "matched_kl", "delta_gold", "lo", "hi", "verdict"],
-                             data=[[c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi,
-                                    c.at_kl.verdict()] for c in study.comparisons()])
-        images = {f"report/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))
-                  if p.stem in ("bands", "heatmap", "heatmap_peak", "gold_vs_kl")}
+        paired = wandb.Table(
+            columns=["family", "seeds", "matched_kl", "delta_gold", "lo", "hi", "verdict"],
+            data=[
+                [c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi, c.at_kl.verdict()]
+                for c in study.comparisons()
+            ],
+        )
+        images = {
+            f"report/{p.stem}": wandb.Image(str(p))
+            for p in sorted(out.glob("*.png"))
+            if p.stem in ("bands", "heatmap", "heatmap_peak", "gold_vs_kl")
+        }
         run.log({"report/paired": paired, **images})
         artifact = wandb.Artifact(name=wandb.util.make_artifact_name_safe(name), type="sweep-report")
         for file in ("report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png", "gold_vs_kl.png"):
@@ -615,8 +700,9 @@ def load_runs(targets: Sequence[str]) -> tuple[list[Run], list[tuple[Path, str]]
     return runs, skipped
 
 
-def build_report(targets: Sequence[str], out: Path | None = None, wandb_project: str | None = None
-                 ) -> tuple[Path, Study, list[tuple[Path, str]]]:
+def build_report(
+    targets: Sequence[str], out: Path | None = None, wandb_project: str | None = None
+) -> tuple[Path, Study, list[tuple[Path, str]]]:
     """Read the runs under ``targets``; write report.md, report.json and the PNGs into ``out`` (default: the
     first target); log them to wandb when ``wandb_project`` is given."""
     runs, skipped = load_runs(targets)
@@ -652,14 +738,24 @@ def compare(frozen_dir: Path, tr_dir: Path, out: Path) -> str:
     for x in sorted(set(levels)):
         label = f"gold at KL {x:.2f} (frozen's peak)" if x == frozen.peak_kl else f"gold at KL {x:g}"
         rows.append((label, _fmt(gold_at_kl(frozen, x)), _fmt(gold_at_kl(tr, x))))
-    rows += [("peak gold", _fmt(frozen.peak_gold), _fmt(tr.peak_gold)),
-             ("KL at the peak", _fmt(frozen.peak_kl, 2), _fmt(tr.peak_kl, 2)),
-             ("final gold (KL)", f"{_fmt(frozen.gold[-1])} ({_fmt(frozen.kl[-1], 1)})",
-              f"{_fmt(tr.gold[-1])} ({_fmt(tr.kl[-1], 1)})")]
-    table = "\n".join([f"| {a} | {b} | {c} |" for a, b, c in rows[:1]] + ["|---|---|---|"] +
-                      [f"| {a} | {b} | {c} |" for a, b, c in rows[1:]])
-    note = (f"One seed ({frozen.seed}): an anecdote, not a finding; `make sweep-toy` gives intervals over seeds. "
-            f"SFT gold {_fmt(frozen.sft_gold)}; one evaluation's standard error about {_fmt(frozen.gold_sem[frozen.best])}.")
+    rows += [
+        ("peak gold", _fmt(frozen.peak_gold), _fmt(tr.peak_gold)),
+        ("KL at the peak", _fmt(frozen.peak_kl, 2), _fmt(tr.peak_kl, 2)),
+        (
+            "final gold (KL)",
+            f"{_fmt(frozen.gold[-1])} ({_fmt(frozen.kl[-1], 1)})",
+            f"{_fmt(tr.gold[-1])} ({_fmt(tr.kl[-1], 1)})",
+        ),
+    ]
+    table = "\n".join(
+        [f"| {a} | {b} | {c} |" for a, b, c in rows[:1]]
+        + ["|---|---|---|"]
+        + [f"| {a} | {b} | {c} |" for a, b, c in rows[1:]]
+    )
+    note = (
+        f"One seed ({frozen.seed}): an anecdote, not a finding; `make sweep-toy` gives intervals over seeds. "
+        f"SFT gold {_fmt(frozen.sft_gold)}; one evaluation's standard error about {_fmt(frozen.gold_sem[frozen.best])}."
+    )
     out.mkdir(parents=True, exist_ok=True)
     _plot_pair(frozen, tr, out / "compare.png")
     (out / "compare.md").write_text(table + "\n\n" + note + "\n", encoding="utf-8")
@@ -671,7 +767,10 @@ def _plot_pair(frozen: Run, tr: Run, path: Path) -> None:
 
     fig = Figure(figsize=(6, 4.2), dpi=100)
     ax = fig.add_subplot()
-    for run, color, label in ((frozen, FROZEN_COLOR, "frozen reference"), (tr, PALETTE[0], f"Trust-Region, {tr.family.rule}")):
+    for run, color, label in (
+        (frozen, FROZEN_COLOR, "frozen reference"),
+        (tr, PALETTE[0], f"Trust-Region, {tr.family.rule}"),
+    ):
         kl, gold = run.path_from_sft()
         ax.plot(kl, gold, "o-", ms=3, color=color, label=label)
         ax.plot([run.peak_kl], [run.peak_gold], "*", ms=12, color=color)
@@ -684,28 +783,33 @@ def _plot_pair(frozen: Run, tr: Run, path: Path) -> None:
     fig.savefig(path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="trustregion-report", description=__doc__.split("\n")[0])
-    parser.add_argument("targets", nargs="+", help="a sweep dir or globs of run dirs; with --compare: FROZEN_RUN TR_RUN")
-    parser.add_argument("--out", type=Path, default=None, help="where the report goes (default: the sweep dir)")
-    parser.add_argument("--compare", action="store_true", help="two runs side by side: a frozen and a moving reference")
-    parser.add_argument("--wandb-project", default="trustregion", help="log the report as a wandb artifact here "
-                        "(WANDB_MODE=offline by default; disabled: no wandb)")
-    parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
-    args = parser.parse_args(argv)
-    try:
-        if args.compare:
-            if len(args.targets) != 2:
-                raise DataError(f"--compare takes two run dirs (frozen, then Trust-Region), got {len(args.targets)}")
-            print(compare(Path(args.targets[0]), Path(args.targets[1]), args.out or Path(args.targets[1]).parent))
-            return
-        path, study, skipped = build_report(args.targets, args.out, None if args.no_wandb else args.wandb_project)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+@exit_on_error
+def run(args: argparse.Namespace) -> None:
+    if args.compare:
+        if len(args.targets) != 2:
+            raise DataError(f"--compare takes two run dirs (frozen, then Trust-Region), got {len(args.targets)}")
+        print(compare(Path(args.targets[0]), Path(args.targets[1]), args.out or Path(args.targets[1]).parent))
+        return
+    path, study, skipped = build_report(args.targets, args.out, None if args.no_wandb else args.wandb_project)
     for p, why in skipped:
         print(f"skipped {p}: {why}")
     print(f"{len(study.runs)} runs in {len(study.families)} families -> {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="trustregion-report", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "targets", nargs="+", help="a sweep dir or globs of run dirs; with --compare: FROZEN_RUN TR_RUN"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="where the report goes (default: the sweep dir)")
+    parser.add_argument("--compare", action="store_true", help="two runs side by side: a frozen and a moving reference")
+    parser.add_argument(
+        "--wandb-project",
+        default="trustregion",
+        help="log the report as a wandb artifact here (WANDB_MODE=offline by default; disabled: no wandb)",
+    )
+    parser.add_argument("--no-wandb", action="store_true", help="do not log to wandb")
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Preference data: loaders by ``dataset.name``, each giving prompt/chosen/rejected text rows.
 
-A loader is a function ``(DatasetConfig) -> PreferenceData``; register one in ``LOADERS`` to add a source.
+A source is a ``Source(name, load, schema)``: ``load(DatasetConfig) -> PreferenceData``; each module in
+``SOURCE_MODULES`` lists its own in ``SOURCES``. Add a module there (and ``conf/dataset/<name>.yaml``) to add one.
 Chat sources also keep ``prompt_messages`` (the conversation before the answer) in each row; the
 tokenizer renders them with its chat template at tokenization, so loaders never need the tokenizer.
 Unpaired sources (``kind="unpaired"``) give prompt/completion/label rows instead of pairs.
@@ -8,8 +9,9 @@ Unpaired sources (``kind="unpaired"``) give prompt/completion/label rows instead
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from datasets import Dataset
 
@@ -46,28 +48,33 @@ class PreferenceData:
                 yield row["response"]
 
 
-LOADERS: dict[str, Callable[[Any], PreferenceData]] = {}
-# Modules that define a data source: each registers its loader and its dataset schema on import.
+@dataclass(frozen=True)
+class Source:
+    """A data source: ``dataset.name``, its loader and its config schema (a DatasetConfig subclass)."""
+
+    name: str
+    load: Callable[[Any], PreferenceData]
+    schema: type
+
+
+# Modules that define data sources, each with a ``SOURCES`` tuple.
 SOURCE_MODULES = ("toy_source", "files", "hh", "tldr", "ultrafeedback", "kto_unpaired")
 
 
-def import_loaders() -> None:
+def sources() -> dict[str, Source]:
+    """Every data source by name (imports the source modules on first use)."""
     import importlib
 
-    for name in SOURCE_MODULES:
-        importlib.import_module(f"trustregion.data.{name}")
-
-
-def register(name: str) -> Callable:
-    def deco(fn: Callable) -> Callable:
-        LOADERS[name] = fn
-        return fn
-    return deco
+    found: dict[str, Source] = {}
+    for module in SOURCE_MODULES:
+        for source in importlib.import_module(f"trustregion.data.{module}").SOURCES:
+            found[source.name] = source
+    return found
 
 
 def load_preferences(cfg) -> PreferenceData:
     """Load ``cfg`` (a dataset config) with the loader its ``name`` selects."""
-    import_loaders()
-    if cfg.name not in LOADERS:
-        raise ConfigError(f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(LOADERS))}")
-    return LOADERS[cfg.name](cfg)
+    known = sources()
+    if cfg.name not in known:
+        raise ConfigError(f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(known))}")
+    return known[cfg.name].load(cfg)

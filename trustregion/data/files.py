@@ -8,17 +8,17 @@ from __future__ import annotations
 import glob
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import datasets
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from trustregion.config import DatasetConfig
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import FIELDS, BadRow, RowReport, clean_rows, text_field
 from trustregion.errors import ConfigError, DataError
 
@@ -43,8 +43,6 @@ class FileDatasetConfig(DatasetConfig):
     group_by_length: bool = False  # batches of similar lengths, to cut padding (see tokenize.length_grouped_order)
 
 
-ConfigStore.instance().store(group="dataset", name="base_file", node=FileDatasetConfig)
-
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 
 
@@ -54,7 +52,9 @@ def _format_of(path: str, explicit: str | None) -> str:
     for suffix in reversed(Path(path).suffixes):
         if suffix in _FORMATS:
             return _FORMATS[suffix]
-    raise ConfigError(f"dataset.path={path}: cannot tell the file format; set dataset.format to json, parquet, arrow or csv")
+    raise ConfigError(
+        f"dataset.path={path}: cannot tell the file format; set dataset.format to json, parquet, arrow or csv"
+    )
 
 
 def _local_files(data_files: Any) -> list[str]:
@@ -97,15 +97,23 @@ class MissingSplit(DataError):
     """The source has no split of that name (a single file has only ``train``)."""
 
 
-def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
-               field_name: str = "dataset.path", subset: str | None = None) -> Dataset:
+def load_split(
+    path: str | None,
+    data_files: Any,
+    split: str,
+    fmt: str | None,
+    field_name: str = "dataset.path",
+    subset: str | None = None,
+) -> Dataset:
     """One split from a local file, a directory of files, a ``save_to_disk`` directory, or a hub name.
 
     Every failure is one ``DataError``/``ConfigError`` line naming the file or split and the fix.
     """
     if not path and not data_files:
-        raise ConfigError(f"{field_name} is not set: set it to a data file (json/jsonl/parquet/arrow), "
-                          f"a save_to_disk dir or a hub name")
+        raise ConfigError(
+            f"{field_name} is not set: set it to a data file (json/jsonl/parquet/arrow), "
+            f"a save_to_disk dir or a hub name"
+        )
     if OmegaConf.is_config(data_files):
         data_files = OmegaConf.to_container(data_files)
     local = os.path.expanduser(path) if path else None
@@ -116,8 +124,10 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
             _check_files_exist(data_files, field_name)
             if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
                 if split not in data_files:
-                    raise MissingSplit(f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
-                                    f"set dataset.split / dataset.eval_split to one it has")
+                    raise MissingSplit(
+                        f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
+                        f"set dataset.split / dataset.eval_split to one it has"
+                    )
                 data_files, what = data_files[split], data_files[split]
                 first = _local_files(data_files)[0]
                 return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split="train")
@@ -126,8 +136,10 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
         if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
             saved = datasets.load_from_disk(local)
             if split not in saved:
-                raise MissingSplit(f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
-                                f"set dataset.split / dataset.eval_split to one it has")
+                raise MissingSplit(
+                    f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
+                    f"set dataset.split / dataset.eval_split to one it has"
+                )
             return saved[split]
         if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
             return datasets.load_from_disk(local)
@@ -136,24 +148,32 @@ def load_split(path: str | None, data_files: Any, split: str, fmt: str | None,
         if os.path.isdir(local):
             return datasets.load_dataset(local, subset, split=split)
         if path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS:
-            raise DataError(f"{field_name}={path}: no such file or directory; set {field_name} to an existing data file")
+            raise DataError(
+                f"{field_name}={path}: no such file or directory; set {field_name} to an existing data file"
+            )
         return datasets.load_dataset(path, subset, split=split)
     except (ConfigError, DataError):
         raise
     except (KeyError, ValueError) as e:
         if "split" in str(e).lower() or isinstance(e, KeyError):
-            raise MissingSplit(f"{field_name}={what}: no split '{split}' ({_first_line(e)}); "
-                            f"set dataset.split / dataset.eval_split to one it has") from e
+            raise MissingSplit(
+                f"{field_name}={what}: no split '{split}' ({_first_line(e)}); "
+                f"set dataset.split / dataset.eval_split to one it has"
+            ) from e
         raise DataError(f"{field_name}={what}: cannot read it ({_first_line(e)})") from e
     except ConnectionError as e:
-        raise DataError(f"{field_name}={path}: cannot reach the hub ({_first_line(e)}); download it where there is "
-                        f"network and set {field_name} to the local copy") from e
+        raise DataError(
+            f"{field_name}={path}: cannot reach the hub ({_first_line(e)}); download it where there is "
+            f"network and set {field_name} to the local copy"
+        ) from e
     except Exception as e:  # datasets wraps parse errors in several exception types
         cause = e.__cause__ or e
         if isinstance(cause, UnicodeDecodeError):
             bad = _first_non_utf8(_local_files(data_files or local))
             where = f"{bad[0]}, line {bad[1]}" if bad else f"{field_name}={what}"
-            raise DataError(f"{where}: bytes that are not UTF-8 ({_first_line(cause)}); re-save the file as UTF-8") from e
+            raise DataError(
+                f"{where}: bytes that are not UTF-8 ({_first_line(cause)}); re-save the file as UTF-8"
+            ) from e
         raise DataError(f"{field_name}={what}: cannot read it ({type(cause).__name__}: {_first_line(cause)})") from e
 
 
@@ -205,8 +225,10 @@ def load_rows(
         try:
             held = load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset)
         except MissingSplit as e:
-            note = (f"dataset.eval_split={cfg.eval_split} is not in the data ({e}): holding out rows of "
-                    f"'{cfg.split}' for evaluation instead; set dataset.eval_split=null to say so")
+            note = (
+                f"dataset.eval_split={cfg.eval_split} is not in the data ({e}): holding out rows of "
+                f"'{cfg.split}' for evaluation instead; set dataset.eval_split=null to say so"
+            )
     if held is not None:
         held_name = source_name(cfg, cfg.eval_split)
         require_columns(held, columns(held), held_name)
@@ -216,15 +238,18 @@ def load_rows(
         n_eval = min(cfg.eval_samples, len(train) // 5)
         held_name, held_source, held_order, train_order = source, train, order[:n_eval], order[n_eval:]
     rows, report = clean_rows(train, source, cfg.on_bad_row, fields, convert, train_order, cfg.max_samples)
-    eval_rows, eval_report = clean_rows(held_source, held_name, cfg.on_bad_row, fields, convert, held_order,
-                                        cfg.eval_samples)
+    eval_rows, eval_report = clean_rows(
+        held_source, held_name, cfg.on_bad_row, fields, convert, held_order, cfg.eval_samples
+    )
     report.add_eval(eval_report)
     if note:
         report.notes.append(note)
         print(f"[trustregion] note: {note}", flush=True)
     if not rows:
-        raise DataError(f"{source}: no usable rows ({report.skipped} bad; first: {report.first}); "
-                        f"fix the data or the dataset.*_field names")
+        raise DataError(
+            f"{source}: no usable rows ({report.skipped} bad; first: {report.first}); "
+            f"fix the data or the dataset.*_field names"
+        )
     return rows, eval_rows, report
 
 
@@ -250,21 +275,36 @@ def field_mapper(cfg) -> Callable[[dict], dict]:
 
 def mapped_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
     """The columns the ``dataset.*_field`` options name, each with the option to set if it is missing."""
+
     def columns(_: Dataset) -> dict[str, str]:
-        return {cfg.prompt_field: "set dataset.prompt_field to the column that holds the prompt",
-                cfg.chosen_field: "set dataset.chosen_field to the column that holds the chosen response",
-                cfg.rejected_field: "set dataset.rejected_field to the column that holds the rejected response"}
+        return {
+            cfg.prompt_field: "set dataset.prompt_field to the column that holds the prompt",
+            cfg.chosen_field: "set dataset.chosen_field to the column that holds the chosen response",
+            cfg.rejected_field: "set dataset.rejected_field to the column that holds the rejected response",
+        }
 
     return columns
 
 
-@register("jsonl")
-@register("local")
 def load(cfg) -> PreferenceData:
     """prompt/chosen/rejected strings from any file, directory or hub dataset, columns named by ``*_field``."""
     rows, eval_rows, report = load_rows(cfg, field_mapper(cfg), mapped_columns(cfg))
     return pairs_data(rows, eval_rows, report)
 
 
-__all__ = ["FileDatasetConfig", "MissingSplit", "load_split", "load_rows", "require_columns", "pairs_data", "to_dataset",
-           "field_mapper", "mapped_columns", "source_name", "BadRow"]
+__all__ = [
+    "FileDatasetConfig",
+    "MissingSplit",
+    "load_split",
+    "load_rows",
+    "require_columns",
+    "pairs_data",
+    "to_dataset",
+    "field_mapper",
+    "mapped_columns",
+    "source_name",
+    "BadRow",
+]
+
+
+SOURCES = (Source("jsonl", load, FileDatasetConfig), Source("local", load, FileDatasetConfig))

@@ -9,13 +9,13 @@ what follows (with their leading space). A pair whose dialogues differ before th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, pairs_data
 from trustregion.data.rows import BadRow, text_field
 
@@ -35,9 +35,6 @@ class HHDatasetConfig(FileDatasetConfig):
     rejected_field: str = "rejected"
 
 
-ConfigStore.instance().store(group="dataset", name="base_hh", node=HHDatasetConfig)
-
-
 def split_dialogues(chosen: str, rejected: str) -> dict[str, str]:
     """{prompt, chosen, rejected} of one HH pair, or ``BadRow`` saying why it cannot be split."""
     shared = os.path.commonprefix([chosen, rejected])
@@ -49,7 +46,7 @@ def split_dialogues(chosen: str, rejected: str) -> dict[str, str]:
     if HUMAN not in shared[:cut]:
         raise BadRow(f"no '{HUMAN.strip()}' turn before the last shared assistant turn")
     prompt = chosen[: cut + len(ASSISTANT)]
-    responses = chosen[len(prompt):], rejected[len(prompt):]
+    responses = chosen[len(prompt) :], rejected[len(prompt) :]
     if any(HUMAN in r or ASSISTANT in r for r in responses):
         raise BadRow("the dialogues differ before the last assistant turn (a response holds a further turn)")
     return {"prompt": prompt, "chosen": responses[0], "rejected": responses[1]}
@@ -66,14 +63,18 @@ def hh_converter(cfg) -> Callable[[dict], dict]:
 
 def hh_columns(cfg) -> Callable[[Dataset], dict[str, str]]:
     def columns(_: Dataset) -> dict[str, str]:
-        fix = "HH-RLHF rows hold whole dialogues in 'chosen' and 'rejected'; set dataset.{} to the column that holds them"
+        fix = (
+            "HH-RLHF rows hold whole dialogues in 'chosen' and 'rejected'; set dataset.{} to the column that holds them"
+        )
         return {cfg.chosen_field: fix.format("chosen_field"), cfg.rejected_field: fix.format("rejected_field")}
 
     return columns
 
 
-@register("hh")
 def load(cfg) -> PreferenceData:
     """HH pairs as prompt/chosen/rejected rows; bad rows are counted (or fatal, per ``dataset.on_bad_row``)."""
     rows, eval_rows, report = load_rows(cfg, hh_converter(cfg), hh_columns(cfg))
     return pairs_data(rows, eval_rows, report)
+
+
+SOURCES = (Source("hh", load, HHDatasetConfig),)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
 from trustregion.data.rows import BadRow, text_field
 from trustregion.data.ultrafeedback import check_messages, plain_prompt
@@ -33,9 +32,6 @@ class KTOUnpairedDatasetConfig(FileDatasetConfig):
     eval_split: Optional[str] = "test"
     completion_field: str = "completion"
     label_field: str = "label"
-
-
-ConfigStore.instance().store(group="dataset", name="base_kto_unpaired", node=KTOUnpairedDatasetConfig)
 
 
 def _completion(value: Any, column: str) -> str:
@@ -58,18 +54,23 @@ def unpaired_row(prompt: Any, completion: Any, label: Any, columns: tuple[str, s
         text = plain_prompt(messages)
     else:
         text, messages = text_field({columns[0]: prompt}, columns[0]), None
-    return {"prompt": text, "completion": _completion(completion, columns[1]), "label": label,
-            "prompt_messages": messages}
+    return {
+        "prompt": text,
+        "completion": _completion(completion, columns[1]),
+        "label": label,
+        "prompt_messages": messages,
+    }
 
 
-@register("kto_unpaired")
 def load(cfg) -> PreferenceData:
     """prompt/completion/label rows (``kind="unpaired"``); ``prompt_messages`` only where prompts are chats."""
     names = (cfg.prompt_field, cfg.completion_field, cfg.label_field)
 
     def columns(_: Dataset) -> dict[str, str]:
-        return {c: f"unpaired KTO rows need prompt, completion and a boolean label; set dataset.{k} to the column"
-                for c, k in zip(names, ("prompt_field", "completion_field", "label_field"))}
+        return {
+            c: f"unpaired KTO rows need prompt, completion and a boolean label; set dataset.{k} to the column"
+            for c, k in zip(names, ("prompt_field", "completion_field", "label_field"))
+        }
 
     def convert(row: dict) -> dict:
         return unpaired_row(row.get(names[0]), row.get(names[1]), row.get(names[2]), names)
@@ -79,5 +80,9 @@ def load(cfg) -> PreferenceData:
         for r in rows + eval_rows:
             del r["prompt_messages"]
     cols = COLUMNS if rows and "prompt_messages" in rows[0] else COLUMNS[:3]
-    return PreferenceData(train=to_dataset(rows, cols), eval=to_dataset(eval_rows, cols), report=report,
-                          kind="unpaired")
+    return PreferenceData(
+        train=to_dataset(rows, cols), eval=to_dataset(eval_rows, cols), report=report, kind="unpaired"
+    )
+
+
+SOURCES = (Source("kto_unpaired", load, KTOUnpairedDatasetConfig),)

@@ -7,8 +7,9 @@ identical pairs, bytes that are not UTF-8), and counts what it drops in a ``RowR
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 from datasets import Dataset
 
@@ -41,7 +42,7 @@ class RowReport:
     eval_skipped: int = 0
     notes: list[str] = field(default_factory=list)  # what the loader decided for the user (a missing split, ...)
 
-    def add_eval(self, other: "RowReport") -> None:
+    def add_eval(self, other: RowReport) -> None:
         """Fold the eval split's report into this one (its skips count towards ``skipped``)."""
         self.eval_kept += other.kept
         self.eval_skipped += other.skipped
@@ -91,14 +92,14 @@ def _undecodable_column(ds: Dataset, i: int) -> str | None:
 def iter_rows(ds: Dataset | Sequence[dict], order: Optional[Sequence[int]] = None) -> Iterator[tuple[int, Any]]:
     """(row number, row) in ``order`` (default: file order); a row ``datasets`` cannot decode comes as ``NotUTF8``."""
     if not isinstance(ds, Dataset):
-        for i in (range(len(ds)) if order is None else order):
+        for i in range(len(ds)) if order is None else order:
             yield i, ds[i]
         return
     order = list(range(len(ds))) if order is None else list(order)
     for start in range(0, len(order), _BATCH):
-        idx = order[start:start + _BATCH]
+        idx = order[start : start + _BATCH]
         try:
-            batch = ds[idx] if idx != list(range(idx[0], idx[0] + len(idx))) else ds[idx[0]:idx[0] + len(idx)]
+            batch = ds[idx] if idx != list(range(idx[0], idx[0] + len(idx))) else ds[idx[0] : idx[0] + len(idx)]
         except UnicodeDecodeError:
             for i in idx:
                 try:

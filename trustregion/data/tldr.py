@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, field_mapper, load_rows, mapped_columns, pairs_data
 from trustregion.data.rows import BadRow
 from trustregion.errors import ConfigError
@@ -40,9 +39,6 @@ class TLDRDatasetConfig(FileDatasetConfig):
     form: str = "auto"  # auto | comparisons | pairs
 
 
-ConfigStore.instance().store(group="dataset", name="base_tldr", node=TLDRDatasetConfig)
-
-
 def _text(value: object, where: str) -> str:
     if value is None:
         raise BadRow(f"missing field '{where}'")
@@ -61,12 +57,16 @@ def comparison_to_pair(row: dict) -> dict[str, str]:
     post, title, subreddit = (_text(info.get(k), f"info.{k}") for k in ("post", "title", "subreddit"))
     summaries = row.get("summaries")
     if not isinstance(summaries, list) or len(summaries) != 2:
-        raise BadRow(f"field 'summaries' should be a list of two summaries, got {type(summaries).__name__}"
-                     + (f" of {len(summaries)}" if isinstance(summaries, list) else ""))
+        raise BadRow(
+            f"field 'summaries' should be a list of two summaries, got {type(summaries).__name__}"
+            + (f" of {len(summaries)}" if isinstance(summaries, list) else "")
+        )
     choice = row.get("choice")
     if choice not in (0, 1) or isinstance(choice, bool):
         raise BadRow(f"field 'choice' is {choice!r}, expected 0 or 1")
-    texts = [_text(s.get("text") if isinstance(s, dict) else None, f"summaries[{i}].text") for i, s in enumerate(summaries)]
+    texts = [
+        _text(s.get("text") if isinstance(s, dict) else None, f"summaries[{i}].text") for i, s in enumerate(summaries)
+    ]
     prompt = PROMPT_TEMPLATE.format(subreddit=subreddit.strip(), title=title.strip(), post=post.strip())
     return {"prompt": prompt, "chosen": " " + texts[choice].strip(), "rejected": " " + texts[1 - choice].strip()}
 
@@ -80,13 +80,16 @@ def form_of(ds: Dataset, form: str) -> str:
     return "comparisons" if all(c in ds.column_names for c in COMPARISON_COLUMNS) else "pairs"
 
 
-@register("tldr")
 def load(cfg) -> PreferenceData:
     """TL;DR pairs as prompt/chosen/rejected rows, from either hub form."""
+
     def columns(ds: Dataset) -> dict[str, str]:
         if form_of(ds, cfg.form) == "comparisons":
-            return {c: "OpenAI's comparisons need info, summaries and choice; or set dataset.form=pairs "
-                       "for prompt/chosen/rejected columns" for c in COMPARISON_COLUMNS}
+            return {
+                c: "OpenAI's comparisons need info, summaries and choice; or set dataset.form=pairs "
+                "for prompt/chosen/rejected columns"
+                for c in COMPARISON_COLUMNS
+            }
         return mapped_columns(cfg)(ds)
 
     mapped = field_mapper(cfg)
@@ -96,7 +99,7 @@ def load(cfg) -> PreferenceData:
         if pair["prompt"].rstrip().endswith("TL;DR:"):  # CarperAI's form repeats "TL;DR:" in the responses
             for k in ("chosen", "rejected"):
                 if pair[k].startswith("TL;DR:"):
-                    pair[k] = pair[k][len("TL;DR:"):]
+                    pair[k] = pair[k][len("TL;DR:") :]
         return pair
 
     def convert(row: dict) -> dict:
@@ -105,3 +108,6 @@ def load(cfg) -> PreferenceData:
 
     rows, eval_rows, report = load_rows(cfg, convert, columns)
     return pairs_data(rows, eval_rows, report)
+
+
+SOURCES = (Source("tldr", load, TLDRDatasetConfig),)

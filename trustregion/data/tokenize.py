@@ -15,9 +15,10 @@ tokenizing again.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow.compute as pc
 import torch
@@ -41,18 +42,27 @@ class TruncationStats:
 
 def tokenize_options(dataset_cfg: Any) -> dict[str, Any]:
     """``cache_dir``/``num_proc`` keyword arguments from a dataset config (absent options: no cache, one process)."""
-    return {"cache_dir": OmegaConf.select(dataset_cfg, "cache_dir", default=None)
-            if OmegaConf.is_config(dataset_cfg) else getattr(dataset_cfg, "cache_dir", None),
-            "num_proc": OmegaConf.select(dataset_cfg, "num_proc", default=None)
-            if OmegaConf.is_config(dataset_cfg) else getattr(dataset_cfg, "num_proc", None)}
+    return {
+        "cache_dir": OmegaConf.select(dataset_cfg, "cache_dir", default=None)
+        if OmegaConf.is_config(dataset_cfg)
+        else getattr(dataset_cfg, "cache_dir", None),
+        "num_proc": OmegaConf.select(dataset_cfg, "num_proc", default=None)
+        if OmegaConf.is_config(dataset_cfg)
+        else getattr(dataset_cfg, "num_proc", None),
+    }
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything about ``tokenizer`` that changes token ids: vocabulary, rules, specials, template."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
-    specials = (type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                str(getattr(tokenizer, "chat_template", None)), tokenizer("a b")["input_ids"])
+    specials = (
+        type(tokenizer).__name__,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        str(getattr(tokenizer, "chat_template", None)),
+        tokenizer("a b")["input_ids"],
+    )
     return Hasher.hash((body, specials))
 
 
@@ -61,8 +71,10 @@ class _Encoder:
 
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int) -> None:
         if tokenizer.eos_token_id is None:
-            raise ConfigError("the tokenizer has no eos_token: responses must end with one; set it in the "
-                              "tokenizer files at model.path (tokenizer_config.json)")
+            raise ConfigError(
+                "the tokenizer has no eos_token: responses must end with one; set it in the "
+                "tokenizer files at model.path (tokenizer_config.json)"
+            )
         self.tok = tokenizer
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.templated = bool(getattr(tokenizer, "chat_template", None))
@@ -90,7 +102,7 @@ class _Encoder:
             return ids, False
         bos = self.tok.bos_token_id
         keep = 1 if bos is not None and ids and ids[0] == bos and self.max_prompt_length > 1 else 0
-        return ids[:keep] + ids[len(ids) - (self.max_prompt_length - keep):], True
+        return ids[:keep] + ids[len(ids) - (self.max_prompt_length - keep) :], True
 
     def responses(self, texts: list[str], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
         encoded = self.tok(list(texts), add_special_tokens=False)["input_ids"]
@@ -102,8 +114,9 @@ class _Encoder:
         return out
 
 
-def _encode(batch: dict[str, list], indices: list[int], enc: _Encoder, responses: dict[str, str],
-            passthrough: dict[str, str]) -> dict[str, list]:
+def _encode(
+    batch: dict[str, list], indices: list[int], enc: _Encoder, responses: dict[str, str], passthrough: dict[str, str]
+) -> dict[str, list]:
     prompts = enc.prompts(batch["prompt"], batch.get("prompt_messages"))
     prompt_ids = [p for p, _ in prompts]
     out: dict[str, list] = {"prompt_ids": prompt_ids, "prompt_truncated": [t for _, t in prompts]}
@@ -131,20 +144,62 @@ def _cache_file(cache_dir: Optional[str], key: str) -> Optional[str]:
     return str(folder / f"{key}.arrow")
 
 
-def _tokenize(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int, responses: dict[str, str],
-              passthrough: dict[str, str], mismatched_from: Optional[str], cache_dir: Optional[str],
-              num_proc: Optional[int]) -> tuple[Dataset, TruncationStats]:
+@dataclass(frozen=True)
+class _Layout:
+    """What a tokenized row holds: response columns to encode, columns copied as they are, and which
+    response column the next row lends as this row's mismatched response (None: no mismatched column)."""
+
+    responses: dict[str, str]
+    passthrough: dict[str, str]
+    mismatched_from: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_length: int
+    max_prompt_length: int
+    cache_dir: Optional[str] = None
+    num_proc: Optional[int] = None
+
+
+def _tokenize(ds: Dataset, tokenizer, limits: _Limits, layout: _Layout) -> tuple[Dataset, TruncationStats]:
+    max_length, max_prompt_length, cache_dir, num_proc = (
+        limits.max_length,
+        limits.max_prompt_length,
+        limits.cache_dir,
+        limits.num_proc,
+    )
+    responses, passthrough, mismatched_from = layout.responses, layout.passthrough, layout.mismatched_from
     enc = _Encoder(tokenizer, max_length, max_prompt_length)
-    key = Hasher.hash((_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length, max_prompt_length,
-                       responses, passthrough, mismatched_from))
+    key = Hasher.hash(
+        (
+            _VERSION,
+            ds._fingerprint,
+            tokenizer_fingerprint(tokenizer),
+            max_length,
+            max_prompt_length,
+            responses,
+            passthrough,
+            mismatched_from,
+        )
+    )
     names = ["prompt_ids", *(f"{n}_ids" for n in responses), *passthrough, "length", "index"]
     if len(ds) == 0:
         return Dataset.from_dict({n: [] for n in names}), TruncationStats()
     path = _cache_file(cache_dir, key)
     from_cache = path is not None and any(Path(path).parent.glob(f"{key}*.arrow"))
-    out = ds.map(_encode, batched=True, with_indices=True, remove_columns=ds.column_names, num_proc=num_proc,
-                 fn_kwargs={"enc": enc, "responses": responses, "passthrough": passthrough},
-                 cache_file_name=path, new_fingerprint=key, load_from_cache_file=True, desc="tokenizing")
+    out = ds.map(
+        _encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        num_proc=num_proc,
+        fn_kwargs={"enc": enc, "responses": responses, "passthrough": passthrough},
+        cache_file_name=path,
+        new_fingerprint=key,
+        load_from_cache_file=True,
+        desc="tokenizing",
+    )
     table = out.with_format("arrow")[:]  # the counts come from the flag columns, so cached runs have them too
 
     def count(column: str) -> int:
@@ -160,50 +215,78 @@ def _tokenize(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int, r
     out = out.select_columns(names)
     if mismatched_from is not None:
         mm_path = None if path is None else path[: -len(".arrow")] + "-mismatched.arrow"
-        out = out.map(_add_mismatched, batched=True, with_indices=True, num_proc=num_proc,
-                      fn_kwargs={"source": out, "column": f"{mismatched_from}_ids", "max_length": max_length},
-                      cache_file_name=mm_path, new_fingerprint=Hasher.hash((key, "mismatched")),
-                      load_from_cache_file=True, desc="mismatched pairs")
+        out = out.map(
+            _add_mismatched,
+            batched=True,
+            with_indices=True,
+            num_proc=num_proc,
+            fn_kwargs={"source": out, "column": f"{mismatched_from}_ids", "max_length": max_length},
+            cache_file_name=mm_path,
+            new_fingerprint=Hasher.hash((key, "mismatched")),
+            load_from_cache_file=True,
+            desc="mismatched pairs",
+        )
     return out, stats
 
 
-def _add_mismatched(batch: dict[str, list], indices: list[int], source: Dataset, column: str,
-                    max_length: int) -> dict[str, list]:
+def _add_mismatched(
+    batch: dict[str, list], indices: list[int], source: Dataset, column: str, max_length: int
+) -> dict[str, list]:
     n = len(source)
     others = source.select([(i + 1) % n for i in indices])[column]
     return {"mismatched_ids": [o[: max_length - len(p)] for o, p in zip(others, batch["prompt_ids"])]}
 
 
 def tokenize_pairs(
-    ds: Dataset, tokenizer, max_length: int, max_prompt_length: int, mismatched: bool = False,
-    *, cache_dir: Optional[str] = None, num_proc: Optional[int] = None,
+    ds: Dataset,
+    tokenizer,
+    max_length: int,
+    max_prompt_length: int,
+    mismatched: bool = False,
+    *,
+    cache_dir: Optional[str] = None,
+    num_proc: Optional[int] = None,
 ) -> tuple[Dataset, TruncationStats]:
     """Token ids per pair (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``length``, ``index``).
 
     ``mismatched=True`` adds ``mismatched_ids``: the chosen response of the next row, a fixed
     mismatched pair per row for KTO's reference point (cacheable, unlike in-batch shuffles).
     """
-    return _tokenize(ds, tokenizer, max_length, max_prompt_length, {"chosen": "chosen", "rejected": "rejected"},
-                     {}, "chosen" if mismatched else None, cache_dir, num_proc)
+    layout = _Layout({"chosen": "chosen", "rejected": "rejected"}, {}, "chosen" if mismatched else None)
+    return _tokenize(ds, tokenizer, _Limits(max_length, max_prompt_length, cache_dir, num_proc), layout)
 
 
-def tokenize_sft(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int,
-                 *, cache_dir: Optional[str] = None, num_proc: Optional[int] = None) -> Dataset:
+def tokenize_sft(
+    ds: Dataset,
+    tokenizer,
+    max_length: int,
+    max_prompt_length: int,
+    *,
+    cache_dir: Optional[str] = None,
+    num_proc: Optional[int] = None,
+) -> Dataset:
     """(prompt, response) rows as ``prompt_ids``/``chosen_ids`` so SFT shares the pair collator's masking."""
-    out, _ = _tokenize(ds, tokenizer, max_length, max_prompt_length, {"chosen": "response"}, {}, None,
-                       cache_dir, num_proc)
+    limits = _Limits(max_length, max_prompt_length, cache_dir, num_proc)
+    out, _ = _tokenize(ds, tokenizer, limits, _Layout({"chosen": "response"}, {}))
     return out
 
 
-def tokenize_unpaired(ds: Dataset, tokenizer, max_length: int, max_prompt_length: int,
-                      *, cache_dir: Optional[str] = None, num_proc: Optional[int] = None) -> tuple[Dataset, TruncationStats]:
+def tokenize_unpaired(
+    ds: Dataset,
+    tokenizer,
+    max_length: int,
+    max_prompt_length: int,
+    *,
+    cache_dir: Optional[str] = None,
+    num_proc: Optional[int] = None,
+) -> tuple[Dataset, TruncationStats]:
     """Unpaired KTO rows: ``prompt_ids``, ``completion_ids``, ``desirable``, ``mismatched_ids``, ``index``.
 
     ``mismatched_ids`` is the next row's completion, a fixed mismatched prompt-completion pair per row
     for the KL reference point.
     """
-    return _tokenize(ds, tokenizer, max_length, max_prompt_length, {"completion": "completion"},
-                     {"desirable": "label"}, "completion", cache_dir, num_proc)
+    layout = _Layout({"completion": "completion"}, {"desirable": "label"}, "completion")
+    return _tokenize(ds, tokenizer, _Limits(max_length, max_prompt_length, cache_dir, num_proc), layout)
 
 
 @dataclass
@@ -271,8 +354,8 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
     span = max(1, batch_size * megabatch)
     out: list[int] = []
     for start in range(0, len(order), span):
-        block = sorted(order[start:start + span], key=lambda i: lengths[i], reverse=True)
-        batches = [block[j:j + batch_size] for j in range(0, len(block), batch_size)]
+        block = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
+        batches = [block[j : j + batch_size] for j in range(0, len(block), batch_size)]
         full, tail = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
         rng.shuffle(full)
         out.extend(i for b in full + tail for i in b)

@@ -120,11 +120,16 @@ class ToyTask:
             a, b = self.sample_response(prompt, rng), self.sample_response(prompt, rng)
             if a == b:
                 continue
-            rows.append(self.label(self.prompt_text(prompt), self.response_text(a), self.response_text(b), rng,
-                                   label_temperature))
+            rows.append(
+                self.label(
+                    self.prompt_text(prompt), self.response_text(a), self.response_text(b), rng, label_temperature
+                )
+            )
         return rows
 
-    def label_rows(self, prompts: list[str], a: list[str], b: list[str], seed: int, label_temperature: float) -> list[dict]:
+    def label_rows(
+        self, prompts: list[str], a: list[str], b: list[str], seed: int, label_temperature: float
+    ) -> list[dict]:
         """Preference rows from given response pairs (a model's samples, say), skipping pairs of equal responses."""
         rng = np.random.default_rng([self.seed, seed, 4])
         return [self.label(p, x, y, rng, label_temperature) for p, x, y in zip(prompts, a, b) if x.split() != y.split()]
@@ -135,7 +140,9 @@ class ToyTask:
         rows = []
         for _ in range(n):
             prompt = self.sample_prompt(rng)
-            rows.append({"prompt": self.prompt_text(prompt), "response": self.response_text(self.sample_response(prompt, rng))})
+            rows.append(
+                {"prompt": self.prompt_text(prompt), "response": self.response_text(self.sample_response(prompt, rng))}
+            )
         return rows
 
     def prompts(self, n: int, seed: int) -> list[str]:
@@ -144,5 +151,10 @@ class ToyTask:
 
 
 def task_from_config(cfg) -> ToyTask:
-    return ToyTask(seed=cfg.seed, vocab=cfg.vocab, successors=cfg.successors,
-                   prompt_len=cfg.prompt_len, response_len=cfg.response_len)
+    return ToyTask(
+        seed=cfg.seed,
+        vocab=cfg.vocab,
+        successors=cfg.successors,
+        prompt_len=cfg.prompt_len,
+        response_len=cfg.response_len,
+    )

@@ -16,10 +16,9 @@ from enum import Enum
 from typing import Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
 from trustregion.config import DatasetConfig
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import RowReport
 from trustregion.data.toy import ToyTask, symbol_names, task_from_config
 from trustregion.errors import ConfigError
@@ -51,9 +50,6 @@ class ToyDatasetConfig(DatasetConfig):
     pair_seed: int = 0
 
 
-ConfigStore.instance().store(group="dataset", name="base_toy", node=ToyDatasetConfig)
-
-
 def check(cfg) -> None:
     """Range checks of the toy settings: one ConfigError naming the field and the fix."""
 
@@ -75,8 +71,10 @@ def check(cfg) -> None:
     need(cfg.label_temperature > 0 and math.isfinite(cfg.label_temperature), "label_temperature", "a number > 0")
     need(cfg.pair_max_new_tokens >= 1, "pair_max_new_tokens", "an integer >= 1")
     if cfg.pair_source == PairSource.sft and not cfg.pair_model:
-        raise ConfigError("dataset.pair_model is null but dataset.pair_source=sft: set model.path (or dataset.pair_model) "
-                          "to the SFT run's policy dir, or use dataset.pair_source=process")
+        raise ConfigError(
+            "dataset.pair_model is null but dataset.pair_source=sft: set model.path (or dataset.pair_model) "
+            "to the SFT run's policy dir, or use dataset.pair_source=process"
+        )
 
 
 def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
@@ -84,7 +82,7 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trustregion.evaluation.generation import encode_prompts, sample
+    from trustregion.generation import encode_prompts, sample
     from trustregion.models import load_tokenizer
 
     path = str(cfg.pair_model)
@@ -92,8 +90,10 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
         tokenizer = load_tokenizer(path, key="dataset.pair_model")
         model = AutoModelForCausalLM.from_pretrained(path).eval()
     except OSError as e:
-        raise ConfigError(f"dataset.pair_model={path}: cannot load it ({str(e).splitlines()[0]}); "
-                          f"set it (or model.path) to a saved SFT policy dir") from e
+        raise ConfigError(
+            f"dataset.pair_model={path}: cannot load it ({str(e).splitlines()[0]}); "
+            f"set it (or model.path) to a saved SFT policy dir"
+        ) from e
     gen = torch.Generator().manual_seed(task.seed * 1_000_003 + seed)
     rows: list[dict] = []
     for attempt in range(8):
@@ -102,14 +102,22 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
         texts = []
         for start in range(0, 2 * len(ids), 512):
             doubled = [ids[i // 2] for i in range(start, min(2 * len(ids), start + 512))]
-            out = sample(model, doubled, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                         max_new_tokens=cfg.pair_max_new_tokens, generator=gen)
+            out = sample(
+                model,
+                doubled,
+                eos_id=tokenizer.eos_token_id,
+                pad_id=tokenizer.pad_token_id,
+                max_new_tokens=cfg.pair_max_new_tokens,
+                generator=gen,
+            )
             texts += [tokenizer.decode(r[:-1] if e else r) for r, e in zip(out.responses, out.ended)]
         rows += task.label_rows(prompts, texts[0::2], texts[1::2], seed, cfg.label_temperature)
         if len(rows) >= n:
             return rows[:n]
-    raise ConfigError(f"the model at dataset.pair_model={path} gave only {len(rows)} distinct pairs of {n}: "
-                      f"it is (nearly) deterministic; use dataset.pair_source=process")
+    raise ConfigError(
+        f"the model at dataset.pair_model={path} gave only {len(rows)} distinct pairs of {n}: "
+        f"it is (nearly) deterministic; use dataset.pair_source=process"
+    )
 
 
 def pair_source(cfg) -> PairSource:
@@ -120,7 +128,6 @@ def pair_source(cfg) -> PairSource:
     return source
 
 
-@register("toy")
 def load(cfg) -> PreferenceData:
     check(cfg)
     task = task_from_config(cfg)
@@ -140,3 +147,6 @@ def load(cfg) -> PreferenceData:
         task=task,
         sft=Dataset.from_list(sft),
     )
+
+
+SOURCES = (Source("toy", load, ToyDatasetConfig),)

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from datasets import Dataset
-from hydra.core.config_store import ConfigStore
 
-from trustregion.data import PreferenceData, register
+from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
 from trustregion.data.rows import FIELDS, BadRow
 
@@ -33,9 +32,6 @@ class UltraFeedbackDatasetConfig(FileDatasetConfig):
     eval_split: Optional[str] = "test_prefs"
     max_length: int = 1024
     max_prompt_length: int = 512
-
-
-ConfigStore.instance().store(group="dataset", name="base_ultrafeedback", node=UltraFeedbackDatasetConfig)
 
 
 def check_messages(value: Any, column: str) -> list[dict[str, str]]:
@@ -55,8 +51,9 @@ def plain_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(f"\n\n{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
 
 
-def split_conversations(chosen: Any, rejected: Any, prompt: Any = None,
-                        columns: tuple[str, str] = ("chosen", "rejected")) -> dict[str, Any]:
+def split_conversations(
+    chosen: Any, rejected: Any, prompt: Any = None, columns: tuple[str, str] = ("chosen", "rejected")
+) -> dict[str, Any]:
     """{prompt, chosen, rejected, prompt_messages} of one pair of conversations, or ``BadRow``."""
     c, r = check_messages(chosen, columns[0]), check_messages(rejected, columns[1])
     for column, conv in zip(columns, (c, r)):
@@ -69,21 +66,33 @@ def split_conversations(chosen: Any, rejected: Any, prompt: Any = None,
         if not isinstance(prompt, str) or not prompt.strip():
             raise BadRow("no user message before the answer and no 'prompt' string to use as one")
         history = [{"role": "user", "content": prompt}]
-    return {"prompt": plain_prompt(history), "chosen": c[-1]["content"], "rejected": r[-1]["content"],
-            "prompt_messages": history}
+    return {
+        "prompt": plain_prompt(history),
+        "chosen": c[-1]["content"],
+        "rejected": r[-1]["content"],
+        "prompt_messages": history,
+    }
 
 
-@register("ultrafeedback")
 def load(cfg) -> PreferenceData:
     """Pairs with ``prompt_messages`` kept for the chat template, and a plain ``prompt`` as fallback."""
+
     def columns(_: Dataset) -> dict[str, str]:
         fix = "binarized UltraFeedback holds message lists in 'chosen' and 'rejected'; set dataset.{} to the column"
         return {cfg.chosen_field: fix.format("chosen_field"), cfg.rejected_field: fix.format("rejected_field")}
 
     def convert(row: dict) -> dict:
-        return split_conversations(row.get(cfg.chosen_field), row.get(cfg.rejected_field), row.get(cfg.prompt_field),
-                                   (cfg.chosen_field, cfg.rejected_field))
+        return split_conversations(
+            row.get(cfg.chosen_field),
+            row.get(cfg.rejected_field),
+            row.get(cfg.prompt_field),
+            (cfg.chosen_field, cfg.rejected_field),
+        )
 
     rows, eval_rows, report = load_rows(cfg, convert, columns)
-    return PreferenceData(train=to_dataset(rows, MESSAGE_FIELDS), eval=to_dataset(eval_rows, MESSAGE_FIELDS),
-                          report=report)
+    return PreferenceData(
+        train=to_dataset(rows, MESSAGE_FIELDS), eval=to_dataset(eval_rows, MESSAGE_FIELDS), report=report
+    )
+
+
+SOURCES = (Source("ultrafeedback", load, UltraFeedbackDatasetConfig),)

@@ -14,127 +14,23 @@ import json
 import math
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from trustregion.data.tokenize import PairCollator
-from trustregion.errors import ConfigError
+from trustregion.config import check_eval_config
 from trustregion.evaluation.text_metrics import distinct_n, self_bleu
-from trustregion.models import sequence_logps
+from trustregion.generation import Samples, encode_prompts, response_logps, sample
 
 PLOT_NAME = "gold_vs_kl.png"
 TABLE_ROWS = 16
 GENERATION_BATCH_FACTOR = 4  # sequences per generation batch, in training micro-batches (pairs)
 # Gold reward of the SFT model's own samples, computed once per SFT model object (it never changes).
-_SFT_BASELINE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, float]]" = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class Samples:
-    """Sampled responses (token ids, EOS included when one was drawn) and their per-token policy entropies."""
-
-    responses: list[list[int]]
-    ended: list[bool]
-    entropy: list[float]  # sum over the response's tokens of the policy's next-token entropy (nats)
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with the prompts aligned on the right, so every row's next token is at the end."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def sample(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
-           temperature: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu", lockstep: bool = False) -> Samples:
-    """Sample one response per prompt, with a KV cache, stopping each row at EOS.
-
-    ``lockstep=True`` always runs ``max_new_tokens`` forwards (no early exit when every row is done),
-    so that ranks under ZeRO-3, which gather parameters collectively in each forward, stay in step.
-    """
-    if not prompts:
-        return Samples([], [], [])
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
-    next_pos = positions[:, -1] + 1
-    rows = len(prompts)
-    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    picked, alive, entropies = [], [], []
-    for t in range(max_new_tokens):
-        logp = F.log_softmax(logits, dim=-1)
-        entropies.append(-(logp.exp() * logp).sum(-1).masked_fill(done, 0.0))
-        if greedy:
-            token = logits.argmax(-1)
-        else:
-            probs = F.softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        token = token.masked_fill(done, pad_id)
-        picked.append(token)
-        alive.append(~done)
-        done = done | (token == eos_id)
-        if t == max_new_tokens - 1 or (not lockstep and bool(done.all())):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
-        next_pos = next_pos + 1
-    tokens = torch.stack(picked, 1).cpu()
-    keep = torch.stack(alive, 1).cpu()
-    entropy = torch.stack(entropies, 1).sum(1).cpu()
-    responses = [tokens[i][keep[i]].tolist() for i in range(rows)]
-    return Samples(responses, [bool(r) and r[-1] == eos_id for r in responses], entropy.tolist())
-
-
-@torch.no_grad()
-def response_logps(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                   device: torch.device, batch_size: int) -> list[float]:
-    """Summed log-prob of each response given its prompt (teacher forcing, right padding)."""
-    collator = PairCollator(pad_id, ("chosen",))
-    out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        rows = [{"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
-                for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))]
-        batch = {k: v.to(device) for k, v in collator(rows).items()}
-        logps, _ = sequence_logps(model, batch)
-        out += logps.float().cpu().tolist()
-    return out
-
-
-def check_eval_config(ev: DictConfig) -> None:
-    """Range checks of the generation settings; one ConfigError naming the field and the fix."""
-    if ev.prompts < 1:
-        raise ConfigError(f"eval.prompts={ev.prompts} is invalid: set eval.prompts to an integer >= 1")
-    if ev.samples_per_prompt < 1:
-        raise ConfigError(f"eval.samples_per_prompt={ev.samples_per_prompt} is invalid: set it to an integer >= 1")
-    if ev.max_new_tokens < 1:
-        raise ConfigError(f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1")
-    if not ev.greedy and not (ev.temperature > 0 and math.isfinite(ev.temperature)):
-        raise ConfigError(f"eval.temperature={ev.temperature} is invalid: set eval.temperature > 0, or eval.greedy=true")
-
-
-def encode_prompts(texts: Sequence[str], tokenizer, max_prompt_length: int) -> list[list[int]]:
-    """Prompt token ids exactly as training encodes them (special tokens on, cut from the left)."""
-    out = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        out.append(ids[max(0, len(ids) - max_prompt_length):])
-    return out
+_SFT_BASELINE: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def _gather(engine, items: list) -> list:
@@ -160,8 +56,9 @@ class Generated:
     logp_sft: list[float]
 
 
-def generate_and_score(engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer,
-                       scorers: Sequence[Any], seed: int) -> Generated:
+def generate_and_score(
+    engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer, scorers: Sequence[Any], seed: int
+) -> Generated:
     """Sample ``samples_per_prompt`` responses per prompt from ``model`` (this rank's share) and score them.
 
     Every rank gets the same number of rows (padded with copies of the first), so all ranks run the
@@ -182,9 +79,18 @@ def generate_and_score(engine, model, prompt_ids: list[list[int]], cfg: DictConf
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     responses, ended, entropy = [], [], []
     for s in range(0, len(prompts), batch_size):
-        out = sample(model, prompts[s : s + batch_size], eos_id=eos, pad_id=pad, max_new_tokens=int(ev.max_new_tokens),
-                     temperature=float(ev.temperature), greedy=bool(ev.greedy), generator=gen,
-                     device=engine.device, lockstep=lockstep)
+        out = sample(
+            model,
+            prompts[s : s + batch_size],
+            eos_id=eos,
+            pad_id=pad,
+            max_new_tokens=int(ev.max_new_tokens),
+            temperature=float(ev.temperature),
+            greedy=bool(ev.greedy),
+            generator=gen,
+            device=engine.device,
+            lockstep=lockstep,
+        )
         responses += out.responses
         ended += out.ended
         entropy += out.entropy
@@ -208,11 +114,22 @@ def _records(gen: Generated, prompt_texts: list[str], k: int, tokenizer, task) -
         text = tokenizer.decode(body, skip_special_tokens=False) if body else ""
         prompt = prompt_texts[idx // k]
         reward, in_domain = task.score_text(prompt, text)
-        out.append({
-            "index": idx, "prompt": prompt, "response": text, "ids": body, "ended": gen.samples.ended[i],
-            "tokens": len(ids), "entropy": gen.samples.entropy[i], "gold": float(reward), "in_domain": bool(in_domain),
-            "logp": gen.logp_policy[i], "logp_ref": gen.logp_ref[i], "logp_sft": gen.logp_sft[i],
-        })
+        out.append(
+            {
+                "index": idx,
+                "prompt": prompt,
+                "response": text,
+                "ids": body,
+                "ended": gen.samples.ended[i],
+                "tokens": len(ids),
+                "entropy": gen.samples.entropy[i],
+                "gold": float(reward),
+                "in_domain": bool(in_domain),
+                "logp": gen.logp_policy[i],
+                "logp_ref": gen.logp_ref[i],
+                "logp_sft": gen.logp_sft[i],
+            }
+        )
     return out
 
 
@@ -242,9 +159,30 @@ def summarize(records: list[dict], k: int) -> dict[str, float]:
     }
 
 
-def evaluate_generation(engine, cfg: DictConfig, data, tokenizer, sft_model, logger, step: int,
-                        run_dir: Path) -> dict[str, float]:
+@dataclass
+class EvalContext:
+    """What generation-based evaluation reads from a run: models, config, data (its gold judge), logging."""
+
+    engine: Any
+    cfg: DictConfig
+    data: Any  # PreferenceData with a task (gold judge) and eval prompts
+    tokenizer: Any
+    sft_model: Any  # the frozen starting model, kept even when the reference moves
+    logger: Any
+    run_dir: Path
+
+
+def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     """Sample from the policy on held-out prompts; gold reward, KL to SFT and reference, diversity (``eval/*``)."""
+    engine, cfg, data, tokenizer, sft_model, logger, run_dir = (
+        ctx.engine,
+        ctx.cfg,
+        ctx.data,
+        ctx.tokenizer,
+        ctx.sft_model,
+        ctx.logger,
+        ctx.run_dir,
+    )
     ev = cfg.eval
     check_eval_config(ev)
     task = data.task
@@ -261,10 +199,13 @@ def evaluate_generation(engine, cfg: DictConfig, data, tokenizer, sft_model, log
     metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task))
     metrics["eval/generation_s"] = time.perf_counter() - clock
     if engine.is_main:
-        table = [[step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
-                 for r in records[:TABLE_ROWS]]
-        logger.log_table("eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"],
-                         table, step)
+        table = [
+            [step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
+            for r in records[:TABLE_ROWS]
+        ]
+        logger.log_table(
+            "eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"], table, step
+        )
         if ev.plot:
             points = history(run_dir / "metrics.jsonl") + [(step, metrics["eval/kl_sft"], metrics["eval/gold_reward"])]
             path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"])
@@ -279,8 +220,10 @@ def sft_baseline(engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenize
         k = 1 if cfg.eval.greedy else int(cfg.eval.samples_per_prompt)
         gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, int(cfg.trainer.seed))
         m = summarize(sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"]), k)
-        _SFT_BASELINE[sft_model] = {"eval/sft_gold_reward": m["eval/gold_reward"],
-                                    "eval/sft_in_domain_rate": m["eval/in_domain_rate"]}
+        _SFT_BASELINE[sft_model] = {
+            "eval/sft_gold_reward": m["eval/gold_reward"],
+            "eval/sft_in_domain_rate": m["eval/in_domain_rate"],
+        }
     return dict(_SFT_BASELINE[sft_model])
 
 
@@ -330,5 +273,11 @@ def log_scatter(logger, points: list[tuple[int, float, float]], step: int) -> No
     import wandb
 
     table = wandb.Table(columns=["step", "kl_sft", "gold_reward"], data=[list(p) for p in sorted(points)])
-    run.log({"eval/gold_vs_kl_points": wandb.plot.scatter(table, "kl_sft", "gold_reward",
-                                                          title="gold reward vs KL to SFT")}, step=step)
+    run.log(
+        {
+            "eval/gold_vs_kl_points": wandb.plot.scatter(
+                table, "kl_sft", "gold_reward", title="gold reward vs KL to SFT"
+            )
+        },
+        step=step,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:

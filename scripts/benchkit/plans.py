@@ -1,0 +1,150 @@
+"""What the bench runs: models, data, our configs and TRL's, the full and quick plans, and their configs."""
+
+from __future__ import annotations
+
+import os
+
+MODELS = {
+    # like the TRL notes in shared/README.md: hidden 128, 4 layers, vocab ~512, seq up to 128, batch 8
+    "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512},
+    # a larger model that still trains at a few s/step on 2 cores
+    "small": {"hidden_size": 384, "num_layers": 6, "num_heads": 6, "intermediate_size": 1536},
+}
+# The toy task with longer walks: 32-token prompts, 64-token responses (+ EOS), 97 tokens per sequence;
+# 128 symbols give a 472-token BPE vocabulary. 64 pairs: the loop cycles through them (throughput only).
+DATA = [
+    "dataset=toy",
+    "dataset.pair_source=process",
+    "dataset.vocab=128",
+    "dataset.prompt_len=32",
+    "dataset.response_len=64",
+    "dataset.max_length=128",
+    "dataset.max_prompt_length=64",
+    "dataset.num_pairs=64",
+    "dataset.eval_samples=8",
+    "dataset.sft_samples=64",
+]
+BATCH = 8
+THREADS = 2
+# Our runs: (name, overrides). "frozen" = ref_update=none.
+CONFIGS = {
+    "dpo-frozen-cached": ["method=dpo", "ref_update=none", "trainer.cache_reference=true"],
+    "dpo-frozen": ["method=dpo", "ref_update=none", "trainer.cache_reference=false"],
+    "tr-dpo-soft": ["method=dpo", "ref_update=soft", "ref_update.alpha=0.6", "ref_update.tau=1"],
+    "tr-dpo-hard": ["method=dpo", "ref_update=hard", "ref_update.alpha=1.0", "ref_update.tau=64"],
+    "tr-ipo-soft": ["method=ipo", "ref_update=soft", "ref_update.alpha=0.6", "ref_update.tau=1"],
+    "tr-kto-soft": ["method=kto", "ref_update=soft", "ref_update.alpha=0.6", "ref_update.tau=1"],
+}
+TRL_CONFIGS = {
+    "trl-frozen": {"sync_ref_model": False, "precompute_ref_log_probs": False},
+    "trl-synced": {"sync_ref_model": True, "ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 1},
+    "trl-precomputed": {"sync_ref_model": False, "precompute_ref_log_probs": True},
+}
+# ours vs TRL: which of our rows each TRL row is compared with
+TRL_PAIRS = {"trl-frozen": "dpo-frozen", "trl-synced": "tr-dpo-soft", "trl-precomputed": "dpo-frozen-cached"}
+# ~100M+ parameters for the update-alone timing: Pythia-160M's shape (GPT-NeoX, 162M parameters)
+# the BPE vocabulary the tiny model gets on the bench data (reported by the training runs)
+TINY_VOCAB = 472
+BIG = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072, "vocab": 50304}
+
+PLANS = {
+    # per model: rounds of interleaved runs, warm-up and timed steps (hard: enough steps to include its update)
+    "full": {
+        "budget_s": 840,
+        "models": {
+            "tiny": {
+                "rounds": 3,
+                "warmup": 4,
+                "steps": 24,
+                "steps_hard": 64,
+                "configs": list(CONFIGS),
+                "trl": list(TRL_CONFIGS),
+            },
+            "small": {
+                "rounds": 2,
+                "warmup": 2,
+                "steps": 5,
+                "steps_hard": 5,
+                "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft", "tr-dpo-hard"],
+                "trl": [],
+            },
+        },
+        "update": {"tiny_reps": 200, "big_reps": 8},
+        "zero3": {"models": ["tiny", "small"], "reps": 20, "train_steps": 24, "train_warmup": 4},
+    },
+    "quick": {
+        "budget_s": 150,
+        "models": {
+            "tiny": {
+                "rounds": 1,
+                "warmup": 3,
+                "steps": 15,
+                "steps_hard": 15,
+                "configs": ["dpo-frozen-cached", "dpo-frozen", "tr-dpo-soft"],
+                "trl": ["trl-frozen", "trl-synced"],
+            },
+        },
+        "update": {"tiny_reps": 50, "big_reps": 3},
+        "zero3": {"models": ["tiny"], "reps": 5, "train_steps": 0, "train_warmup": 0},
+    },
+}
+
+# Proposed package changes, each behind a config flag, timed against the baseline (--experiments).
+EXPERIMENTS = {"baseline": [], "fused AdamW": ["trainer.fused_optimizer=true"]}
+
+
+def quiet() -> None:
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except Exception:
+        pass
+
+
+def model_overrides(model: str) -> list[str]:
+    return [f"model.{k}={v}" for k, v in MODELS[model].items()]
+
+
+def compose(*overrides: str):
+    """The config the CLI would compose (``trustregion.cli.compose``)."""
+    from trustregion.cli import compose as cli_compose
+
+    return cli_compose(*overrides)
+
+
+def loop_overrides(model: str, total: int, threads: int | None = THREADS, batch: int = BATCH) -> list[str]:
+    # optimisation settings pinned (TRL gets the same ones), so edits of conf/trainer/default.yaml do not move the bench
+    return [
+        "trainer=default",
+        "trainer.epochs=1",
+        "trainer.lr=1e-4",
+        "trainer.schedule=constant",
+        "trainer.warmup_steps=0",
+        "trainer.max_grad_norm=1.0",
+        "trainer.weight_decay=0.0",
+        "trainer.adam_betas=[0.9,0.999]",
+        "trainer.grad_accum=1",
+        "method.beta=0.1",
+        "logger=none",
+        "eval.generate=false",
+        "trainer.eval_every=0",
+        "trainer.save_every=0",
+        "trainer.save_models=false",
+        "trainer.log_every=10",
+        f"trainer.batch_size={batch}",
+        f"trainer.max_steps={total + 10}",
+        "trainer.device=auto",
+        f"trainer.num_threads={threads if threads else 'null'}",
+        *model_overrides(model),
+        *DATA,
+    ]

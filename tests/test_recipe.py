@@ -1,0 +1,325 @@
+"""The recipe's loop as a spec: SFT on the same loop, unpaired KTO, LR schedules, log-prob averaging,
+length grouping, non-finite losses on any micro-batch, and that the toy task's margins rise."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, compose
+from trustregion.engine import lr_lambda
+from trustregion.errors import TrainingError
+from trustregion.hooks import BaseHook, StepTimeHook
+from trustregion.models import sequence_logps
+from trustregion.recipe import Recipe
+from trustregion.sft import run_sft
+from trustregion.train import train
+
+FIX = REPO / "tests" / "fixtures"
+SFT_FAST = [
+    "experiment=toy_sft",
+    "logger=none",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.intermediate_size=64",
+    "trainer.batch_size=16",
+    "trainer.max_steps=6",
+    "trainer.log_every=2",
+    "dataset.num_pairs=64",
+    "dataset.eval_samples=16",
+    "dataset.sft_samples=64",
+]
+UNPAIRED = [
+    "dataset=kto_unpaired",
+    f"dataset.path={FIX}/kto/unpaired.jsonl",
+    "dataset.eval_split=null",
+    "dataset.eval_samples=6",
+    "dataset.max_length=128",
+    "dataset.max_prompt_length=64",
+]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def sft_cfg(*overrides: str):
+    return compose(*SFT_FAST, *overrides, config_name="sft")
+
+
+# --- SFT on the alignment loop ----------------------------------------------------------------------
+def test_sft_logs_its_loss_saves_the_policy_and_a_checkpoint(tmp_path):
+    last = run_sft(sft_cfg(), tmp_path)
+    assert [r["step"] for r in rows(tmp_path)] == [2, 4, 6]
+    assert set(rows(tmp_path)[0]) == {"step", "sft/loss", "grad_norm", "lr", "s_per_step"}
+    assert math.isfinite(last["sft/loss"])
+    assert (tmp_path / "policy" / "model.safetensors").exists() and (tmp_path / "policy" / "tokenizer.json").exists()
+    assert (tmp_path / "checkpoints" / "step_000006" / "COMPLETE").exists()
+
+
+def test_sft_config_carries_no_method_and_no_reference_update():
+    cfg = sft_cfg()
+    assert "method" not in cfg and "ref_update" not in cfg
+
+
+def test_sft_killed_and_resumed_logs_the_same_losses_and_weights(tmp_path):
+    full = tmp_path / "full"
+    run_sft(sft_cfg(), full)
+    run = tmp_path / "run"
+    run_sft(sft_cfg("trainer.max_steps=4", "trainer.save_every=2"), run)  # stands in for a run cut at step 4
+    run_sft(sft_cfg("trainer.resume=latest"), run)
+    losses = [[r["sft/loss"] for r in rows(d)] for d in (full, run)]
+    assert losses[0] == losses[1]
+    a, b = load_file(str(full / "policy" / "model.safetensors")), load_file(str(run / "policy" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_time_divides_by_the_steps_run_since_the_last_log():
+    hook = StepTimeHook()
+    recipe = SimpleNamespace(state=SimpleNamespace(step=0))
+    hook.on_train_start(recipe)
+    recipe.state.step = 4
+    hook.clock -= 2.0  # two seconds for four steps
+    metrics: dict = {}
+    hook.on_log(recipe, metrics)
+    assert metrics["s_per_step"] == pytest.approx(0.5, rel=0.05)
+
+
+# --- the loop with other data and options ------------------------------------------------------------
+def test_unpaired_kto_trains_through_the_loop(fast_cfg, tmp_path):
+    last = train(fast_cfg("method=kto", *UNPAIRED, "trainer.batch_size=4"), tmp_path)
+    assert math.isfinite(last["loss"])
+    assert rows(tmp_path)[0]["data/train_pairs"] == 24
+    trained = [r for r in rows(tmp_path) if "loss" in r]
+    assert [r["step"] for r in trained] == [1, 2, 3, 4]
+    assert "logps/completion" in trained[0] and "rewards/margins" in trained[0]
+
+
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 1.0, 2 / 3, 1 / 3]),
+        ("cosine", [0.5, 1.0, 1.0, 0.75, 0.25]),
+    ],
+)
+def test_lr_schedules_warm_up_linearly_then_hold_or_decay(schedule, expected):
+    f = lr_lambda(schedule, warmup=2, total=5)
+    assert [f(s) for s in range(5)] == pytest.approx(expected)
+
+
+def test_the_loop_logs_the_scheduled_lr(fast_cfg, tmp_path):
+    train(fast_cfg("trainer.schedule=linear", "trainer.lr=1e-3", "trainer.warmup_steps=2"), tmp_path)
+    # logged after step s: the multiplier of step s (0-based): warm-up 0.5, 1; then linear decay over 2 steps
+    assert [r["lr"] for r in rows(tmp_path) if "lr" in r] == pytest.approx([1e-3, 1e-3, 5e-4, 0.0])
+
+
+def test_average_logps_are_per_token_means():
+    torch.manual_seed(0)
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    batch = {
+        "input_ids": torch.randint(0, 64, (2, 6)),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+        "response_mask": mask,
+    }
+    total, counts = sequence_logps(model, batch)
+    mean, _ = sequence_logps(model, batch, average=True)
+    assert counts.tolist() == [3, 5]
+    torch.testing.assert_close(mean, total / counts)
+
+
+def test_average_logps_in_the_loop_log_per_token_log_probs(fast_cfg, tmp_path):
+    train(fast_cfg("method=ipo", "method.average_logps=true"), tmp_path / "mean")
+    train(fast_cfg("method=ipo"), tmp_path / "sum")
+    first = {k: next(r for r in rows(tmp_path / k) if "loss" in r) for k in ("mean", "sum")}
+    per_token = first["sum"]["logps/chosen"] / first["sum"]["lengths/chosen"]
+    assert first["mean"]["logps/chosen"] == pytest.approx(per_token, rel=0.05)
+
+
+def test_group_by_length_batches_rows_of_similar_length_in_the_loop(fast_cfg, tmp_path):
+    files = [f"dataset.data_files={{train:{FIX}/hh/train.jsonl,test:{FIX}/hh/test.jsonl}}"]
+    common = [
+        "dataset=hh",
+        "dataset.path=null",
+        *files,
+        "dataset.max_length=64",
+        "dataset.max_prompt_length=48",
+        "trainer.batch_size=2",
+        "dataset.eval_samples=2",
+    ]
+    train(fast_cfg(*common, "dataset.group_by_length=true"), tmp_path / "grouped")
+    train(fast_cfg(*common), tmp_path / "plain")
+    padding = {k: [r["data/padding_fraction"] for r in rows(tmp_path / k) if "loss" in r] for k in ("grouped", "plain")}
+    assert sum(padding["grouped"]) < sum(padding["plain"])
+
+
+class NaNOnFirstMicroBatch:
+    """Wraps an objective: a NaN loss on the first micro-batch of optimizer step ``at`` (of two)."""
+
+    def __init__(self, objective, recipe, at: int) -> None:
+        self.objective, self.recipe, self.at, self.calls = objective, recipe, at, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.objective(*args, **kwargs)
+        self.calls += 1
+        if self.recipe.state.step + 1 == self.at and self.calls % 2 == 1:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_non_finite_loss_on_a_micro_batch_before_the_last_names_its_step(fast_cfg, tmp_path):
+    recipe = Recipe(fast_cfg("trainer.grad_accum=2", "trainer.log_every=10", "trainer.max_steps=4"), tmp_path)
+    recipe.setup()
+    recipe.objective = NaNOnFirstMicroBatch(recipe.objective, recipe, at=2)
+    with pytest.raises(TrainingError, match="non-finite loss at step 2;"):
+        recipe.train()
+
+
+def test_margins_and_accuracy_rise_on_the_toy_task(fast_cfg, tmp_path):
+    train(fast_cfg("ref_update=none", "trainer.max_steps=40", "trainer.log_every=10", "trainer.lr=1e-3"), tmp_path)
+    logged = [r for r in rows(tmp_path) if "loss" in r]
+    assert logged[-1]["rewards/margins"] > logged[0]["rewards/margins"] + 0.1
+    assert logged[-1]["rewards/accuracies"] > max(0.7, logged[0]["rewards/accuracies"])
+    assert logged[-1]["loss"] < logged[0]["loss"]
+
+
+def torchrun_train(*args: str) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trustregion.train",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bf16_reference_under_zero3_updates_the_whole_copy_parameters(tmp_path):
+    # ZeRO-3 keeps parameters below the persistence threshold whole on every rank, and the forward reads
+    # that copy: the update must mix it too (through an fp32 master for bf16), or the reference's forward,
+    # and so the losses, drift from the run where every parameter is sharded.
+    from tests.conftest import FAST, TOY
+
+    common = [
+        *FAST,
+        *TOY,
+        "deepspeed=zero3",
+        "deepspeed.bf16=true",
+        "ref_update=soft",
+        "ref_update.alpha=0.5",
+        "ref_update.tau=1",
+        "trainer.max_steps=4",
+        "trainer.lr=3e-3",
+        "trainer.cache_reference=false",
+    ]
+    torchrun_train(*common, "deepspeed.param_persistence_threshold=300", f"hydra.run.dir={tmp_path / 'whole'}")
+    torchrun_train(*common, "deepspeed.param_persistence_threshold=0", f"hydra.run.dir={tmp_path / 'sharded'}")
+    losses = {k: [r["loss"] for r in rows(tmp_path / k) if "loss" in r] for k in ("whole", "sharded")}
+    assert losses["whole"] == pytest.approx(losses["sharded"], abs=1e-6)
+
+
+class Recorder(BaseHook):
+    """Counts the events the recipe sends its hooks."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_train_start(self, recipe) -> None:
+        self.events.append(("start", recipe.state.step))
+
+    def on_step_end(self, recipe) -> None:
+        self.events.append(("step", recipe.state.step))
+
+    def on_log(self, recipe, metrics) -> None:
+        self.events.append(("log", recipe.state.step))
+        metrics["recorded"] = 1.0
+
+    def on_eval(self, recipe, metrics) -> None:
+        self.events.append(("eval", recipe.state.step))
+
+    def on_save(self, recipe) -> None:
+        self.events.append(("save", recipe.state.step))
+
+    def on_train_end(self, recipe) -> None:
+        self.events.append(("end", recipe.state.step))
+
+
+def test_hooks_see_every_step_log_evaluation_and_checkpoint_in_order(fast_cfg, tmp_path):
+    hook = Recorder()
+    cfg = fast_cfg("trainer.log_every=2", "trainer.eval_every=2", "trainer.save_every=3")
+    Recipe(cfg, tmp_path, extra_hooks=[hook]).run()
+    assert hook.events == [
+        ("eval", 0),
+        ("start", 0),
+        ("step", 1),
+        ("step", 2),
+        ("log", 2),
+        ("eval", 2),
+        ("step", 3),
+        ("save", 3),
+        ("step", 4),
+        ("log", 4),
+        ("eval", 4),
+        ("save", 4),
+        ("end", 4),
+    ]
+    assert all(r["recorded"] == 1.0 for r in rows(tmp_path) if "loss" in r)
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_a_training_row_holds_the_metrics_its_objective_declares(fast_cfg, tmp_path, method):
+    from trustregion.objectives import OBJECTIVES
+
+    train(fast_cfg(f"method={method}"), tmp_path)
+    row = next(r for r in rows(tmp_path) if "loss" in r)
+    hooks_and_loop = {
+        "step",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "ref_updates",
+        "ref/distance",
+        "ref/update_ms",
+        "epoch",
+    }
+    assert set(row) - hooks_and_loop == set(OBJECTIVES[method].metrics)
+
+
+def test_both_engines_implement_every_method_of_the_engine_protocol():
+    import inspect
+
+    from trustregion.distributed import DeepSpeedEngine
+    from trustregion.engine import Engine, LocalEngine
+
+    wanted = {n for n, f in vars(Engine).items() if inspect.isfunction(f) and not n.startswith("_")}
+    for cls in (LocalEngine, DeepSpeedEngine):
+        for name in wanted:
+            mine, theirs = inspect.signature(getattr(cls, name)), inspect.signature(getattr(Engine, name))
+            assert list(mine.parameters) == list(theirs.parameters), (cls.__name__, name)

@@ -1,0 +1,124 @@
+"""What the command-line entry points share: schema registration, one-line errors, launch handling, step counts.
+
+Nothing here runs at import time: ``register()`` is called by the entry points and by ``compose``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from trustregion.errors import ConfigError, TrustRegionError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register() -> None:
+    """Store every schema under ``schema/<group>/<name>`` (not an option of the group itself), and the
+    ``run_time`` resolver. Idempotent."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from trustregion import config
+    from trustregion.data import sources
+    from trustregion.objectives import OBJECTIVES
+
+    if not OmegaConf.has_resolver("run_time"):
+        OmegaConf.register_new_resolver("run_time", config._run_time, use_cache=True)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=config.Config)
+    cs.store(name="base_sft_config", node=config.SFTRunConfig)
+    for group, node in config.schemas().items():
+        cs.store(group=f"schema/{group}", name="base", node=node)
+    for name, objective in OBJECTIVES.items():
+        cs.store(group="schema/method", name=name, node=objective.config_class)
+    for name, source in sources().items():
+        cs.store(group="schema/dataset", name=name, node=source.schema)
+
+
+def compose(*overrides: str, config_name: str = "config"):
+    """The config the CLI would compose from ``conf/`` with these overrides (for tests and scripts)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with code 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def exit_on_error(fn: F) -> F:
+    """Turn a TrustRegionError into ``fail`` (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrustRegionError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            fail(str(e))
+
+    return wrapped  # type: ignore[return-value]
+
+
+def total_optimizer_steps(
+    trainer: Mapping[str, Any], num_rows: int, world_size: int, rows: str = "training pairs"
+) -> int:
+    """Optimizer steps of a run: ``max_steps``, else ``epochs`` passes over ``num_rows`` split across ranks."""
+    per_epoch = num_rows // (int(trainer["batch_size"]) * world_size)
+    if per_epoch == 0:
+        raise ConfigError(
+            f"trainer.batch_size={trainer['batch_size']} (x {world_size} processes) exceeds the {num_rows} {rows}; "
+            f"lower trainer.batch_size or use more data"
+        )
+    if trainer.get("max_steps") is not None:
+        return int(trainer["max_steps"])
+    return max(1, int(float(trainer.get("epochs", 1)) * per_epoch) // int(trainer.get("grad_accum", 1)))
+
+
+def hydra_run_dir() -> Path:
+    """This Hydra job's output dir (one per job in a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def prepare_launch(argv: Sequence[str]) -> list[str]:
+    """Adapt a multi-process launch to Hydra: take the deepspeed launcher's ``--local_rank``, agree on
+    one run dir across ranks, and let only rank 0 write ``.hydra/``."""
+    args = []
+    for arg in argv:
+        if arg.startswith("hydra/launcher=") and arg.split("=", 1)[1] in ("slurm", "local"):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                fail(f"{arg} needs hydra-submitit-launcher: pip install hydra-submitit-launcher")
+        if arg.startswith("--local_rank"):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
+        else:
+            args.append(arg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trustregion.distributed import agree_on_run_time
+
+        agree_on_run_time()
+        if int(os.environ.get("RANK", "0")) > 0:
+            args.append("hydra.output_subdir=null")
+    return args
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group of a multi-process launch (gloo aborts the process at exit otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trustregion.distributed import shutdown
+
+        shutdown()

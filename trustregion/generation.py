@@ -1,0 +1,130 @@
+"""Sampling from a causal LM: left-padded prompts, a KV-cached loop, log-probs of given responses.
+
+Shared by data sources that label model samples (the toy task's pairs), evaluation and the judge; it
+imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trustregion.data.tokenize import PairCollator
+from trustregion.models import sequence_logps
+
+
+@dataclass
+class Samples:
+    """Sampled responses (token ids, EOS included when one was drawn) and their per-token policy entropies."""
+
+    responses: list[list[int]]
+    ended: list[bool]
+    entropy: list[float]  # sum over the response's tokens of the policy's next-token entropy (nats)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with the prompts aligned on the right, so every row's next token is at the end."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    lockstep: bool = False,
+) -> Samples:
+    """Sample one response per prompt, with a KV cache, stopping each row at EOS.
+
+    ``lockstep=True`` always runs ``max_new_tokens`` forwards (no early exit when every row is done),
+    so that ranks under ZeRO-3, which gather parameters collectively in each forward, stay in step.
+    """
+    if not prompts:
+        return Samples([], [], [])
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    next_pos = positions[:, -1] + 1
+    rows = len(prompts)
+    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    picked, alive, entropies = [], [], []
+    for t in range(max_new_tokens):
+        logp = F.log_softmax(logits, dim=-1)
+        entropies.append(-(logp.exp() * logp).sum(-1).masked_fill(done, 0.0))
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = token.masked_fill(done, pad_id)
+        picked.append(token)
+        alive.append(~done)
+        done = done | (token == eos_id)
+        if t == max_new_tokens - 1 or (not lockstep and bool(done.all())):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    tokens = torch.stack(picked, 1).cpu()
+    keep = torch.stack(alive, 1).cpu()
+    entropy = torch.stack(entropies, 1).sum(1).cpu()
+    responses = [tokens[i][keep[i]].tolist() for i in range(rows)]
+    return Samples(responses, [bool(r) and r[-1] == eos_id for r in responses], entropy.tolist())
+
+
+@torch.no_grad()
+def response_logps(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+) -> list[float]:
+    """Summed log-prob of each response given its prompt (teacher forcing, right padding)."""
+    collator = PairCollator(pad_id, ("chosen",))
+    out: list[float] = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [
+            {"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
+            for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))
+        ]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        logps, _ = sequence_logps(model, batch)
+        out += logps.float().cpu().tolist()
+    return out
+
+
+def encode_prompts(texts: Sequence[str], tokenizer, max_prompt_length: int) -> list[list[int]]:
+    """Prompt token ids exactly as training encodes them (special tokens on, cut from the left)."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        out.append(ids[max(0, len(ids) - max_prompt_length) :])
+    return out

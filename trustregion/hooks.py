@@ -1,0 +1,177 @@
+"""Step hooks: what runs around the training loop without being the loop.
+
+The recipe calls, in order: ``on_train_start`` once, right before the first step (after the step-0
+evaluation, so timers start with the steps); per optimizer step ``on_step_end``, then on log
+steps ``on_log`` (each hook adds its fields to the row), on evaluation points ``on_eval`` (each hook
+adds its metrics), on checkpoint points ``on_save``; ``on_train_end`` once. The reference update,
+generation evaluation, checkpointing, export and the timers are hooks; so are test-only faults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from trustregion import checkpoint
+
+if TYPE_CHECKING:
+    from trustregion.recipe import Recipe
+
+
+class Hook(Protocol):
+    def on_train_start(self, recipe: Recipe) -> None: ...
+
+    def on_step_end(self, recipe: Recipe) -> None: ...
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None: ...
+
+    def on_eval(self, recipe: Recipe, metrics: dict[str, Any]) -> None: ...
+
+    def on_save(self, recipe: Recipe) -> None: ...
+
+    def on_train_end(self, recipe: Recipe) -> None: ...
+
+
+class BaseHook:
+    """A hook that does nothing at every event: subclass it and override the events you need."""
+
+    def on_train_start(self, recipe: Recipe) -> None:
+        pass
+
+    def on_step_end(self, recipe: Recipe) -> None:
+        pass
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_eval(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_save(self, recipe: Recipe) -> None:
+        pass
+
+    def on_train_end(self, recipe: Recipe) -> None:
+        pass
+
+
+def fault(point: str, step: int) -> None:
+    """Testing hook: TRUSTREGION_FAULT=step:N (or save:N) SIGKILLs this process there, as a crash would."""
+    if os.environ.get("TRUSTREGION_FAULT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ReferenceUpdateHook(BaseHook):
+    """Applies the (alpha, tau) rule after each optimizer step; logs updates, distance and update time."""
+
+    def __init__(self) -> None:
+        self.update_ms = 0.0
+        self.updated = False
+
+    def on_step_end(self, recipe: Recipe) -> None:
+        tic = time.perf_counter()
+        self.updated = recipe.updater.maybe_update(recipe.state.step)
+        self.update_ms = (time.perf_counter() - tic) * 1e3
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        updater, engine = recipe.updater, recipe.engine
+        diff_sq, norm_sq = updater.distance()
+        stacked = engine.reduce_sum(torch.stack([diff_sq, norm_sq]).to(engine.device)).cpu()
+        metrics["ref_updates"] = updater.num_updates
+        metrics["ref/distance"] = float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt())
+        metrics["ref/update_ms"] = self.update_ms if self.updated else 0.0
+
+
+class FaultHook(BaseHook):
+    """Kills the process after the optimizer step named by TRUSTREGION_FAULT=step:N (tests of resume)."""
+
+    def on_step_end(self, recipe: Recipe) -> None:
+        fault("step", recipe.state.step)
+
+
+class ThroughputHook(BaseHook):
+    """Response tokens per second since the last log (all ranks)."""
+
+    def __init__(self) -> None:
+        self.clock = time.perf_counter()
+
+    def on_train_start(self, recipe: Recipe) -> None:
+        self.clock = time.perf_counter()
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.clock
+        metrics["tokens_per_s"] = float(recipe.engine.reduce_sum(recipe.state.tokens)) / max(elapsed, 1e-9)
+        recipe.state.tokens.zero_()
+        self.clock = time.perf_counter()
+
+
+class StepTimeHook(BaseHook):
+    """Seconds per optimizer step over the steps run since the last log."""
+
+    def __init__(self) -> None:
+        self.clock, self.since = time.perf_counter(), 0
+
+    def on_train_start(self, recipe: Recipe) -> None:
+        self.clock, self.since = time.perf_counter(), recipe.state.step
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        steps = max(1, recipe.state.step - self.since)
+        metrics["s_per_step"] = (time.perf_counter() - self.clock) / steps
+        self.clock, self.since = time.perf_counter(), recipe.state.step
+
+
+class EpochHook(BaseHook):
+    """Fractional epochs of the training data consumed."""
+
+    def on_log(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        stream = recipe.stream
+        metrics["epoch"] = stream.epoch + stream.position / max(1, stream.batches_per_epoch)
+
+
+class GenerationEvalHook(BaseHook):
+    """Samples from the policy at every evaluation and scores them with the task's gold judge (``eval/*``)."""
+
+    def on_eval(self, recipe: Recipe, metrics: dict[str, Any]) -> None:
+        from trustregion.evaluation.generation import EvalContext, evaluate_generation
+
+        r = recipe
+        context = EvalContext(r.engine, r.cfg, r.data, r.tokenizer, r.sft_model, r.logger, r.run_dir)
+        metrics.update(evaluate_generation(context, r.state.step))
+
+
+class CheckpointHook(BaseHook):
+    """Writes the recipe's state as a checkpoint at every checkpoint point (``checkpoint.save``)."""
+
+    def on_save(self, recipe: Recipe) -> None:
+        step = recipe.state.step
+        shared, mine = recipe.state_dict()
+        checkpoint.save(
+            recipe.run_dir,
+            step,
+            recipe.engine,
+            shared=shared,
+            rank_state=mine,
+            meta={**recipe.identity(), "step": step},
+            cfg=recipe.cfg,
+            keep_last=recipe.cfg.trainer.keep_last,
+            after_engine=lambda: fault("save", step),
+        )
+
+
+class ExportHook(BaseHook):
+    """``save_pretrained`` of the given models (policy, reference) with the tokenizer beside each, at the end."""
+
+    def __init__(self, which: tuple[str, ...]) -> None:
+        self.which = which
+
+    def on_train_end(self, recipe: Recipe) -> None:
+        engine = recipe.engine
+        for which in self.which:
+            directory = recipe.run_dir / which
+            engine.export(which, directory)
+            if engine.is_main:
+                recipe.tokenizer.save_pretrained(directory)
+        engine.barrier()

@@ -1,0 +1,29 @@
+"""Metric accumulation between log steps: tensors summed on the device, one host sync per log."""
+
+from __future__ import annotations
+
+import torch
+
+
+class MetricBuffer:
+    """Weighted sums of metric tensors between log steps: the host syncs once per log, not once per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float() * weight
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def drain(self, engine) -> dict[str, float]:
+        """The weighted means so far, averaged over ranks; empties the buffer."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        means = torch.stack([self.sums[k] / self.weights[k] for k in keys])
+        values = engine.reduce_mean(means).tolist()
+        self.sums, self.weights = {}, {}
+        return dict(zip(keys, values))

@@ -1,0 +1,381 @@
+"""Training objectives, one class per method: the chunks each needs, its loss, and the metrics it logs.
+
+An objective turns a collated batch into a ``StepOutput`` (loss and metric tensors, no host sync). It
+also says how its data is tokenized and collated, so the recipe never asks which method it runs.
+``OBJECTIVES`` maps ``method.name`` to the class; unpaired data selects ``<name>_unpaired``.
+
+Adding a method: a class here (with its config dataclass, if it has options of its own) and its
+entry in ``OBJECTIVES``, plus ``conf/method/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import torch
+
+from trustregion.batches import BatchStream, to_device
+from trustregion.config import MethodConfig
+from trustregion.data.tokenize import (
+    PairCollator,
+    TruncationStats,
+    UnpairedCollator,
+    padding_fraction,
+    tokenize_options,
+    tokenize_pairs,
+    tokenize_sft,
+    tokenize_unpaired,
+)
+from trustregion.errors import ConfigError
+from trustregion.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+from trustregion.metrics import MetricBuffer
+from trustregion.models import sequence_logps
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    metrics: dict[str, Tensor]
+    tokens: Tensor  # response tokens in the batch (for throughput)
+
+
+class KTOReferencePoint(str, Enum):
+    mismatched = "mismatched"  # canonical KTO: detached batch mean on mismatched pairs
+    paired = "paired"  # the TR paper's authors' library: each half against the other half
+
+
+@dataclass
+class KTOConfig(MethodConfig):
+    name: str = "kto"
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
+
+
+PAIR_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/grad_term",
+    "logps/chosen",
+    "logps/rejected",
+    "ref/logps/chosen",
+    "ref/logps/rejected",
+    "rewards_sft/chosen",
+    "rewards_sft/rejected",
+    "rewards_sft/margins",
+    "rewards_sft/accuracies",
+    "kl/policy_ref",
+    "lengths/chosen",
+    "lengths/rejected",
+    "data/padding_fraction",
+)
+EVAL_METRICS = (
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards_sft/margins",
+    "rewards_sft/accuracies",
+    "kl/policy_ref",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+class Objective:
+    """Base of every method: which rows and chunks it trains on, and one step's loss with its metrics."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type] = MethodConfig
+    chunks: tuple[str, ...] = ("chosen", "rejected")
+    metrics: ClassVar[tuple[str, ...]] = PAIR_METRICS  # what a training step logs
+    uses_reference: ClassVar[bool] = True
+
+    def __init__(self, method_cfg: Any) -> None:
+        self.cfg = method_cfg
+        self.average = bool(method_cfg.average_logps) if method_cfg is not None else False
+        # A frozen reference on one process: its log-probs are the cached SFT ones (set by the recipe).
+        self.reference_from_cache = False
+
+    @classmethod
+    def validate(cls, method_cfg: Any) -> None:
+        """Range checks of the method's own options (ConfigError naming the field)."""
+
+    def tokenize(self, split, tokenizer, dataset_cfg) -> tuple[Any, TruncationStats]:
+        mismatched = "mismatched" in self.chunks
+        d = dataset_cfg
+        return tokenize_pairs(split, tokenizer, d.max_length, d.max_prompt_length, mismatched, **tokenize_options(d))
+
+    def rows(self, data, split: str):
+        """The text rows of ``split`` (``train`` or ``eval``) this objective tokenizes."""
+        return data.train if split == "train" else data.eval
+
+    def collator(self, pad_token_id: int) -> PairCollator:
+        return PairCollator(pad_token_id, self.chunks)
+
+    def forward(self, engine, batch: dict, cached: Tensor, grad: bool, use_cache: bool):
+        """Policy, reference and SFT log-probs as [chunks, batch] tensors, plus response token counts.
+
+        One concatenated forward per model; the reference runs without gradients, or not at all when
+        its log-probs are the cached SFT ones.
+        """
+        with torch.set_grad_enabled(grad):
+            logps, counts = sequence_logps(engine.policy, batch, self.average)
+        if use_cache:
+            ref = cached.t().reshape(-1).to(logps.device)
+        else:
+            with torch.no_grad():
+                ref, _ = sequence_logps(engine.reference, batch, self.average)
+        k, b = len(self.chunks), cached.shape[0]
+        return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
+
+    def __call__(
+        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
+        use_cache = self.reference_from_cache if use_cache is None else use_cache
+        pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
+        losses, cr, rr = self.loss(engine, pol, ref)
+        loss = losses.mean()
+        with torch.no_grad():
+            metrics = self.pair_metrics(pol, ref, sft, counts, cr, rr)
+            metrics["loss"] = loss.detach()
+            metrics["data/padding_fraction"] = padding_fraction(batch)
+        return StepOutput(loss, metrics, counts.sum())
+
+    def loss(self, engine, pol: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def pair_metrics(self, pol, ref, sft, counts, cr, rr) -> dict[str, Tensor]:
+        beta = self.cfg.beta
+        sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
+        pair_counts = counts[:2]
+        log_ratio = pol[:2] - ref[:2]
+        kl = log_ratio.mean() if self.average else log_ratio.sum() / pair_counts.sum().clamp(min=1)
+        return {
+            "rewards/chosen": cr.mean(),
+            "rewards/rejected": rr.mean(),
+            "rewards/margins": (cr - rr).mean(),
+            "rewards/accuracies": (cr > rr).float().mean(),
+            "rewards/grad_term": (beta * torch.sigmoid(rr - cr)).mean(),
+            "logps/chosen": pol[0].detach().mean(),
+            "logps/rejected": pol[1].detach().mean(),
+            "ref/logps/chosen": ref[0].mean(),
+            "ref/logps/rejected": ref[1].mean(),
+            "rewards_sft/chosen": sc.mean(),
+            "rewards_sft/rejected": sr.mean(),
+            "rewards_sft/margins": (sc - sr).mean(),
+            "rewards_sft/accuracies": (sc > sr).float().mean(),
+            "kl/policy_ref": kl.detach(),
+            "lengths/chosen": pair_counts[0].float().mean(),
+            "lengths/rejected": pair_counts[1].float().mean(),
+        }
+
+
+class DPO(Objective):
+    name = "dpo"
+
+    def loss(self, engine, pol, ref):
+        return dpo_loss(pol[0], pol[1], ref[0], ref[1], self.cfg.beta)
+
+
+class IPO(Objective):
+    name = "ipo"
+
+    def loss(self, engine, pol, ref):
+        return ipo_loss(pol[0], pol[1], ref[0], ref[1], self.cfg.beta)
+
+
+class KTO(Objective):
+    """KTO on pairs; ``reference_point=mismatched`` adds a mismatched chunk, z is averaged over every rank."""
+
+    name = "kto"
+    config_class = KTOConfig
+
+    def __init__(self, method_cfg: Any) -> None:
+        super().__init__(method_cfg)
+        self.reference_point = str(method_cfg.reference_point.value)
+        if self.reference_point == "mismatched":
+            self.chunks = ("chosen", "rejected", "mismatched")
+
+    @classmethod
+    def validate(cls, m: Any) -> None:
+        for key in ("desirable_weight", "undesirable_weight"):
+            if not m[key] > 0:
+                raise ConfigError(f"method.{key}={m[key]} is invalid: set method.{key} to a number > 0")
+
+    def loss(self, engine, pol, ref):
+        m, mismatched = self.cfg, self.reference_point == "mismatched"
+        return kto_loss(
+            pol[0],
+            pol[1],
+            ref[0],
+            ref[1],
+            m.beta,
+            desirable_weight=m.desirable_weight,
+            undesirable_weight=m.undesirable_weight,
+            reference_point=self.reference_point,
+            policy_mismatched_logps=pol[2] if mismatched else None,
+            reference_mismatched_logps=ref[2] if mismatched else None,
+            batch_mean=engine.batch_mean,
+        )
+
+
+class KTOUnpaired(KTO):
+    """KTO on unpaired (prompt, completion, label) rows; chunk 0 is the completion, chunk 1 the mismatched one."""
+
+    name = "kto_unpaired"
+    chunks = ("completion", "mismatched")
+    metrics = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards_sft/chosen",
+        "rewards_sft/rejected",
+        "rewards_sft/margins",
+        "logps/completion",
+        "ref/logps/completion",
+        "kl/policy_ref",
+        "data/padding_fraction",
+    )
+
+    def __init__(self, method_cfg: Any) -> None:
+        Objective.__init__(self, method_cfg)
+
+    def tokenize(self, split, tokenizer, dataset_cfg):
+        d = dataset_cfg
+        return tokenize_unpaired(split, tokenizer, d.max_length, d.max_prompt_length, **tokenize_options(d))
+
+    def collator(self, pad_token_id: int) -> PairCollator:
+        return UnpairedCollator(pad_token_id)
+
+    def __call__(
+        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
+        m = self.cfg
+        use_cache = self.reference_from_cache if use_cache is None else use_cache
+        pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
+        good = batch["desirable"]
+        losses, rewards = kto_unpaired_loss(
+            pol[0],
+            ref[0],
+            good,
+            m.beta,
+            m.desirable_weight,
+            m.undesirable_weight,
+            pol[1],
+            ref[1],
+            batch_mean=engine.batch_mean,
+        )
+        loss = losses.mean()
+        with torch.no_grad():
+            n_good, n_bad = good.sum().clamp(min=1), (~good).sum().clamp(min=1)
+            sft_rewards = m.beta * (pol[0] - sft[0])
+            log_ratio = pol[0] - ref[0]
+            kl = log_ratio.mean() if self.average else log_ratio.sum() / counts[0].sum().clamp(min=1)
+            metrics = {
+                "loss": loss.detach(),
+                "rewards/chosen": (rewards * good).sum() / n_good,
+                "rewards/rejected": (rewards * ~good).sum() / n_bad,
+                "rewards_sft/chosen": (sft_rewards * good).sum() / n_good,
+                "rewards_sft/rejected": (sft_rewards * ~good).sum() / n_bad,
+                "logps/completion": pol[0].detach().mean(),
+                "ref/logps/completion": ref[0].mean(),
+                "kl/policy_ref": kl.detach(),
+                "data/padding_fraction": padding_fraction(batch),
+            }
+            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            metrics["rewards_sft/margins"] = metrics["rewards_sft/chosen"] - metrics["rewards_sft/rejected"]
+        return StepOutput(loss, metrics, counts[0].sum())
+
+
+class SFT(Objective):
+    """Supervised fine-tuning: mean token negative log-likelihood of the response; no reference."""
+
+    name = "sft"
+    chunks = ("chosen",)
+    metrics = ("sft/loss",)
+    uses_reference = False
+
+    def tokenize(self, split, tokenizer, dataset_cfg):
+        d = dataset_cfg
+        rows = tokenize_sft(split, tokenizer, d.max_length, d.max_prompt_length, **tokenize_options(d))
+        return rows, TruncationStats()
+
+    def rows(self, data, split: str):
+        return data.sft_view() if split == "train" else None  # no held-out evaluation
+
+    def __call__(
+        self, engine, batch: dict, cached: Tensor | None, grad: bool = True, use_cache: bool | None = None
+    ) -> StepOutput:
+        with torch.set_grad_enabled(grad):
+            logps, counts = sequence_logps(engine.policy, batch)
+        loss = -logps.sum() / counts.sum()
+        return StepOutput(loss, {"sft/loss": loss.detach()}, counts.sum())
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DPO, IPO, KTO, KTOUnpaired, SFT)}
+
+
+def build_objective(method_cfg: Any, data_kind: str, dataset_name: str) -> Objective:
+    """The objective ``method.name`` selects for data of ``data_kind`` (``pairs`` or ``unpaired``)."""
+    name = str(method_cfg.name)
+    key = f"{name}_unpaired" if data_kind == "unpaired" else name
+    if key not in OBJECTIVES:
+        if data_kind == "unpaired":
+            unpaired = sorted(k.removesuffix("_unpaired") for k in OBJECTIVES if k.endswith("_unpaired"))
+            raise ConfigError(
+                f"dataset={dataset_name} holds unpaired examples: set method={'|'.join(unpaired)}, "
+                "or use a paired dataset"
+            )
+        raise ConfigError(
+            f"method.name={name} is unknown: set method to one of "
+            f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}"
+        )
+    cls = OBJECTIVES[key]
+    cls.validate(method_cfg)
+    return cls(method_cfg)
+
+
+@torch.no_grad()
+def reference_logps(engine, rows, collator: PairCollator, batch_size: int, average: bool) -> Tensor:
+    """Log-probs of every row's chunks under the reference as it is now: a [rows, chunks] tensor.
+
+    Called before training, when the reference is still the SFT model. Each rank computes its
+    share; every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively).
+    """
+    n, k = len(rows), len(collator.chunks)
+    out = torch.zeros(n, k, dtype=torch.float32)
+    per_rank = -(-n // engine.world_size)
+    mine = list(range(engine.rank * per_rank, min(n, (engine.rank + 1) * per_rank)))
+    steps = -(-per_rank // batch_size)
+    for s in range(steps):
+        idx = mine[s * batch_size : (s + 1) * batch_size] or [0]
+        batch = to_device(collator([rows[i] for i in idx]), engine.device)
+        logps, _ = sequence_logps(engine.reference, batch, average)
+        if mine[s * batch_size : (s + 1) * batch_size]:
+            out[torch.tensor(idx)] = logps.view(k, -1).t().float().cpu()
+    return engine.reduce_sum(out.to(engine.device)).cpu()
+
+
+@torch.no_grad()
+def evaluate_objective(
+    engine, objective: Objective, rows, collator, cached: Tensor, batch_size: int
+) -> dict[str, float]:
+    """Loss, margins and accuracies on held-out rows, against the current reference and against SFT."""
+    if len(rows) < engine.world_size:
+        return {}
+    batch_size = max(1, min(batch_size, len(rows) // engine.world_size))
+    stream = BatchStream(len(rows), batch_size, engine.world_size, engine.rank, shuffle=False)
+    buffer = MetricBuffer()
+    for _ in range(stream.batches_per_epoch):
+        idx = stream.next()
+        batch = to_device(collator([rows[i] for i in idx]), engine.device)
+        buffer.add(objective(engine, batch, cached[idx], grad=False, use_cache=False).metrics)
+    return {f"eval/{k}": v for k, v in buffer.drain(engine).items() if k in EVAL_METRICS}

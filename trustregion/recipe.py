@@ -1,0 +1,361 @@
+"""The training recipe: setup in named steps, one loop, cleanup. Alignment and SFT both run it.
+
+    recipe = Recipe(cfg, run_dir)      # or SFTRecipe(cfg, run_dir)
+    recipe.setup()                     # runtime, data, model + tokenizer, engine, state/resume, logger, hooks
+    last = recipe.train()              # per optimizer step: micro-batches, step, hooks; eval, save, export
+    recipe.cleanup()
+
+Per optimizer step the loop runs the objective on ``trainer.grad_accum`` micro-batches, steps the
+engine, then calls the hooks (``trustregion.hooks``): the reference update, logging fields, evaluation,
+checkpoints. ``run()`` does all three phases and returns the last logged metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trustregion import checkpoint, hooks
+from trustregion.batches import BatchStream, to_device
+from trustregion.cli import total_optimizer_steps
+from trustregion.config import validate
+from trustregion.data import load_preferences
+from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_world_size
+from trustregion.engine import Engine, LocalEngine
+from trustregion.errors import ConfigError, TrainingError
+from trustregion.logger import RunLogger
+from trustregion.metrics import MetricBuffer
+from trustregion.models import load_policy, make_reference
+from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
+
+
+def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
+    """DeepSpeed's engine when ``deepspeed.stage > 0``, else one process."""
+    if cfg.deepspeed.stage > 0:
+        return DeepSpeedEngine(cfg, policy, reference, total_steps)
+    return LocalEngine(policy, reference, cfg.trainer, total_steps)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """What changes as the loop runs (and what a checkpoint restores, with the stream and the updater)."""
+
+    step: int = 0
+    sft_train: torch.Tensor | None = None  # cached SFT log-probs, [rows, chunks]
+    sft_eval: torch.Tensor | None = None
+    tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
+    last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
+    resumed: bool = False
+
+
+class Recipe:
+    """Preference alignment (DPO, IPO, KTO, ...) against a frozen or moving reference."""
+
+    job_type = "align"
+    exports: tuple[str, ...] = ("policy", "reference")
+    rows_name = "training pairs"  # what a training row is, in messages
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, extra_hooks: list[hooks.Hook] | None = None) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.extra_hooks = list(extra_hooks or [])
+        self.state = TrainState()
+        self.reference = self.sft_model = self.updater = None
+
+    # --- setup, in named steps ------------------------------------------------------------------
+    def setup(self) -> None:
+        self.setup_runtime()
+        self.setup_data()
+        self.setup_model()
+        self.setup_engine()
+        self.setup_state()
+        self.setup_logger()
+        self.hooks = self.default_hooks() + self.extra_hooks
+
+    def setup_runtime(self) -> None:
+        """Checks, threads, seeds, and the process group under DeepSpeed."""
+        cfg, t = self.cfg, self.cfg.trainer
+        validate(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        seed_everything(t.seed)
+        if cfg.deepspeed.stage > 0:
+            init_distributed(cfg)
+        elif launched_world_size() > 1:
+            raise ConfigError(
+                f"{launched_world_size()} processes were launched but deepspeed.stage=0: "
+                "set deepspeed=zero2 or deepspeed=zero3, or launch one process"
+            )
+
+    def make_objective(self, data) -> Objective:
+        return build_objective(self.cfg.method, data.kind, self.cfg.dataset.name)
+
+    def setup_data(self) -> None:
+        self.data = load_preferences(self.cfg.dataset)
+        self.objective = self.make_objective(self.data)
+
+    def setup_model(self) -> None:
+        """The policy and its tokenizer (trained on the data for the tiny model), then the tokenized rows."""
+        cfg, d = self.cfg, self.cfg.dataset
+        texts = self.data.texts() if cfg.model.path is None else None
+        self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
+        self.train_rows, self.truncation = self.objective.tokenize(
+            self.objective.rows(self.data, "train"), self.tokenizer, d
+        )
+        eval_split = self.objective.rows(self.data, "eval")
+        self.eval_rows = None if eval_split is None else self.objective.tokenize(eval_split, self.tokenizer, d)[0]
+        self.collator = self.objective.collator(self.tokenizer.pad_token_id)
+
+    def setup_engine(self) -> None:
+        """Reference (and the SFT model kept for generation evaluation), the engine, the updater, the stream."""
+        cfg, t = self.cfg, self.cfg.trainer
+        if self.objective.uses_reference:
+            self.reference = make_reference(self.policy)
+        if self.wants_generation():
+            self.sft_model = make_reference(self.policy)
+        world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
+        self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
+        self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
+        if self.sft_model is not None:
+            self.sft_model = self.engine.prepare_frozen(self.sft_model)
+        if self.objective.uses_reference:
+            self.updater = self.engine.updater(cfg.ref_update.alpha, cfg.ref_update.tau)
+            self.objective.reference_from_cache = (
+                cfg.ref_update.tau is None and self.engine.world_size == 1 and t.cache_reference
+            )
+        group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
+        self.stream = BatchStream(
+            len(self.train_rows),
+            t.batch_size,
+            self.engine.world_size,
+            self.engine.rank,
+            t.seed,
+            t.shuffle,
+            lengths=self.train_rows["length"] if group else None,
+        )
+
+    def wants_generation(self) -> bool:
+        return bool(self.cfg.eval.generate) and self.data.task is not None
+
+    def setup_state(self) -> None:
+        """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
+        t = self.cfg.trainer
+        resume_from = checkpoint.resolve_resume(t.resume, self.run_dir)
+        if resume_from is not None:
+            step, shared, mine = checkpoint.load(resume_from, self.engine, self.identity())
+            self.load_state_dict(step, shared, mine)
+        elif self.objective.uses_reference:
+            average = self.objective.average
+            self.state.sft_train = reference_logps(self.engine, self.train_rows, self.collator, t.batch_size, average)
+            self.state.sft_eval = reference_logps(self.engine, self.eval_rows, self.collator, t.batch_size, average)
+
+    def setup_logger(self) -> None:
+        engine, cfg = self.engine, self.cfg
+        resume_step = self.state.step if self.state.resumed else None
+        self.logger = RunLogger(
+            self.run_dir,
+            cfg,
+            enabled=engine.is_main,
+            job_type=self.job_type,
+            resume_step=resume_step,
+        )
+        if engine.is_main:
+            OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
+            print(self.banner(), flush=True)
+
+    def banner(self) -> str:
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
+        return (
+            f"[trustregion] {len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
+            f"steps, {n_params / 1e6:.2f}M params, run dir {self.run_dir}"
+        )
+
+    def default_hooks(self) -> list[hooks.Hook]:
+        found: list[hooks.Hook] = [
+            hooks.ReferenceUpdateHook(),
+            hooks.FaultHook(),
+            hooks.ThroughputHook(),
+            hooks.EpochHook(),
+        ]
+        if self.sft_model is not None:
+            found.append(hooks.GenerationEvalHook())
+        found.append(hooks.CheckpointHook())
+        found.append(hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ()))
+        return found
+
+    # --- state ------------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with its checkpoint."""
+        method = str(self.cfg.method.name) if "method" in self.cfg else self.objective.name
+        return {
+            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "method": method,
+            "world_size": self.engine.world_size,
+        }
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(state shared by every rank, this rank's own state) for ``checkpoint.save``."""
+        shared = {
+            "stream": self.stream.state_dict(),
+            "sft_train": self.state.sft_train,
+            "sft_eval": self.state.sft_eval,
+        }
+        mine = {"updater": self.updater.state_dict()} if self.updater is not None else {}
+        return shared, mine
+
+    def load_state_dict(self, step: int, shared: dict[str, Any], mine: dict[str, Any]) -> None:
+        self.state.step, self.state.resumed = step, True
+        self.stream.load_state_dict(shared["stream"])
+        self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
+        if self.updater is not None:
+            self.updater.load_state_dict(mine["updater"])
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        try:
+            last = self.train()
+        except BaseException:
+            self.logger.finish(exit_code=1)
+            raise
+        self.cleanup()
+        return last
+
+    def train(self) -> dict[str, Any]:
+        """Train to ``total_steps``; evaluate, checkpoint and export at the end. Returns the last metrics."""
+        t, state, engine = self.cfg.trainer, self.state, self.engine
+        state.tokens = state.tokens.to(engine.device)
+        state.first_bad = state.first_bad.to(engine.device)
+        if state.step == 0:
+            self.log_data_report()
+            if t.eval_at_start:
+                state.last = self.evaluate()
+        self.fire("on_train_start")
+        buffer = MetricBuffer()
+        while state.step < self.total_steps:
+            self.accumulate(buffer)
+            buffer.add({"grad_norm": engine.step()})
+            state.step += 1
+            self.fire("on_step_end")
+            if state.step % t.log_every == 0 or state.step == self.total_steps:
+                self.log(buffer)
+            if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
+                state.last.update(self.evaluate())
+            if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
+                self.save()
+        state.last.update(self.evaluate())
+        self.save()
+        self.fire("on_train_end")
+        self.logger.summary(state.last)
+        return state.last
+
+    def log_data_report(self) -> None:
+        """The step-0 row of a fresh run: world size, training rows, skipped and truncated rows."""
+        trunc = self.truncation
+        self.logger.log(
+            0,
+            {
+                "world_size": self.engine.world_size,
+                "data/train_pairs": len(self.train_rows),
+                "data/skipped_rows": self.data.report.skipped,
+                "data/truncated_prompts": trunc.truncated_prompts,
+                "data/truncated_responses": trunc.truncated_responses,
+                "data/truncated_rows": trunc.truncated_rows,
+                **({"data/notes": " | ".join(self.data.report.notes)} if self.data.report.notes else {}),
+            },
+        )
+
+    def accumulate(self, buffer: MetricBuffer) -> None:
+        """``trainer.grad_accum`` micro-batches: forward, loss, backward; metrics stay on the device."""
+        t, state, engine = self.cfg.trainer, self.state, self.engine
+        for _ in range(t.grad_accum):
+            idx = self.stream.next()
+            batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
+            cached = state.sft_train[idx] if state.sft_train is not None else None
+            out = self.objective(engine, batch, cached)
+            engine.backward(out.loss / t.grad_accum)
+            buffer.add(out.metrics, 1.0 / t.grad_accum)
+            state.tokens = state.tokens + out.tokens
+            bad = (state.first_bad < 0) & ~torch.isfinite(out.loss.detach())
+            state.first_bad = torch.where(bad, state.step + 1, state.first_bad)
+
+    def log(self, buffer: MetricBuffer) -> None:
+        metrics = buffer.drain(self.engine)
+        self.check_finite()
+        metrics["lr"] = self.engine.lr()
+        self.fire("on_log", metrics)
+        self.logger.log(self.state.step, metrics)
+        self.state.last = metrics
+
+    def check_finite(self) -> None:
+        if int(self.state.first_bad) >= 0:
+            hint = "trainer.lr or method.beta" if "method" in self.cfg else "trainer.lr"
+            raise TrainingError(
+                f"non-finite loss at step {int(self.state.first_bad)}; lower {hint} "
+                f"(checkpoints and metrics up to the last good step are kept in {self.run_dir})"
+            )
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out metrics of the objective, plus what the hooks add (generation); logged as one row."""
+        engine, state = self.engine, self.state
+        engine.policy.eval()
+        try:
+            metrics: dict[str, Any] = {}
+            if self.eval_rows is not None:
+                metrics = evaluate_objective(
+                    engine, self.objective, self.eval_rows, self.collator, state.sft_eval, self.cfg.trainer.batch_size
+                )
+            self.fire("on_eval", metrics)
+        finally:
+            engine.policy.train()
+        if metrics:
+            self.logger.log(state.step, metrics)
+        return metrics
+
+    def save(self) -> None:
+        self.check_finite()
+        self.fire("on_save")
+
+    def fire(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def cleanup(self) -> None:
+        self.logger.finish()
+
+
+class SFTRecipe(Recipe):
+    """Supervised fine-tuning on the data source's SFT corpus; saves ``run_dir/policy``."""
+
+    job_type = "sft"
+    exports = ("policy",)
+    rows_name = "SFT examples"
+
+    def make_objective(self, data) -> Objective:
+        return SFT(None)
+
+    def wants_generation(self) -> bool:
+        return False
+
+    def banner(self) -> str:
+        return f"[trustregion.sft] {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
+
+    def default_hooks(self) -> list[hooks.Hook]:
+        return [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+
+    def log_data_report(self) -> None:
+        pass  # the SFT stage's rows are its losses only
