@@ -41,7 +41,8 @@ def test_missing_data_file_names_the_file():
     )
 
 
-def test_a_missing_eval_split_is_held_out_of_the_train_split_with_a_note(capsys):
+def test_a_missing_eval_split_is_held_out_of_the_train_split_with_a_note(capsys, caplog):
+    caplog.set_level("INFO", logger="trustregion")
     data = load_preferences(
         compose_cfg(
             "dataset=hh",
@@ -56,7 +57,8 @@ def test_a_missing_eval_split_is_held_out_of_the_train_split_with_a_note(capsys)
         "dataset.split / dataset.eval_split to one it has): holding out rows of 'train' for evaluation instead; "
         "set dataset.eval_split=null to say so"
     ]
-    assert capsys.readouterr().out.count("[trustregion] note: dataset.eval_split=test is not in the data") == 1
+    said = capsys.readouterr().out + caplog.text  # the console, or logging where handlers are set (Hydra, pytest)
+    assert said.count("note: dataset.eval_split=test is not in the data") == 1
 
 
 def test_a_single_file_without_the_eval_split_holds_out_rows_of_its_own():

@@ -155,6 +155,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: DeepSpeedConfig = MISSING
     run_name: Optional[str] = None
+    verbose: bool = False  # third-party progress bars and info messages (transformers, datasets, DeepSpeed)
 
 
 @dataclass
@@ -167,6 +168,7 @@ class SFTRunConfig:
     logger: LoggerConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
     run_name: Optional[str] = None
+    verbose: bool = False
 
 
 def _run_time(fmt: str) -> str:

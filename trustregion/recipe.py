@@ -26,6 +26,7 @@ from trustregion import checkpoint, hooks
 from trustregion.batches import BatchStream, to_device
 from trustregion.cli import total_optimizer_steps
 from trustregion.config import validate
+from trustregion.console import quiet_third_party, say
 from trustregion.data import load_preferences
 from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_world_size
 from trustregion.engine import Engine, LocalEngine
@@ -89,6 +90,7 @@ class Recipe:
         """Checks, threads, seeds, and the process group under DeepSpeed."""
         cfg, t = self.cfg, self.cfg.trainer
         validate(cfg)
+        quiet_third_party(bool(cfg.verbose))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -149,7 +151,26 @@ class Recipe:
         )
 
     def wants_generation(self) -> bool:
+        if self.cfg.eval.generate and self.data.task is None and int(os.environ.get("RANK", "0")) == 0:
+            say(
+                f"note: generation-based evaluation skipped: dataset={self.cfg.dataset.name} has no "
+                "gold judge (held-out preference metrics still run); set eval.generate=false to say so"
+            )
         return bool(self.cfg.eval.generate) and self.data.task is not None
+
+    def checkpoint_note(self) -> str:
+        """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
+        t = self.cfg.trainer
+        weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.policy.parameters())
+        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
+        copies = 2 if self.objective.uses_reference else 1  # the policy, and the reference where there is one
+        size = copies * weights + 8 * numel  # + Adam's two fp32 moments
+        what = "policy, reference, optimizer" if copies == 2 else "policy, optimizer"
+        when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
+        return (
+            f"one checkpoint ≈ {_bytes(size)} ({what}), written "
+            f"{when}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
+        )
 
     def setup_state(self) -> None:
         """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
@@ -175,12 +196,13 @@ class Recipe:
         )
         if engine.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
-            print(self.banner(), flush=True)
+            say(self.banner())
+            say(self.checkpoint_note())
 
     def banner(self) -> str:
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
         return (
-            f"[trustregion] {len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
+            f"{len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
             f"steps, {n_params / 1e6:.2f}M params, run dir {self.run_dir}"
         )
 
@@ -338,6 +360,10 @@ class Recipe:
         self.logger.finish()
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 class SFTRecipe(Recipe):
     """Supervised fine-tuning on the data source's SFT corpus; saves ``run_dir/policy``."""
 
@@ -352,7 +378,7 @@ class SFTRecipe(Recipe):
         return False
 
     def banner(self) -> str:
-        return f"[trustregion.sft] {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
+        return f"SFT: {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
 
     def default_hooks(self) -> list[hooks.Hook]:
         return [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]

@@ -16,15 +16,14 @@ import hydra
 from omegaconf import DictConfig
 
 from trustregion import cli
+from trustregion.console import say
 from trustregion.recipe import SFTRecipe
 
 
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train ``cfg.model`` on the SFT corpus of ``cfg.dataset``; save it to ``run_dir/policy``."""
     last = SFTRecipe(cfg, run_dir).run()
-    print(
-        f"[trustregion.sft] saved {run_dir / 'policy'} (sft/loss {last.get('sft/loss', float('nan')):.4f})", flush=True
-    )
+    say(f"SFT: saved {run_dir / 'policy'} (sft/loss {last.get('sft/loss', float('nan')):.4f})")
     return last
 
 

@@ -18,6 +18,7 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from trustregion.config import DatasetConfig
+from trustregion.console import say
 from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import FIELDS, BadRow, RowReport, clean_rows, text_field
 from trustregion.errors import ConfigError, DataError
@@ -244,7 +245,7 @@ def load_rows(
     report.add_eval(eval_report)
     if note:
         report.notes.append(note)
-        print(f"[trustregion] note: {note}", flush=True)
+        say(f"note: {note}")
     if not rows:
         raise DataError(
             f"{source}: no usable rows ({report.skipped} bad; first: {report.first}); "

@@ -1,0 +1,36 @@
+"""What a run says: the project's own lines through ``logging`` (so Hydra's job log file keeps them, beside
+the console), and third-party progress bars and chatter quiet unless ``verbose=true``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+log = logging.getLogger("trustregion")
+
+
+def say(message: str) -> None:
+    """One line for the user: to the console and to the run dir's log file (under Hydra, whose format names us)."""
+    if logging.getLogger().handlers:
+        log.info(message)
+    else:  # not under Hydra (tests, scripts): the console alone
+        print(f"[trustregion] {message}", flush=True)
+
+
+def quiet_third_party(verbose: bool) -> None:
+    """Progress bars and info messages of transformers, datasets and DeepSpeed off, unless ``verbose``."""
+    if verbose:
+        return
+    import datasets
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    # transformers 5 renamed generate's cache argument; the old name still works on every version we support
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed announces, on import, that it fell back to it
