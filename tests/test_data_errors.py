@@ -175,3 +175,8 @@ def test_skipped_rows_are_logged_by_training(tmp_path):
     train(cfg, tmp_path)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["data/skipped_rows"] == 4  # every bad row of the file, held-out ones included
+
+
+def test_the_prompt_limit_of_a_preset_follows_max_length():
+    cfg = compose_cfg("dataset=hh", "dataset.max_length=256")
+    assert cfg.dataset.max_prompt_length == 128  # half of max_length, however it is set

@@ -21,7 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def register() -> None:
     """Store every schema under ``schema/<group>/<name>`` (not an option of the group itself), and the
-    ``run_time`` resolver. Idempotent."""
+    ``run_time`` and ``fraction`` resolvers. Idempotent."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -31,6 +31,8 @@ def register() -> None:
 
     if not OmegaConf.has_resolver("run_time"):
         OmegaConf.register_new_resolver("run_time", config._run_time, use_cache=True)
+    if not OmegaConf.has_resolver("fraction"):  # ${fraction:${.max_length},0.5}: a length that follows another
+        OmegaConf.register_new_resolver("fraction", lambda n, f: int(int(n) * float(f)))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=config.Config)
     cs.store(name="base_sft_config", node=config.SFTRunConfig)
