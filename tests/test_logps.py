@@ -223,3 +223,22 @@ def test_full_logits_path_backward_is_seen_materialising_full_logits():
     with _LargestVocabSizedOutput(vocab) as seen:
         logps.sum().backward()
     assert seen.largest >= response_tokens(batch) * vocab
+
+
+@pytest.mark.slow
+def test_zero3_partitioned_head_falls_back_to_exact_full_logits_logps():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "tests/zero3_logps_worker.py"]
+    out = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["partitioned"]
+    assert result["diff_module"] <= 1e-6 and result["diff_engine"] <= 1e-6

@@ -11,7 +11,8 @@ Host syncs: one per call (``nonzero`` on the response mask: the token count sets
 ZeRO-3: a partitioned head weight is empty outside its module's forward hooks, and a custom backward that
 reads the weight directly would need ``deepspeed.zero.GatheredParameters`` in forward and backward and
 gradients handed back while the parameter is gathered. That is not implemented here: when the head weight
-is a ZeRO-3 parameter, ``response_logps`` falls back to the full-logits path (exact, no memory saving).
+is a ZeRO-3 parameter, ``response_logps`` falls back to the full-logits path (exact, no memory saving;
+tested on 2 gloo ranks in tests/test_logps.py). ZeRO stages 1 and 2 keep whole parameters: the chunked path runs.
 """
 
 from __future__ import annotations
