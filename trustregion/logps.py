@@ -6,13 +6,17 @@ hidden states; only rows at positions t whose next token t+1 is a response token
 backward. The backward (``_ChunkedHeadLogps``) recomputes each chunk's logits from the saved hidden rows,
 weight, labels and per-token logsumexp, and writes grad_hidden, grad_weight (and grad_bias).
 
-Host syncs: one per call (``nonzero`` on the response mask: the token count sets the number of chunks).
+Host syncs: one per call (``nonzero`` on the response mask: the token count sets the number of chunks);
+under ZeRO-3 one more (the chunk count agreed across ranks).
 
-ZeRO-3: a partitioned head weight is empty outside its module's forward hooks, and a custom backward that
-reads the weight directly would need ``deepspeed.zero.GatheredParameters`` in forward and backward and
-gradients handed back while the parameter is gathered. That is not implemented here: when the head weight
-is a ZeRO-3 parameter, ``response_logps`` falls back to the full-logits path (exact, no memory saving;
-tested on 2 gloo ranks in tests/test_logps.py). ZeRO stages 1 and 2 keep whole parameters: the chunked path runs.
+ZeRO-3: a partitioned head weight is empty outside its module's forward hooks, so the custom backward, which
+reads the weight directly, cannot run. There, ``head_logps`` calls the head *module* per chunk under
+non-reentrant activation checkpointing: DeepSpeed's hooks gather and release the weight on every call, in the
+forward and again in the recompute, so results are exact and one chunk's logits (with the usual log-softmax
+temporaries) live at a time. Each call is a collective all-gather, so every rank must make the same number of
+calls: the chunk count is the maximum over the default process group (one all-reduce), and ranks with fewer
+response tokens call the head on empty chunks. Tested on 2 gloo ranks in tests/test_logps.py. ZeRO stages 1
+and 2 keep whole parameters: the custom-backward path runs.
 """
 
 from __future__ import annotations
@@ -88,10 +92,33 @@ class _ChunkedHeadLogps(torch.autograd.Function):
                 None if grad_b is None else grad_b.to(bias.dtype), None, None)
 
 
+def _checkpointed_module_chunks(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
+                                chunk_tokens: int) -> torch.Tensor:
+    """The ZeRO-3 path: the head module per chunk, recomputed in backward; the chunk count agreed across ranks."""
+    import torch.distributed as dist
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = head(h).float()
+        return z.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+
+    n = hidden.shape[0]
+    chunks = torch.tensor([-(-n // chunk_tokens)], device=hidden.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(chunks, op=dist.ReduceOp.MAX)  # every rank calls the head (a collective) as often
+    parts = []
+    for i in range(int(chunks)):
+        h, y = hidden[i * chunk_tokens:(i + 1) * chunk_tokens], labels[i * chunk_tokens:(i + 1) * chunk_tokens]
+        parts.append(checkpoint(chunk_logps, h, y, use_reentrant=False) if torch.is_grad_enabled() else chunk_logps(h, y))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
 def head_logps(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, chunk_tokens: int = 1024) -> torch.Tensor:
     """Per-row log-prob of ``labels`` under ``head(hidden)`` ([rows, hidden] -> [rows], fp32), chunked over rows."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if _zero3_partitioned(head.weight):
+        return _checkpointed_module_chunks(hidden, head, labels, chunk_tokens)
     return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, labels, chunk_tokens)
 
 
@@ -113,10 +140,6 @@ def response_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bo
     and a bool ``response_mask`` (True on response tokens).
     """
     head = model.get_output_embeddings()
-    if _zero3_partitioned(head.weight):
-        from trustregion.models import sequence_logps
-
-        return sequence_logps(model, batch, average)
     input_ids = batch["input_ids"]
     mask = batch["response_mask"][:, 1:].bool()
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=batch["attention_mask"],
