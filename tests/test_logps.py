@@ -262,3 +262,50 @@ def test_zero3_partitioned_head_gives_the_logps_and_gradients_of_one_process():
     assert result["partitioned"]
     assert result["logps_diff"] <= 1e-5
     assert result["grad_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prompt_logps_and_dpo_gradients_equal_the_full_logits_path(arch):
+    import warnings
+
+    model = tiny(arch)
+    want_logps, want = dpo_grads(model, sequence_logps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to whole rows would warn
+        got_logps, got = dpo_grads(model, lambda m, b: response_logps(m, b, chunk_tokens=16, share_prompt=True))
+    torch.testing.assert_close(got_logps, want_logps, atol=1e-5, rtol=1e-6)
+    assert_same_grads(got, want, atol=1e-5)
+
+
+def test_shared_prompt_serves_three_chunks_per_prompt():
+    from trustregion.prompt_sharing import shared_prompt_rows
+
+    model = tiny("llama-untied")
+    g = torch.Generator().manual_seed(2)
+    rows = [{"prompt_ids": torch.randint(1, 512, (p,), generator=g).tolist(), "index": i,
+             **{f"{c}_ids": torch.randint(1, 512, (n,), generator=g).tolist() for c, n in zip(("chosen", "rejected", "mismatched"), lens)}}
+            for i, (p, lens) in enumerate([(4, (6, 3, 9)), (8, (2, 5, 4))])]
+    batch = PairCollator(pad_token_id=0, chunks=("chosen", "rejected", "mismatched"))(rows)
+    assert shared_prompt_rows(model, batch) is not None
+    want, _ = sequence_logps(model, batch)
+    got, _ = response_logps(model, batch, share_prompt=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+
+
+def test_shared_prompt_refuses_pairs_whose_prompts_differ_and_runs_rows_whole():
+    model, batch = tiny("gpt-neox"), pair_batch(VOCAB["gpt-neox"])
+    batch["input_ids"][3, 1] = batch["input_ids"][0, 1] % 299 + 1  # the first pair's rejected row: another prompt
+    want, _ = sequence_logps(model, batch)
+    with pytest.warns(UserWarning, match="share_prompt"):
+        got, _ = response_logps(model, batch, share_prompt=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+
+
+def test_shared_prompt_refuses_a_body_that_keeps_no_cache():
+    # transformers turns the cache off under gradient checkpointing in training mode.
+    from trustregion.prompt_sharing import shared_prompt_rows
+
+    model = tiny("llama-tied")
+    model.activation_checkpointing_enable()
+    model.train()
+    assert shared_prompt_rows(model, pair_batch(VOCAB["llama-tied"])) is None

@@ -22,6 +22,7 @@ and 2 keep whole parameters: the custom-backward path runs.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -132,20 +133,33 @@ def _zero3_partitioned(param: torch.Tensor) -> bool:
 
 
 def response_logps(model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False,
-                   chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_tokens: int = 1024, share_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each sequence's response tokens, summed or averaged, fp32; response token counts).
 
-    Same contract as ``trustregion.models.sequence_logps``; ``model`` is a transformers causal LM (for a
-    DeepSpeed engine pass its ``.module``). ``batch`` needs right-padded ``input_ids``, ``attention_mask``
-    and a bool ``response_mask`` (True on response tokens).
+    Same contract as ``trustregion.models.sequence_logps``; ``model`` is a transformers causal LM (a DeepSpeed
+    engine passes its attributes through). ``batch`` needs right-padded ``input_ids``, ``attention_mask`` and a
+    bool ``response_mask`` (True on response tokens). ``share_prompt``: run each pair's prompt once (see
+    ``trustregion.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole.
     """
     head = model.get_output_embeddings()
     input_ids = batch["input_ids"]
     mask = batch["response_mask"][:, 1:].bool()
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=batch["attention_mask"],
-                                 use_cache=False).last_hidden_state
-    seq, pos = mask.nonzero(as_tuple=True)  # the one host sync: the response token count
-    token_logps = head_logps(hidden[seq, pos], head, input_ids[seq, pos + 1], chunk_tokens)
+    shared = None
+    if share_prompt:
+        from trustregion.prompt_sharing import shared_prompt_rows
+
+        shared = shared_prompt_rows(model, batch)
+        if shared is None:
+            warnings.warn("share_prompt: this batch or model cannot share the prompt's cache; ran every row whole",
+                          stacklevel=2)
+    if shared is not None:
+        rows, labels, seq = shared
+    else:
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=batch["attention_mask"],
+                                     use_cache=False).last_hidden_state
+        seq, pos = mask.nonzero(as_tuple=True)  # the one host sync: the response token count
+        rows, labels = hidden[seq, pos], input_ids[seq, pos + 1]
+    token_logps = head_logps(rows, head, labels, chunk_tokens)
     total = torch.zeros(mask.shape[0], dtype=torch.float32, device=token_logps.device).index_add(0, seq, token_logps)
     counts = mask.sum(-1)
     return (total / counts.clamp(min=1) if average else total), counts
