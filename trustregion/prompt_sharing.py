@@ -9,6 +9,10 @@ cache into the prompt's forward, so log-probs and gradients equal the full-seque
 Refused (``None``) where it cannot be exact or the cache cannot be shared: rows of one pair whose prompts differ,
 a batch without ``index`` (the pair count) or without prompts, or a model whose body does not take a ``DynamicCache`` (e.g. under
 gradient checkpointing, where transformers turns the cache off).
+
+Host syncs: a handful per call (the prompt check, the prompt and response widths, two ``nonzero``), on top of
+``response_logps``' own. With the attention mask's holes at the prompts' right padding, the body must honour
+a 2-D ``attention_mask`` with gaps and explicit ``position_ids`` (eager and SDPA attention do).
 """
 
 from __future__ import annotations
