@@ -62,6 +62,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     gguf_file: Optional[str] = None  # a GGUF file inside model.path (dequantized on load)
+    # Sequence log-probs: "chunked" runs the LM head on response positions only, logits_chunk_tokens rows at a
+    # time (trustregion.logps; exact, no [batch, seq, vocab] logits); "full" takes them from the model's logits.
+    logps: str = "chunked"
+    logits_chunk_tokens: int = 1024  # ~256 for a 128k vocabulary (one fp32 chunk of 1024 rows: 525 MB)
+    share_prompt: bool = False  # chosen and rejected on one run of their shared prompt (its KV cache); chunked only
     # The tiny model (path: null): GPT-NeoX (Pythia) architecture, random init, tokenizer trained on the data.
     hidden_size: int = 64
     num_layers: int = 2
@@ -210,6 +215,19 @@ def validate(cfg: DictConfig) -> None:
         check(0 < r.alpha <= 1, "ref_update.alpha", r.alpha, "a number in (0, 1] (1 = hard update)")
         check(r.tau >= 1, "ref_update.tau", r.tau, "an integer >= 1 (optimizer steps between updates), or null")
     check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
+    check(cfg.model.logps in ("chunked", "full"), "model.logps", cfg.model.logps, "chunked or full")
+    check(
+        cfg.model.logits_chunk_tokens >= 1,
+        "model.logits_chunk_tokens",
+        cfg.model.logits_chunk_tokens,
+        "an integer >= 1",
+    )
+    check(
+        not (cfg.model.share_prompt and (cfg.model.logps == "full" or cfg.model.gradient_checkpointing)),
+        "model.share_prompt",
+        cfg.model.share_prompt,
+        "false, or use model.logps=chunked without model.gradient_checkpointing (which turns the KV cache off)",
+    )
     check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
     check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
     check(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")

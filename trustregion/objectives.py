@@ -29,6 +29,7 @@ from trustregion.data.tokenize import (
     tokenize_unpaired,
 )
 from trustregion.errors import ConfigError
+from trustregion.logps import LogpsFn
 from trustregion.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
 from trustregion.metrics import MetricBuffer
 from trustregion.models import sequence_logps
@@ -97,8 +98,9 @@ class Objective:
     metrics: ClassVar[tuple[str, ...]] = PAIR_METRICS  # what a training step logs
     uses_reference: ClassVar[bool] = True
 
-    def __init__(self, method_cfg: Any) -> None:
+    def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
         self.cfg = method_cfg
+        self.logps = logps  # (model, batch, average) -> (sequence log-probs, response token counts)
         self.average = bool(method_cfg.average_logps) if method_cfg is not None else False
         # A frozen reference on one process: its log-probs are the cached SFT ones (set by the recipe).
         self.reference_from_cache = False
@@ -126,12 +128,12 @@ class Objective:
         its log-probs are the cached SFT ones.
         """
         with torch.set_grad_enabled(grad):
-            logps, counts = sequence_logps(engine.policy, batch, self.average)
+            logps, counts = self.logps(engine.policy, batch, self.average)
         if use_cache:
             ref = cached.t().reshape(-1).to(logps.device)
         else:
             with torch.no_grad():
-                ref, _ = sequence_logps(engine.reference, batch, self.average)
+                ref, _ = self.logps(engine.reference, batch, self.average)
         k, b = len(self.chunks), cached.shape[0]
         return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
 
@@ -315,7 +317,7 @@ class SFT(Objective):
         self, engine, batch: dict, cached: Tensor | None, grad: bool = True, use_cache: bool | None = None
     ) -> StepOutput:
         with torch.set_grad_enabled(grad):
-            logps, counts = sequence_logps(engine.policy, batch)
+            logps, counts = self.logps(engine.policy, batch, False)
         loss = -logps.sum() / counts.sum()
         return StepOutput(loss, {"sft/loss": loss.detach()}, counts.sum())
 
@@ -323,7 +325,7 @@ class SFT(Objective):
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DPO, IPO, KTO, KTOUnpaired, SFT)}
 
 
-def build_objective(method_cfg: Any, data_kind: str, dataset_name: str) -> Objective:
+def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: LogpsFn = sequence_logps) -> Objective:
     """The objective ``method.name`` selects for data of ``data_kind`` (``pairs`` or ``unpaired``)."""
     name = str(method_cfg.name)
     key = f"{name}_unpaired" if data_kind == "unpaired" else name
@@ -340,11 +342,13 @@ def build_objective(method_cfg: Any, data_kind: str, dataset_name: str) -> Objec
         )
     cls = OBJECTIVES[key]
     cls.validate(method_cfg)
-    return cls(method_cfg)
+    return cls(method_cfg, logps)
 
 
 @torch.no_grad()
-def reference_logps(engine, rows, collator: PairCollator, batch_size: int, average: bool) -> Tensor:
+def reference_logps(
+    engine, rows, collator: PairCollator, batch_size: int, average: bool, logps_fn: LogpsFn = sequence_logps
+) -> Tensor:
     """Log-probs of every row's chunks under the reference as it is now: a [rows, chunks] tensor.
 
     Called before training, when the reference is still the SFT model. Each rank computes its
@@ -358,7 +362,7 @@ def reference_logps(engine, rows, collator: PairCollator, batch_size: int, avera
     for s in range(steps):
         idx = mine[s * batch_size : (s + 1) * batch_size] or [0]
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
-        logps, _ = sequence_logps(engine.reference, batch, average)
+        logps, _ = logps_fn(engine.reference, batch, average)
         if mine[s * batch_size : (s + 1) * batch_size]:
             out[torch.tensor(idx)] = logps.view(k, -1).t().float().cpu()
     return engine.reduce_sum(out.to(engine.device)).cpu()

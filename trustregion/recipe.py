@@ -32,6 +32,7 @@ from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_
 from trustregion.engine import Engine, LocalEngine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
+from trustregion.logps import logps_function
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
@@ -104,7 +105,7 @@ class Recipe:
             )
 
     def make_objective(self, data) -> Objective:
-        return build_objective(self.cfg.method, data.kind, self.cfg.dataset.name)
+        return build_objective(self.cfg.method, data.kind, self.cfg.dataset.name, logps_function(self.cfg.model))
 
     def setup_data(self) -> None:
         self.data = load_preferences(self.cfg.dataset)
@@ -181,8 +182,11 @@ class Recipe:
             self.load_state_dict(step, shared, mine)
         elif self.objective.uses_reference:
             average = self.objective.average
-            self.state.sft_train = reference_logps(self.engine, self.train_rows, self.collator, t.batch_size, average)
-            self.state.sft_eval = reference_logps(self.engine, self.eval_rows, self.collator, t.batch_size, average)
+            fn = self.objective.logps
+            self.state.sft_train = reference_logps(
+                self.engine, self.train_rows, self.collator, t.batch_size, average, fn
+            )
+            self.state.sft_eval = reference_logps(self.engine, self.eval_rows, self.collator, t.batch_size, average, fn)
 
     def setup_logger(self) -> None:
         engine, cfg = self.engine, self.cfg
@@ -372,7 +376,7 @@ class SFTRecipe(Recipe):
     rows_name = "SFT examples"
 
     def make_objective(self, data) -> Objective:
-        return SFT(None)
+        return SFT(None, logps_function(self.cfg.model))
 
     def wants_generation(self) -> bool:
         return False
