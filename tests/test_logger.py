@@ -18,3 +18,19 @@ def test_beta_and_the_update_rule_make_different_groups(fast_cfg):
 
 def test_an_explicit_group_wins(fast_cfg):
     assert run_group(fast_cfg("logger.group=mine")) == "mine"
+
+
+def test_every_start_of_one_run_dir_continues_the_same_wandb_run(tmp_path):
+    from trustregion.logger import run_id
+
+    assert run_id(tmp_path / "run") == run_id(tmp_path / "run" / ".." / "run") != run_id(tmp_path / "other")
+
+
+def test_a_resumed_run_continues_its_offline_wandb_run(fast_cfg, tmp_path, monkeypatch):
+    from trustregion.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(fast_cfg("logger=wandb", "trainer.max_steps=2", "trainer.save_every=1"), tmp_path)
+    train(fast_cfg("logger=wandb", "trainer.max_steps=4", "trainer.resume=latest"), tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({name.rsplit("-", 1)[1] for name in runs}) == 1  # two starts, one run id

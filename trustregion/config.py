@@ -125,6 +125,7 @@ class LoggerConfig:
     group: Optional[str] = None  # null: the family (method, beta, update rule), shared by runs that differ in seed
     name: Optional[str] = None  # null: derived from method, ref_update, alpha, tau, seed
     tags: list[str] = field(default_factory=list)
+    system_metrics: bool = True  # wandb's CPU/GPU utilisation and memory panels
 
 
 @dataclass

@@ -30,6 +30,13 @@ def run_group(cfg: DictConfig) -> str:
     return cfg.logger.group or family(cfg)
 
 
+def run_id(run_dir: Path) -> str:
+    """A wandb run id that is the same for every start of one run dir (hash of its absolute path)."""
+    import hashlib
+
+    return "tr-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def run_tags(cfg: DictConfig) -> list[str]:
     """The run's wandb tags: the user's, then the method and update rule (the SFT stage: none of those)."""
     tags = list(cfg.logger.tags)
@@ -76,6 +83,8 @@ class RunLogger:
 
             mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
             self.wandb = wandb.init(
+                id=run_id(run_dir),
+                resume="allow",  # a resumed or requeued job continues its wandb run
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 group=run_group(cfg),
@@ -85,8 +94,11 @@ class RunLogger:
                 config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 dir=str(run_dir),
                 mode=mode,
-                settings=wandb.Settings(quiet=True, console="off", x_disable_stats=True),
+                settings=wandb.Settings(quiet=True, console="off", x_disable_stats=not cfg.logger.system_metrics),
             )
+            # Gold reward plots against KL to SFT (the overoptimization curve); the summary keeps the best gold.
+            self.wandb.define_metric("eval/kl_sft")
+            self.wandb.define_metric("eval/gold_reward", step_metric="eval/kl_sft", summary="max")
 
     def _set_aside_after(self, step: int) -> None:
         """On resume in the same run dir, move rows logged after the checkpoint to metrics.superseded.jsonl:
