@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test bench sweep-toy clean
+.PHONY: install train train-smollm2 test bench bench-logps sweep-toy clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ test: install
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python scripts/bench.py
+
+# Log-probs at real vocabularies (49k, 50k, 128k): chunked response-only head vs full logits vs TRL's chunked head.
+bench-logps: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python scripts/bench_logps.py $(ARGS)
 
 sweep-toy: install
 	bash scripts/sweep_toy.sh

@@ -323,3 +323,14 @@ def test_both_engines_implement_every_method_of_the_engine_protocol():
         for name in wanted:
             mine, theirs = inspect.signature(getattr(cls, name)), inspect.signature(getattr(Engine, name))
             assert list(mine.parameters) == list(theirs.parameters), (cls.__name__, name)
+
+
+def test_the_final_checkpoint_can_leave_the_optimizer_state_out(fast_cfg, tmp_path):
+    from trustregion.errors import ConfigError
+
+    train(fast_cfg("trainer.max_steps=4", "trainer.save_every=2", "trainer.final_optimizer_state=false"), tmp_path)
+    middle = torch.load(tmp_path / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+    final = torch.load(tmp_path / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
+    assert "optimizer" in middle and "optimizer" not in final and "policy" in final
+    with pytest.raises(ConfigError, match="this final checkpoint holds no optimizer state"):
+        train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest"), tmp_path)

@@ -136,17 +136,19 @@ def save(
     cfg: DictConfig,
     keep_last: int,
     after_engine: Callable[[], None] | None = None,
+    optimizer: bool = True,
 ) -> None:
-    """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits."""
+    """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits.
+    ``optimizer=False`` leaves the optimizer and scheduler state out (the final checkpoint, on request)."""
     tmp = begin(run_dir, step) if engine.is_main else None
     tmp = engine.broadcast_path(tmp)
-    engine.save(tmp)
+    engine.save(tmp, optimizer=optimizer)
     if after_engine is not None:
         after_engine()
     torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
     if engine.is_main:
         torch.save({"step": step, **shared}, tmp / "loop.pt")
-        write_meta(tmp, meta)
+        write_meta(tmp, {**meta, "optimizer_state": optimizer})
         OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
     engine.barrier()
     if engine.is_main:
@@ -157,7 +159,13 @@ def save(
 def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
     returns (step, shared state, this rank's state)."""
-    check_compatible(read_meta(path), identity, path)
+    meta = read_meta(path)
+    check_compatible(meta, identity, path)
+    if not meta.get("optimizer_state", True):
+        raise ConfigError(
+            f"trainer.resume={path}: this final checkpoint holds no optimizer state (trainer.final_optimizer_state="
+            "false); start a new run from its weights with model.path=<run dir>/policy, or resume an earlier one"
+        )
     engine.load(path)
     shared = torch.load(path / "loop.pt", weights_only=False)
     mine = torch.load(path / f"rank{engine.rank}.pt", weights_only=False)

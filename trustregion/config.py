@@ -106,6 +106,9 @@ class TrainerConfig:
     eval_at_start: bool = True  # evaluate before the first step too: the KL = 0 point of every curve
     save_every: int = 0  # 0: checkpoint at the end only
     keep_last: int = 2
+    # The last checkpoint of a run that ends cleanly keeps the optimizer and scheduler state (exact resume, e.g.
+    # with more steps); false drops them (about half a checkpoint's size: Adam's two fp32 moments).
+    final_optimizer_state: bool = True
     resume: Optional[str] = None  # a checkpoint dir, or "latest" (newest complete one in this run dir)
     save_models: bool = True  # save_pretrained policy/ and reference/ at the end
     device: str = "auto"  # auto | cpu | cuda
@@ -261,6 +264,12 @@ def validate(cfg: DictConfig) -> None:
         "offline, online or disabled",
     )
     check(cfg.deepspeed.stage in (0, 1, 2, 3), "deepspeed.stage", cfg.deepspeed.stage, "0 (off), 1, 2 or 3")
+    check(
+        t.final_optimizer_state or cfg.deepspeed.stage == 0,
+        "trainer.final_optimizer_state",
+        t.final_optimizer_state,
+        "true under ZeRO (DeepSpeed keeps the fp32 weights in the optimizer state)",
+    )
     if "eval" in cfg and cfg.eval.generate:
         check_eval_config(cfg.eval)
 

@@ -313,7 +313,9 @@ class DeepSpeedEngine:
             return [p.ds_tensor for p in ref.parameters()] + [p.data for p in ref.parameters() if p.ds_persist]
         return list(ref.state_dict().values())
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, optimizer: bool = True) -> None:
+        if not optimizer:  # validate() refuses trainer.final_optimizer_state=false under ZeRO
+            raise ConfigError("a DeepSpeed checkpoint always holds the optimizer state (it has the fp32 weights)")
         self.policy.save_checkpoint(str(directory / "deepspeed"), tag="policy")
         torch.save([t.detach().cpu() for t in self._reference_tensors()], directory / f"reference_rank{self.rank}.pt")
         dist.barrier()

@@ -53,8 +53,9 @@ class Engine(Protocol):
     def broadcast_path(self, path: Path | None) -> Path:
         """Rank 0's ``path`` on every rank."""
 
-    def save(self, directory: Path) -> None:
-        """Policy, reference, optimizer and scheduler state into ``directory`` (every rank calls it)."""
+    def save(self, directory: Path, optimizer: bool = True) -> None:
+        """Policy, reference and (unless ``optimizer`` is false) optimizer and scheduler state into ``directory``
+        (every rank calls it)."""
 
     def load(self, directory: Path) -> None: ...
 
@@ -151,12 +152,10 @@ class LocalEngine:
         assert path is not None
         return path
 
-    def save(self, directory: Path) -> None:
-        state = {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+    def save(self, directory: Path, optimizer: bool = True) -> None:
+        state = {"policy": self.policy.state_dict()}
+        if optimizer:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         torch.save(state, directory / "state.pt")

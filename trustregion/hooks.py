@@ -158,6 +158,7 @@ class CheckpointHook(BaseHook):
             cfg=recipe.cfg,
             keep_last=recipe.cfg.trainer.keep_last,
             after_engine=lambda: fault("save", step),
+            optimizer=recipe.cfg.trainer.final_optimizer_state or step < recipe.total_steps,
         )
 
 
