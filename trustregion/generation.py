@@ -128,3 +128,35 @@ def encode_prompts(texts: Sequence[str], tokenizer, max_prompt_length: int) -> l
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         out.append(ids[max(0, len(ids) - max_prompt_length) :])
     return out
+
+
+def sample_texts(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    batch_size: int = 512,
+    skip_special_tokens: bool = False,
+) -> list[str]:
+    """One decoded sample per prompt (EOS dropped), drawn ``batch_size`` prompts at a time."""
+    texts: list[str] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        out = sample(
+            model,
+            prompt_ids[start : start + batch_size],
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            greedy=greedy,
+            generator=generator,
+        )
+        texts += [
+            tokenizer.decode(r[:-1] if e else r, skip_special_tokens=skip_special_tokens)
+            for r, e in zip(out.responses, out.ended)
+        ]
+    return texts

@@ -330,27 +330,23 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
             )
         return [table[p] for p in prompts]
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from trustregion.generation import encode_prompts, sample
-    from trustregion.models import load_tokenizer
+    from trustregion.generation import encode_prompts, sample_texts
+    from trustregion.models import load_for_sampling
 
-    where = model_dir(source)
-    tokenizer = load_tokenizer(str(where))
-    model = AutoModelForCausalLM.from_pretrained(str(where)).eval()
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+    model, tokenizer = load_for_sampling(str(model_dir(source)), key="a/b")
     ids = encode_prompts(prompts, tokenizer, getattr(model.config, "max_position_embeddings", 2048) // 2)
-    out = sample(
+    return sample_texts(
         model,
+        tokenizer,
         ids,
-        eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id,
         max_new_tokens=int(cfg.max_new_tokens),
         temperature=float(cfg.temperature),
         greedy=bool(cfg.greedy),
-        generator=gen,
+        generator=torch.Generator().manual_seed(int(cfg.seed)),
+        batch_size=max(1, len(ids)),
+        skip_special_tokens=True,
     )
-    return [tokenizer.decode(r[:-1] if e else r, skip_special_tokens=True) for r, e in zip(out.responses, out.ended)]
 
 
 def check(cfg: DictConfig) -> None:

@@ -128,6 +128,17 @@ def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.pa
     return tokenizer
 
 
+def load_for_sampling(path: str, key: str) -> tuple[nn.Module, object]:
+    """(model in eval mode, tokenizer) saved at ``path``; a failure is one line naming ``key`` and the fix."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path, key=key)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer
+    except Exception as e:  # noqa: BLE001 - any failure to load is a bad path: one line, traceback chained
+        raise _load_error(path, "model", e, key) from e
+
+
 def load_pretrained(cfg) -> nn.Module:
     from transformers import AutoModelForCausalLM
 

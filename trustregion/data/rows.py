@@ -52,10 +52,8 @@ class RowReport:
         self.first = self.first or other.first
 
 
-def text_field(row: dict, name: str, column: str | None = None) -> str:
-    """``row[name]`` as a string, or ``BadRow`` saying it is missing or of another type."""
-    column = column or name
-    value = row.get(name)
+def as_text(value: object, column: str) -> str:
+    """``value`` as a string, or ``BadRow`` saying that field ``column`` is missing or of another type."""
     if value is None:
         raise BadRow(f"missing field '{column}'")
     if not isinstance(value, str):
@@ -63,13 +61,18 @@ def text_field(row: dict, name: str, column: str | None = None) -> str:
     return value
 
 
+def text_field(row: dict, name: str, column: str | None = None) -> str:
+    """``row[name]`` as a string, or ``BadRow`` saying it is missing or of another type."""
+    return as_text(row.get(name), column or name)
+
+
 def row_problem(row: dict, fields: tuple[str, ...] = FIELDS) -> str | None:
     """Why ``row`` is not a usable preference pair, or None."""
     for name in fields:
-        if name not in row or row[name] is None:
-            return f"missing field '{name}'"
-        if not isinstance(row[name], str):
-            return f"field '{name}' is a {type(row[name]).__name__}, expected a string"
+        try:
+            as_text(row.get(name), name)
+        except BadRow as e:
+            return str(e)
         if "\ufffd" in row[name]:
             return f"field '{name}' holds bytes that are not UTF-8"
     for name in fields[1:]:

@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, field_mapper, load_rows, mapped_columns, pairs_data
-from trustregion.data.rows import BadRow
+from trustregion.data.rows import BadRow, as_text
 from trustregion.errors import ConfigError
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
@@ -39,14 +39,6 @@ class TLDRDatasetConfig(FileDatasetConfig):
     form: str = "auto"  # auto | comparisons | pairs
 
 
-def _text(value: object, where: str) -> str:
-    if value is None:
-        raise BadRow(f"missing field '{where}'")
-    if not isinstance(value, str):
-        raise BadRow(f"field '{where}' is a {type(value).__name__}, expected a string")
-    return value
-
-
 def comparison_to_pair(row: dict) -> dict[str, str]:
     """{prompt, chosen, rejected} of one OpenAI comparison, or ``BadRow`` naming the bad field."""
     info = row.get("info")
@@ -54,7 +46,7 @@ def comparison_to_pair(row: dict) -> dict[str, str]:
         raise BadRow(f"field 'info' is a {type(info).__name__}, expected a struct with post, title, subreddit")
     if info.get("post") is None and info.get("article") is not None:
         raise BadRow("not a Reddit post (a news article row: info.post is missing)")
-    post, title, subreddit = (_text(info.get(k), f"info.{k}") for k in ("post", "title", "subreddit"))
+    post, title, subreddit = (as_text(info.get(k), f"info.{k}") for k in ("post", "title", "subreddit"))
     summaries = row.get("summaries")
     if not isinstance(summaries, list) or len(summaries) != 2:
         raise BadRow(
@@ -65,7 +57,7 @@ def comparison_to_pair(row: dict) -> dict[str, str]:
     if choice not in (0, 1) or isinstance(choice, bool):
         raise BadRow(f"field 'choice' is {choice!r}, expected 0 or 1")
     texts = [
-        _text(s.get("text") if isinstance(s, dict) else None, f"summaries[{i}].text") for i, s in enumerate(summaries)
+        as_text(s.get("text") if isinstance(s, dict) else None, f"summaries[{i}].text") for i, s in enumerate(summaries)
     ]
     prompt = PROMPT_TEMPLATE.format(subreddit=subreddit.strip(), title=title.strip(), post=post.strip())
     return {"prompt": prompt, "chosen": " " + texts[choice].strip(), "rejected": " " + texts[1 - choice].strip()}

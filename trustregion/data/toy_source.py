@@ -80,37 +80,19 @@ def check(cfg) -> None:
 def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
     """``n`` pairs of two distinct samples of the model at ``cfg.pair_model`` per prompt, gold-labelled."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from trustregion.generation import encode_prompts, sample
-    from trustregion.models import load_tokenizer
+    from trustregion.generation import encode_prompts, sample_texts
+    from trustregion.models import load_for_sampling
 
     path = str(cfg.pair_model)
-    try:
-        tokenizer = load_tokenizer(path, key="dataset.pair_model")
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-    except OSError as e:
-        raise ConfigError(
-            f"dataset.pair_model={path}: cannot load it ({str(e).splitlines()[0]}); "
-            f"set it (or model.path) to a saved SFT policy dir"
-        ) from e
+    model, tokenizer = load_for_sampling(path, key="dataset.pair_model")
     gen = torch.Generator().manual_seed(task.seed * 1_000_003 + seed)
     rows: list[dict] = []
     for attempt in range(8):
         prompts = task.prompts(n - len(rows) + 8, seed=seed * 100 + attempt)
         ids = encode_prompts(prompts, tokenizer, cfg.max_prompt_length)
-        texts = []
-        for start in range(0, 2 * len(ids), 512):
-            doubled = [ids[i // 2] for i in range(start, min(2 * len(ids), start + 512))]
-            out = sample(
-                model,
-                doubled,
-                eos_id=tokenizer.eos_token_id,
-                pad_id=tokenizer.pad_token_id,
-                max_new_tokens=cfg.pair_max_new_tokens,
-                generator=gen,
-            )
-            texts += [tokenizer.decode(r[:-1] if e else r) for r, e in zip(out.responses, out.ended)]
+        doubled = [ids[i // 2] for i in range(2 * len(ids))]  # two samples per prompt
+        texts = sample_texts(model, tokenizer, doubled, max_new_tokens=cfg.pair_max_new_tokens, generator=gen)
         rows += task.label_rows(prompts, texts[0::2], texts[1::2], seed, cfg.label_temperature)
         if len(rows) >= n:
             return rows[:n]
