@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from trustregion import cli
+from trustregion.config_errors import preflight
 from trustregion.console import say
 from trustregion.recipe import SFTRecipe
 
@@ -38,6 +39,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     cli.register()
     sys.argv = [sys.argv[0], *cli.prepare_launch(sys.argv[1:])]
+    preflight(sys.argv[1:], "sft")
     _main()
 
 

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from trustregion import cli
+from trustregion.config_errors import preflight
 from trustregion.recipe import Recipe
 
 
@@ -33,6 +34,7 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     cli.register()
     sys.argv = [sys.argv[0], *cli.prepare_launch(sys.argv[1:])]
+    preflight(sys.argv[1:], "config")
     _main()
 
 

@@ -1,0 +1,54 @@
+"""Composition errors read like the range checks: one line naming the override and the fix, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trustregion.cli import compose
+from trustregion.config_errors import describe, first_values
+
+
+def one_line(*args: str, module: str = "trustregion.train") -> str:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+def error_of(*overrides: str) -> str:
+    with pytest.raises(Exception) as e:
+        compose(*overrides)
+    return describe(e.value, overrides, "config")
+
+
+def test_an_unknown_group_option_lists_the_options_and_the_nearest():
+    assert (
+        error_of("method=dpoo")
+        == "method=dpoo is not an option: set method to one of dpo, ipo, kto (did you mean method=dpo?)"
+    )
+
+
+def test_an_unknown_key_names_its_group_and_the_nearest_key():
+    assert error_of("trainer.lrr=1") == "trainer.lrr is not a key of trainer: did you mean trainer.lr?"
+
+
+def test_a_value_of_the_wrong_type_names_the_key_and_the_value():
+    assert error_of("trainer.lr=abc").startswith("trainer.lr=abc is invalid: Value 'abc' of type 'str' could not be")
+
+
+def test_a_sweep_is_checked_at_its_first_values():
+    assert first_values(["--multirun", "method.beta=0.1,0.5", "hydra.sweep.dir=x"]) == ["method.beta=0.1"]
+
+
+def test_the_command_line_prints_one_line_and_exits_2_for_training_and_sft():
+    assert one_line("ref_update=sofft") == (
+        "error: ref_update=sofft is not an option: set ref_update to one of hard, none, soft "
+        "(did you mean ref_update=soft?)"
+    )
+    assert one_line("trainer.lrr=3", module="trustregion.sft") == (
+        "error: trainer.lrr is not a key of trainer: did you mean trainer.lr?"
+    )
