@@ -334,3 +334,31 @@ def test_the_final_checkpoint_can_leave_the_optimizer_state_out(fast_cfg, tmp_pa
     assert "optimizer" in middle and "optimizer" not in final and "policy" in final
     with pytest.raises(ConfigError, match="this final checkpoint holds no optimizer state"):
         train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest"), tmp_path)
+
+
+def test_a_second_run_in_a_run_dir_in_use_stops_with_one_line(fast_cfg, tmp_path):
+    from trustregion.errors import ConfigError
+    from trustregion.rundir import lock_run_dir
+
+    tmp_path.mkdir(exist_ok=True)
+    held = lock_run_dir(tmp_path)  # as a running process holds it
+    with pytest.raises(ConfigError, match=rf"the run dir {tmp_path} is in use by pid \d+; wait for it to end"):
+        train(fast_cfg(), tmp_path)
+    held.close()
+    train(fast_cfg("trainer.max_steps=1"), tmp_path)  # free again
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_cfg, tmp_path, capsys, caplog):
+    from trustregion.errors import ConfigError
+
+    train(fast_cfg("trainer.max_steps=4", "trainer.save_every=2"), tmp_path)
+    state = tmp_path / "checkpoints" / "step_000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # cut short, as a full disk would leave it
+    with pytest.raises(ConfigError, match=r"step_000004: the model and optimizer state is damaged or missing"):
+        train(fast_cfg("trainer.max_steps=6", f"trainer.resume={state.parent}"), tmp_path / "explicit")
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest"), tmp_path)
+    said = capsys.readouterr().out + caplog.text
+    assert "is damaged or missing" in said and "trying step_000002" in said
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # steps 3-4 run again from step 2

@@ -108,6 +108,30 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+class DamagedCheckpoint(ConfigError):
+    """A checkpoint whose files are missing or cannot be read (a truncated ``.pt``, a lost shard)."""
+
+
+def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
+    """The checkpoints to try, best first: with ``latest`` every complete one of this run dir, newest first
+    (a damaged one falls back to the one before); else the one ``trainer.resume`` names."""
+    if resume == "latest":
+        return complete_checkpoints(run_dir)[::-1]
+    found = resolve_resume(resume, run_dir)
+    return [found] if found is not None else []
+
+
+def _read(path: Path, what: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with a missing or unreadable file turned into one line naming it."""
+    try:
+        return load()
+    except Exception as e:  # noqa: BLE001 - torch, zipfile and pickle raise many types for a cut file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedCheckpoint(
+            f"trainer.resume={path}: {what} is damaged or missing ({first}); resume from an earlier checkpoint"
+        ) from e
+
+
 def read_meta(path: Path) -> dict:
     try:
         return json.loads((path / "meta.json").read_text())
@@ -166,8 +190,8 @@ def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[
             f"trainer.resume={path}: this final checkpoint holds no optimizer state (trainer.final_optimizer_state="
             "false); start a new run from its weights with model.path=<run dir>/policy, or resume an earlier one"
         )
-    engine.load(path)
-    shared = torch.load(path / "loop.pt", weights_only=False)
-    mine = torch.load(path / f"rank{engine.rank}.pt", weights_only=False)
+    mine = _read(path, f"rank{engine.rank}.pt", lambda: torch.load(path / f"rank{engine.rank}.pt", weights_only=False))
+    shared = _read(path, "loop.pt", lambda: torch.load(path / "loop.pt", weights_only=False))
+    _read(path, "the model and optimizer state", lambda: engine.load(path))
     set_rng_state(mine.pop("rng"))
     return int(shared.pop("step")), shared, mine

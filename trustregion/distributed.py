@@ -64,6 +64,11 @@ def launch_env() -> dict[str, str]:
     }
 
 
+def launched_rank() -> int:
+    """This process's rank in its launch (0 when run directly), before any process group exists."""
+    return int(os.environ.get("RANK") or launch_env().get("RANK", "0"))
+
+
 def launched_world_size() -> int:
     """How many processes the launcher started for this run (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE") or launch_env().get("WORLD_SIZE", "1"))

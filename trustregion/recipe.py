@@ -28,7 +28,7 @@ from trustregion.cli import total_optimizer_steps
 from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
 from trustregion.data import load_preferences
-from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_world_size
+from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_rank, launched_world_size
 from trustregion.engine import Engine, LocalEngine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
@@ -36,6 +36,7 @@ from trustregion.logps import logps_function
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
+from trustregion.rundir import lock_run_dir
 
 
 def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
@@ -73,6 +74,7 @@ class Recipe:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, extra_hooks: list[hooks.Hook] | None = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
         self.extra_hooks = list(extra_hooks or [])
         self.state = TrainState()
         self.reference = self.sft_model = self.updater = None
@@ -93,6 +95,8 @@ class Recipe:
         validate(cfg)
         quiet_third_party(bool(cfg.verbose))
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if launched_rank() == 0:  # one run's ranks share the dir; another run may not
+            self.run_dir_lock = lock_run_dir(self.run_dir)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
@@ -152,7 +156,7 @@ class Recipe:
         )
 
     def wants_generation(self) -> bool:
-        if self.cfg.eval.generate and self.data.task is None and int(os.environ.get("RANK", "0")) == 0:
+        if self.cfg.eval.generate and self.data.task is None and launched_rank() == 0:
             say(
                 f"note: generation-based evaluation skipped: dataset={self.cfg.dataset.name} has no "
                 "gold judge (held-out preference metrics still run); set eval.generate=false to say so"
@@ -176,17 +180,28 @@ class Recipe:
     def setup_state(self) -> None:
         """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
         t = self.cfg.trainer
-        resume_from = checkpoint.resolve_resume(t.resume, self.run_dir)
-        if resume_from is not None:
-            step, shared, mine = checkpoint.load(resume_from, self.engine, self.identity())
-            self.load_state_dict(step, shared, mine)
-        elif self.objective.uses_reference:
+        if not self.resume(checkpoint.resume_candidates(t.resume, self.run_dir)) and self.objective.uses_reference:
             average = self.objective.average
             fn = self.objective.logps
             self.state.sft_train = reference_logps(
                 self.engine, self.train_rows, self.collator, t.batch_size, average, fn
             )
             self.state.sft_eval = reference_logps(self.engine, self.eval_rows, self.collator, t.batch_size, average, fn)
+
+    def resume(self, candidates: list[Path]) -> bool:
+        """Load the first readable checkpoint of ``candidates``; a damaged one (on one process) falls back to the
+        next with a note. False when there is none to resume."""
+        for i, path in enumerate(candidates):
+            try:
+                step, shared, mine = checkpoint.load(path, self.engine, self.identity())
+            except checkpoint.DamagedCheckpoint as e:
+                if i + 1 == len(candidates) or self.engine.world_size > 1:
+                    raise
+                say(f"warning: {e}; trying {candidates[i + 1].name}")
+                continue
+            self.load_state_dict(step, shared, mine)
+            return True
+        return False
 
     def setup_logger(self) -> None:
         engine, cfg = self.engine, self.cfg
@@ -252,14 +267,18 @@ class Recipe:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.setup()
         try:
-            last = self.train()
-        except BaseException:
-            self.logger.finish(exit_code=1)
-            raise
-        self.cleanup()
-        return last
+            self.setup()
+            try:
+                last = self.train()
+            except BaseException:
+                self.logger.finish(exit_code=1)
+                raise
+            self.cleanup()
+            return last
+        finally:
+            if self.run_dir_lock is not None:
+                self.run_dir_lock.close()
 
     def train(self) -> dict[str, Any]:
         """Train to ``total_steps``; evaluate, checkpoint and export at the end. Returns the last metrics."""
