@@ -331,3 +331,27 @@ def test_resume_with_another_method_is_an_error(fast_cfg, tmp_path):
     train(fast_cfg("trainer.max_steps=2"), tmp_path / "dpo")
     with pytest.raises(ConfigError, match="method=dpo but this run has method=ipo"):
         train(fast_cfg("method=ipo", f"trainer.resume={tmp_path / 'dpo'}"), tmp_path / "ipo")
+
+
+def test_sigterm_checkpoints_the_step_and_the_resumed_run_logs_every_row_as_if_uninterrupted(fast_cfg, tmp_path):
+    base = [*FAST, *TOY, "trainer.max_steps=12", "trainer.log_every=5", "ref_update.tau=1", "ref_update.alpha=0.3"]
+    full = cli(*base, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = tmp_path / "stopped"
+    stopped = cli(*base, f"hydra.run.dir={run}", env={"TRUSTREGION_FAULT": "term:7"})  # mid-window: logs at 5, 10
+    assert stopped.returncode == 2
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "error: signal 15 at step 7: checkpoint written, run stopped; continue with trainer.resume=latest"
+    )
+    resumed = cli(*base, f"hydra.run.dir={run}", "trainer.resume=latest")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    timing = {"tokens_per_s", "ref/update_ms", "eval/generation_s"}
+
+    def rows(d):
+        return [{k: v for k, v in r.items() if k not in timing} for r in metrics(d)]
+
+    assert rows(run) == rows(tmp_path / "full")  # the step-10 row averages steps 6-10 across the stop
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(weights(run, "reference").values(), weights(tmp_path / "full", "reference").values())
+    )

@@ -59,9 +59,13 @@ class BaseHook:
 
 
 def fault(point: str, step: int) -> None:
-    """Testing hook: TRUSTREGION_FAULT=step:N (or save:N) SIGKILLs this process there, as a crash would."""
-    if os.environ.get("TRUSTREGION_FAULT") == f"{point}:{step}":
+    """Testing hook: TRUSTREGION_FAULT=step:N (or save:N) SIGKILLs this process there, as a crash would;
+    TRUSTREGION_FAULT=term:N sends it SIGTERM after step N, as a cluster's preemption would."""
+    wanted = os.environ.get("TRUSTREGION_FAULT")
+    if wanted == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if point == "step" and wanted == f"term:{step}":
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ReferenceUpdateHook(BaseHook):

@@ -18,6 +18,14 @@ class MetricBuffer:
             self.sums[key] = self.sums[key] + value if key in self.sums else value
             self.weights[key] = self.weights.get(key, 0.0) + weight
 
+    def state_dict(self) -> dict:
+        """The running sums (this rank's, on the CPU) so a resumed run logs the same window as an uninterrupted one."""
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "weights": dict(self.weights)}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.weights = dict(state["weights"])
+
     def drain(self, engine) -> dict[str, float]:
         """The weighted means so far, averaged over ranks; empties the buffer."""
         if not self.sums:

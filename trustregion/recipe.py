@@ -12,8 +12,13 @@ checkpoints. ``run()`` does all three phases and returns the last logged metrics
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
+import signal
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,7 @@ class TrainState:
     first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
     last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
     resumed: bool = False
+    preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
 
 
 class Recipe:
@@ -74,6 +80,7 @@ class Recipe:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, extra_hooks: list[hooks.Hook] | None = None) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.buffer = MetricBuffer()  # the metric window since the last log (checkpointed)
         self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
         self.extra_hooks = list(extra_hooks or [])
         self.state = TrainState()
@@ -255,7 +262,9 @@ class Recipe:
             "sft_train": self.state.sft_train,
             "sft_eval": self.state.sft_eval,
         }
-        mine = {"updater": self.updater.state_dict()} if self.updater is not None else {}
+        mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
+        if self.updater is not None:
+            mine["updater"] = self.updater.state_dict()
         return shared, mine
 
     def load_state_dict(self, step: int, shared: dict[str, Any], mine: dict[str, Any]) -> None:
@@ -264,6 +273,9 @@ class Recipe:
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         if self.updater is not None:
             self.updater.load_state_dict(mine["updater"])
+        if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)
+            self.buffer.load_state_dict(mine["metrics"], self.engine.device)
+            self.state.tokens = mine["tokens"]
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -290,18 +302,21 @@ class Recipe:
             if t.eval_at_start:
                 state.last = self.evaluate()
         self.fire("on_train_start")
-        buffer = MetricBuffer()
-        while state.step < self.total_steps:
-            self.accumulate(buffer)
-            buffer.add({"grad_norm": engine.step()})
-            state.step += 1
-            self.fire("on_step_end")
-            if state.step % t.log_every == 0 or state.step == self.total_steps:
-                self.log(buffer)
-            if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
-                state.last.update(self.evaluate())
-            if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
-                self.save()
+        buffer = self.buffer
+        with preemption_signals(state):
+            while state.step < self.total_steps:
+                self.accumulate(buffer)
+                buffer.add({"grad_norm": engine.step()})
+                state.step += 1
+                self.fire("on_step_end")
+                if state.step % t.log_every == 0 or state.step == self.total_steps:
+                    self.log(buffer)
+                if state.preempted and state.step < self.total_steps:
+                    return self.stop_for_preemption()
+                if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
+                    state.last.update(self.evaluate())
+                if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
+                    self.save()
         state.last.update(self.evaluate())
         self.save()
         self.fire("on_train_end")
@@ -375,12 +390,56 @@ class Recipe:
         self.check_finite()
         self.fire("on_save")
 
+    def stop_for_preemption(self) -> dict[str, Any]:
+        """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it."""
+        self.save()
+        requeued = requeue_on_slurm() if self.engine.is_main else ""
+        raise Preempted(
+            f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped{requeued}; "
+            "continue with trainer.resume=latest"
+        )
+
     def fire(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
             getattr(hook, event)(self, *args)
 
     def cleanup(self) -> None:
         self.logger.finish()
+
+
+class Preempted(TrainingError):
+    """The run was asked to stop (SIGTERM, SIGUSR1) and stopped after checkpointing its last step."""
+
+
+def requeue_on_slurm() -> str:
+    """Under Slurm, put this job back in the queue (``scontrol requeue``); what was done, for the stop line."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if not job or shutil.which("scontrol") is None:
+        return ""
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True).returncode == 0
+    return f" and Slurm job {job} requeued" if done else f" (scontrol requeue {job} failed)"
+
+
+@contextlib.contextmanager
+def preemption_signals(state: TrainState):
+    """While the loop runs, SIGTERM (preemption) and SIGUSR1 (Slurm's warning before the time limit, e.g.
+    ``--signal=USR1@120``) set ``state.preempted``; the loop then checkpoints at the end of the step and stops."""
+
+    def note(signum, frame) -> None:
+        state.preempted = signum
+
+    wanted = [signal.SIGTERM, signal.SIGUSR1]
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = {s: signal.signal(s, note) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _bytes(n: float) -> str:
