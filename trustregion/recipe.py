@@ -12,13 +12,8 @@ checkpoints. ``run()`` does all three phases and returns the last logged metrics
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import shutil
-import signal
-import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +36,7 @@ from trustregion.logps import logps_function
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
+from trustregion.preemption import Preempted, preemption_signals, requeue_on_slurm
 from trustregion.rundir import lock_run_dir
 
 
@@ -405,41 +401,6 @@ class Recipe:
 
     def cleanup(self) -> None:
         self.logger.finish()
-
-
-class Preempted(TrainingError):
-    """The run was asked to stop (SIGTERM, SIGUSR1) and stopped after checkpointing its last step."""
-
-
-def requeue_on_slurm() -> str:
-    """Under Slurm, put this job back in the queue (``scontrol requeue``); what was done, for the stop line."""
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if not job or shutil.which("scontrol") is None:
-        return ""
-    if os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True).returncode == 0
-    return f" and Slurm job {job} requeued" if done else f" (scontrol requeue {job} failed)"
-
-
-@contextlib.contextmanager
-def preemption_signals(state: TrainState):
-    """While the loop runs, SIGTERM (preemption) and SIGUSR1 (Slurm's warning before the time limit, e.g.
-    ``--signal=USR1@120``) set ``state.preempted``; the loop then checkpoints at the end of the step and stops."""
-
-    def note(signum, frame) -> None:
-        state.preempted = signum
-
-    wanted = [signal.SIGTERM, signal.SIGUSR1]
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = {s: signal.signal(s, note) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _bytes(n: float) -> str:
