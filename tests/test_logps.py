@@ -351,11 +351,12 @@ def test_shared_prompt_refuses_a_body_that_keeps_no_cache():
     assert shared_prompt_rows(model, pair_batch(VOCAB["llama-tied"])) is None
 
 
-def test_the_training_loop_gives_the_same_losses_with_chunked_and_full_log_probs(fast_cfg, tmp_path):
+@pytest.mark.parametrize("method", ["dpo", "kto", "ipo"])
+def test_the_training_loop_gives_the_same_losses_with_chunked_and_full_log_probs(fast_cfg, tmp_path, method):
     from trustregion.train import train
 
     def losses(mode: str) -> list[float]:
-        train(fast_cfg(f"model.logps={mode}", "model.logits_chunk_tokens=7"), tmp_path / mode)
+        train(fast_cfg(f"method={method}", f"model.logps={mode}", "model.logits_chunk_tokens=7"), tmp_path / mode)
         rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
         return [r["loss"] for r in rows if "loss" in r]
 

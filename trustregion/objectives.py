@@ -199,8 +199,8 @@ class KTO(Objective):
     name = "kto"
     config_class = KTOConfig
 
-    def __init__(self, method_cfg: Any) -> None:
-        super().__init__(method_cfg)
+    def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
+        super().__init__(method_cfg, logps)
         self.reference_point = str(method_cfg.reference_point.value)
         if self.reference_point == "mismatched":
             self.chunks = ("chosen", "rejected", "mismatched")
@@ -247,8 +247,8 @@ class KTOUnpaired(KTO):
         "data/padding_fraction",
     )
 
-    def __init__(self, method_cfg: Any) -> None:
-        Objective.__init__(self, method_cfg)
+    def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
+        Objective.__init__(self, method_cfg, logps)
 
     def tokenize(self, split, tokenizer, dataset_cfg):
         d = dataset_cfg
