@@ -361,7 +361,7 @@ def test_the_training_loop_gives_the_same_losses_with_chunked_and_full_log_probs
         return [r["loss"] for r in rows if "loss" in r]
 
     full, chunked = losses("full"), losses("chunked")
-    assert len(full) == 4 and chunked == pytest.approx(full, abs=1e-5)
+    assert len(full) == 4 and chunked == pytest.approx(full, rel=2e-6, abs=1e-5)  # IPO losses are ~25
 
 
 def test_share_prompt_with_gradient_checkpointing_is_refused_in_one_line(fast_cfg, tmp_path):
