@@ -246,7 +246,7 @@ def test_cli_rejects_non_integer_tau(tmp_path):
 
 
 def test_cli_lists_only_the_methods_as_options_of_method(tmp_path):
-    out = cli("method=dpoo", f"hydra.run.dir={tmp_path}")
+    out = cli("method=dpoo", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})  # Hydra's own report
     assert out.returncode != 0
     listed = out.stderr.split("Available options in 'method':")[1].split("Config search path")[0].split()
     assert listed == ["dpo", "ipo", "kto"]
