@@ -540,20 +540,29 @@ def _colors(families: list[Family]) -> dict[Family, str]:
     return out
 
 
-def _grid(fig, n: int):
+def _figure(n: int, height: float = 4.2):
+    """A figure of ``n`` panels, three to a row, and its axes."""
+    from matplotlib.figure import Figure
+
     cols = min(n, 3)
     rows = -(-n // cols)
-    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    fig = Figure(figsize=(5.2 * cols, height * rows), dpi=100)
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def _gold_vs_kl_axes(ax, method: str, beta: float) -> None:
+    ax.set_title(f"{method.upper()}, β={beta:g}")
+    ax.set_xlabel("KL(policy ‖ SFT)")
+    ax.set_ylabel("gold reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_bands(study: Study, path: Path) -> None:
     """Gold vs KL per family: mean over seeds and its 95 % band, on KLs every seed of the family reached."""
-    from matplotlib.figure import Figure
-
     panels = _panels(study)
-    cols = min(len(panels), 3)
-    fig = Figure(figsize=(5.2 * cols, 4.2 * -(-len(panels) // cols)), dpi=100)
-    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+    fig, axes = _figure(len(panels))
+    for ax, (method, beta) in zip(axes, panels):
         fams = [f for f in study.families if (f.method, f.beta) == (method, beta)]
         colors = _colors(fams)
         for fam in fams:
@@ -567,11 +576,7 @@ def plot_bands(study: Study, path: Path) -> None:
             )
             if len(members) > 1:
                 ax.fill_between(grid, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=colors[fam], alpha=0.12)
-        ax.set_title(f"{method.upper()}, β={beta:g}")
-        ax.set_xlabel("KL(policy ‖ SFT)")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _gold_vs_kl_axes(ax, method, beta)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -579,17 +584,15 @@ def plot_bands(study: Study, path: Path) -> None:
 def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
     """Paired TR − frozen (mean over seeds) over α (rows) and τ (columns), one panel per method and β: gold at
     the matched KL, or (``peak``) peak gold."""
-    from matplotlib.figure import Figure
 
     comps = study.comparisons()
     panels = sorted({(c.family.method, c.family.beta) for c in comps})
     if not panels:
         return
     pick = (lambda c: c.peak) if peak else (lambda c: c.at_kl)
-    cols = min(len(panels), 3)
-    fig = Figure(figsize=(5.2 * cols, 4.0 * -(-len(panels) // cols)), dpi=100)
+    fig, axes = _figure(len(panels), height=4.0)
     span = max([abs(pick(c).mean) for c in comps if math.isfinite(pick(c).mean)] or [1.0]) or 1.0
-    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+    for ax, (method, beta) in zip(axes, panels):
         mine = [c for c in comps if (c.family.method, c.family.beta) == (method, beta)]
         alphas = sorted({c.family.alpha for c in mine})
         taus = sorted({c.family.tau for c in mine})
@@ -614,12 +617,9 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
 
 def plot_runs(study: Study, path: Path) -> None:
     """Every run's gold vs KL path, one panel per method and β, coloured by family."""
-    from matplotlib.figure import Figure
-
     panels = _panels(study)
-    cols = min(len(panels), 3)
-    fig = Figure(figsize=(5.2 * cols, 4.2 * -(-len(panels) // cols)), dpi=100)
-    for ax, (method, beta) in zip(_grid(fig, len(panels)), panels):
+    fig, axes = _figure(len(panels))
+    for ax, (method, beta) in zip(axes, panels):
         fams = [f for f in study.families if (f.method, f.beta) == (method, beta)]
         colors = _colors(fams)
         for fam in fams:
@@ -635,11 +635,7 @@ def plot_runs(study: Study, path: Path) -> None:
                     alpha=0.7,
                     label=fam.rule if i == 0 else None,
                 )
-        ax.set_title(f"{method.upper()}, β={beta:g}")
-        ax.set_xlabel("KL(policy ‖ SFT)")
-        ax.set_ylabel("gold reward")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _gold_vs_kl_axes(ax, method, beta)
     fig.tight_layout()
     fig.savefig(path)
 
