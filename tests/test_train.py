@@ -34,8 +34,8 @@ def test_every_method_trains_with_every_reference_update(fast_cfg, tmp_path, met
     assert torch.isfinite(torch.tensor(last["loss"]))
     rows = train_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    expected_updates = {"none": 0, "soft": 4, "hard": 2}[ref_update]
-    assert rows[-1]["ref_updates"] == expected_updates
+    expected_updates = {"none": None, "soft": 4, "hard": 2}[ref_update]  # frozen: no reference model, no updater
+    assert rows[-1].get("ref_updates") == expected_updates
 
 
 def test_run_dir_holds_config_metrics_models_and_tokenizer(fast_cfg, tmp_path):
@@ -85,6 +85,19 @@ def test_frozen_reference_from_cache_matches_running_the_reference(fast_cfg, tmp
     train(fast_cfg("ref_update=none", "trainer.cache_reference=false"), tmp_path / "run")
     a, b = train_rows(tmp_path / "cached"), train_rows(tmp_path / "run")
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-5)
+    evals = [[r for r in metrics(d) if "eval/loss" in r] for d in (tmp_path / "cached", tmp_path / "run")]
+    assert [r["eval/loss"] for r in evals[0]] == pytest.approx([r["eval/loss"] for r in evals[1]], abs=1e-5)
+
+
+def test_frozen_reference_with_cached_logps_is_never_built_yet_exported(fast_cfg, tmp_path):
+    from trustregion.recipe import Recipe
+
+    recipe = Recipe(fast_cfg("ref_update=none"), tmp_path / "cached")
+    recipe.run()
+    assert recipe.reference is None and recipe.engine.reference is None
+    train(fast_cfg("ref_update=none", "trainer.cache_reference=false"), tmp_path / "built")
+    exported, built = weights(tmp_path / "cached", "reference"), weights(tmp_path / "built", "reference")
+    assert set(exported) == set(built) and all(torch.equal(exported[k], built[k]) for k in built)
 
 
 def test_hard_update_leaves_reference_equal_to_policy_after_a_multiple_of_tau(fast_cfg, tmp_path):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from trustregion import checkpoint
+from trustregion.console import say
 
 if TYPE_CHECKING:
     from trustregion.recipe import Recipe
@@ -172,11 +174,22 @@ class ExportHook(BaseHook):
     def __init__(self, which: tuple[str, ...]) -> None:
         self.which = which
 
+    def on_train_start(self, recipe: Recipe) -> None:
+        # A frozen reference that was never built (its log-probs cached) is the starting policy: export it now.
+        if "reference" in self.which and recipe.reference is None and not recipe.state.resumed:
+            self.export(recipe, "policy", recipe.run_dir / "reference")
+
     def on_train_end(self, recipe: Recipe) -> None:
-        engine = recipe.engine
         for which in self.which:
-            directory = recipe.run_dir / which
-            engine.export(which, directory)
-            if engine.is_main:
-                recipe.tokenizer.save_pretrained(directory)
-        engine.barrier()
+            if which == "reference" and recipe.reference is None:
+                if not (recipe.run_dir / which).exists():
+                    say(f"note: {which}/ not written: the frozen reference is the model this run started from")
+                continue
+            self.export(recipe, which, recipe.run_dir / which)
+
+    @staticmethod
+    def export(recipe: Recipe, which: str, directory: Path) -> None:
+        recipe.engine.export(which, directory)
+        if recipe.engine.is_main:
+            recipe.tokenizer.save_pretrained(directory)
+        recipe.engine.barrier()

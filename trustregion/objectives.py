@@ -121,7 +121,7 @@ class Objective:
     def collator(self, pad_token_id: int) -> PairCollator:
         return PairCollator(pad_token_id, self.chunks)
 
-    def forward(self, engine, batch: dict, cached: Tensor, grad: bool, use_cache: bool):
+    def forward(self, engine, batch: dict, cached: Tensor, grad: bool):
         """Policy, reference and SFT log-probs as [chunks, batch] tensors, plus response token counts.
 
         One concatenated forward per model; the reference runs without gradients, or not at all when
@@ -129,7 +129,7 @@ class Objective:
         """
         with torch.set_grad_enabled(grad):
             logps, counts = self.logps(engine.policy, batch, self.average)
-        if use_cache:
+        if self.reference_from_cache:
             ref = cached.t().reshape(-1).to(logps.device)
         else:
             with torch.no_grad():
@@ -137,11 +137,8 @@ class Objective:
         k, b = len(self.chunks), cached.shape[0]
         return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
 
-    def __call__(
-        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
-    ) -> StepOutput:
-        use_cache = self.reference_from_cache if use_cache is None else use_cache
-        pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
+    def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True) -> StepOutput:
+        pol, ref, sft, counts = self.forward(engine, batch, cached, grad)
         losses, cr, rr = self.loss(engine, pol, ref)
         loss = losses.mean()
         with torch.no_grad():
@@ -257,12 +254,9 @@ class KTOUnpaired(KTO):
     def collator(self, pad_token_id: int) -> PairCollator:
         return UnpairedCollator(pad_token_id)
 
-    def __call__(
-        self, engine, batch: dict, cached: Tensor, grad: bool = True, use_cache: bool | None = None
-    ) -> StepOutput:
+    def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True) -> StepOutput:
         m = self.cfg
-        use_cache = self.reference_from_cache if use_cache is None else use_cache
-        pol, ref, sft, counts = self.forward(engine, batch, cached, grad, use_cache)
+        pol, ref, sft, counts = self.forward(engine, batch, cached, grad)
         good = batch["desirable"]
         losses, rewards = kto_unpaired_loss(
             pol[0],
@@ -313,9 +307,7 @@ class SFT(Objective):
     def rows(self, data, split: str):
         return data.sft_view() if split == "train" else None  # no held-out evaluation
 
-    def __call__(
-        self, engine, batch: dict, cached: Tensor | None, grad: bool = True, use_cache: bool | None = None
-    ) -> StepOutput:
+    def __call__(self, engine, batch: dict, cached: Tensor | None, grad: bool = True) -> StepOutput:
         with torch.set_grad_enabled(grad):
             logps, counts = self.logps(engine.policy, batch, False)
         loss = -logps.sum() / counts.sum()
@@ -347,12 +339,18 @@ def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: L
 
 @torch.no_grad()
 def reference_logps(
-    engine, rows, collator: PairCollator, batch_size: int, average: bool, logps_fn: LogpsFn = sequence_logps
+    engine,
+    model,
+    rows,
+    collator: PairCollator,
+    batch_size: int,
+    average: bool,
+    logps_fn: LogpsFn = sequence_logps,
 ) -> Tensor:
-    """Log-probs of every row's chunks under the reference as it is now: a [rows, chunks] tensor.
+    """Log-probs of every row's chunks under ``model`` (the SFT model, before training): a [rows, chunks] tensor.
 
-    Called before training, when the reference is still the SFT model. Each rank computes its
-    share; every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively).
+    Each rank computes its share; every rank runs the same number of forwards (ZeRO-3 gathers parameters
+    collectively).
     """
     n, k = len(rows), len(collator.chunks)
     out = torch.zeros(n, k, dtype=torch.float32)
@@ -362,7 +360,7 @@ def reference_logps(
     for s in range(steps):
         idx = mine[s * batch_size : (s + 1) * batch_size] or [0]
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
-        logps, _ = logps_fn(engine.reference, batch, average)
+        logps, _ = logps_fn(model, batch, average)
         if mine[s * batch_size : (s + 1) * batch_size]:
             out[torch.tensor(idx)] = logps.view(k, -1).t().float().cpu()
     return engine.reduce_sum(out.to(engine.device)).cpu()
@@ -381,5 +379,5 @@ def evaluate_objective(
     for _ in range(stream.batches_per_epoch):
         idx = stream.next()
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
-        buffer.add(objective(engine, batch, cached[idx], grad=False, use_cache=False).metrics)
+        buffer.add(objective(engine, batch, cached[idx], grad=False).metrics)
     return {f"eval/{k}": v for k, v in buffer.drain(engine).items() if k in EVAL_METRICS}

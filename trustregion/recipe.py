@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
     if cfg.deepspeed.stage > 0:
         return DeepSpeedEngine(cfg, policy, reference, total_steps)
     return LocalEngine(policy, reference, cfg.trainer, total_steps)
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module):
+    """``model`` in eval mode (no dropout) inside the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,7 +145,11 @@ class Recipe:
     def setup_engine(self) -> None:
         """Reference (and the SFT model kept for generation evaluation), the engine, the updater, the stream."""
         cfg, t = self.cfg, self.cfg.trainer
-        if self.objective.uses_reference:
+        # A frozen reference on one process is needed only for its log-probs, which equal the starting policy's:
+        # they are cached before training and the reference model is never built (one model's memory saved).
+        cached = self.objective.uses_reference and cfg.ref_update.tau is None and t.cache_reference
+        self.objective.reference_from_cache = cached and cfg.deepspeed.stage == 0
+        if self.objective.uses_reference and not self.objective.reference_from_cache:
             self.reference = make_reference(self.policy)
         if self.wants_generation():
             self.sft_model = make_reference(self.policy)
@@ -142,11 +158,9 @@ class Recipe:
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
         if self.sft_model is not None:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
-        if self.objective.uses_reference:
+        if self.reference is not None:
             self.updater = self.engine.updater(cfg.ref_update.alpha, cfg.ref_update.tau)
-            self.objective.reference_from_cache = (
-                cfg.ref_update.tau is None and self.engine.world_size == 1 and t.cache_reference
-            )
+            self.objective.reference_from_cache = cached and self.engine.world_size == 1
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
         self.stream = BatchStream(
             len(self.train_rows),
@@ -171,7 +185,7 @@ class Recipe:
         t = self.cfg.trainer
         weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.policy.parameters())
         numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
-        copies = 2 if self.objective.uses_reference else 1  # the policy, and the reference where there is one
+        copies = 2 if self.reference is not None else 1  # the policy, and the reference where there is one
         size = copies * weights + 8 * numel  # + Adam's two fp32 moments
         what = "policy, reference, optimizer" if copies == 2 else "policy, optimizer"
         when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
@@ -184,12 +198,16 @@ class Recipe:
         """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
         t = self.cfg.trainer
         if not self.resume(checkpoint.resume_candidates(t.resume, self.run_dir)) and self.objective.uses_reference:
-            average = self.objective.average
-            fn = self.objective.logps
-            self.state.sft_train = reference_logps(
-                self.engine, self.train_rows, self.collator, t.batch_size, average, fn
-            )
-            self.state.sft_eval = reference_logps(self.engine, self.eval_rows, self.collator, t.batch_size, average, fn)
+            # the SFT model: the reference, or the policy itself before its first step when no reference is built
+            model = self.engine.reference if self.reference is not None else self.engine.policy
+            average, fn = self.objective.average, self.objective.logps
+            with evaluation_mode(model):
+                self.state.sft_train = reference_logps(
+                    self.engine, model, self.train_rows, self.collator, t.batch_size, average, fn
+                )
+                self.state.sft_eval = reference_logps(
+                    self.engine, model, self.eval_rows, self.collator, t.batch_size, average, fn
+                )
 
     def resume(self, candidates: list[Path]) -> bool:
         """Load the first readable checkpoint of ``candidates``; a damaged one (on one process) falls back to the
@@ -229,8 +247,11 @@ class Recipe:
         )
 
     def default_hooks(self) -> list[hooks.Hook]:
-        found: list[hooks.Hook] = [
-            hooks.ReferenceUpdateHook(),
+        # Export first: a reference exported at the start is written before the step timers start.
+        found: list[hooks.Hook] = [hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ())]
+        if self.updater is not None:
+            found.append(hooks.ReferenceUpdateHook())
+        found += [
             hooks.FaultHook(),
             hooks.ThroughputHook(),
             hooks.EpochHook(),
@@ -238,7 +259,6 @@ class Recipe:
         if self.sft_model is not None:
             found.append(hooks.GenerationEvalHook())
         found.append(hooks.CheckpointHook())
-        found.append(hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ()))
         return found
 
     # --- state ------------------------------------------------------------------------------------
