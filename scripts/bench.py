@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """`make bench`: training throughput, reference-update cost, ZeRO-3 and a side-by-side with TRL's DPOTrainer.
 
-    .venv/bin/python scripts/bench.py                # the full bench (about 14 minutes on 2 cores)
-    .venv/bin/python scripts/bench.py --quick        # a smoke version (about 2 minutes)
+    .venv/bin/python scripts/bench.py                # the full bench (under 30 minutes on 2 cores)
+    .venv/bin/python scripts/bench.py --quick        # a smoke version (a few minutes)
+    .venv/bin/python scripts/bench.py --sections real   # one section: throughput, trl, update, zero3, real
     .venv/bin/python scripts/bench.py --profile      # also torch.profiler tables of ours and TRL
     .venv/bin/python scripts/bench.py --experiments  # package options not on by default (fused AdamW) vs baseline
 
@@ -50,7 +51,19 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from benchkit.plans import BATCH, BIG, CONFIGS, DATA, EXPERIMENTS, MODELS, PLANS, TRL_CONFIGS, TRL_PAIRS  # noqa: E402
+from benchkit.plans import (  # noqa: E402
+    BATCH,
+    BIG,
+    CONFIGS,
+    DATA,
+    EXPERIMENTS,
+    MODELS,
+    PLANS,
+    REAL_PLANS,
+    REAL_TRL_PAIRS,
+    TRL_CONFIGS,
+    TRL_PAIRS,
+)
 from benchkit.render import fmt, fmt_load, fmt_ratio, med, paired_ratio, render, summarize  # noqa: E402
 
 
@@ -112,6 +125,70 @@ def run_zero3(plan: dict, log) -> dict:
     return out
 
 
+def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
+    """Whole DPO steps at real vocabularies, ours and TRL's interleaved in rounds (each TRL run right after the
+    run of ours it is compared with; the order rotates per round), plus the log-prob head alone at the goal shape."""
+    import bench_logps
+
+    files, runs = {}, {}
+    for entry in plan["runs"]:
+        key = (entry["model"], entry["shape"])
+        if key not in files:
+            spec = {"model": key[0], "shape": key[1], "directory": str(out_dir / "real-models"), "eval_rows": 4}
+            files[key] = run_worker(
+                "real-prepare",
+                {**spec, "total_steps": plan["warmup"] + plan["steps"] + 1, "threads": threads},
+                timeout=600,
+                log=log,
+            )
+    for r in range(max(e["rounds"] for e in plan["runs"])):
+        for entry in plan["runs"]:
+            if r >= entry["rounds"]:
+                continue
+            key = (entry["model"], entry["shape"])
+            jobs = []
+            for config in entry["ours"]:
+                jobs.append(("real-ours", config))
+                jobs += [("real-trl", t) for t in entry["trl"] if REAL_TRL_PAIRS[t] == config]
+            k = r % len(jobs)
+            for kind, config in jobs[k:] + jobs[:k]:
+                spec = {
+                    "model": key[0],
+                    "shape": key[1],
+                    "config": config,
+                    "files": files[key],
+                    "eval_rows": 4,
+                    "warmup": plan["warmup"],
+                    "steps": plan["steps"],
+                    "threads": threads,
+                    "overrides": entry.get("overrides", []),
+                }
+                res = run_worker(kind, spec, timeout=900, log=log)
+                runs.setdefault(f"{key[0]}/{key[1]}/{config}", []).append(res)
+                status = res.get("error", "").strip().splitlines()[-1:] or [
+                    f"{med(res['step_s']):.2f} s/step, peak above between-steps "
+                    f"{res.get('step_peak_above_mb', float('nan')):.0f} MB"
+                ]
+                log(f"round {r + 1} real {key[0]} {key[1]} {config}: {status[0][:200]} (wall {res['wall_s']:.0f} s)")
+    head = {}
+    for method in ("ours", "trl-response"):
+        spec = {
+            "section": "head",
+            "model": "smollm2-135m-4l",
+            "shape": "hh",
+            "method": method,
+            "reps": plan["head_reps"],
+            "threads": threads,
+        }
+        try:
+            head[method] = bench_logps.run_worker(spec, timeout=600)
+        except Exception as e:  # noqa: BLE001 - a failed measurement is reported, not fatal
+            head[method] = {"error": str(e)}
+        seconds = head[method].get("s")
+        log(f"real head {method}: " + (f"{seconds:.3f} s" if seconds is not None else head[method].get("error", "")))
+    return {"files": {f"{m}/{s}": v for (m, s), v in files.items()}, "runs": runs, "head": head}
+
+
 def machine_info() -> dict:
     import importlib.metadata as md
 
@@ -159,7 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         "--rounds", type=int, default=None, help="rounds of interleaved runs for every model (default: per plan)"
     )
     ap.add_argument("--budget", type=float, default=None, help="seconds after which no new round starts")
-    ap.add_argument("--sections", default="throughput,trl,update,zero3")
+    ap.add_argument(
+        "--sections",
+        default="throughput,trl,update,zero3,real",
+        help="comma-separated: throughput (our tiny runs), trl (TRL beside them), update (the update alone), "
+        "zero3 (2 ranks), real (whole steps at real vocabularies vs TRL)",
+    )
     ap.add_argument(
         "--threads",
         default="auto",
@@ -184,9 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         sys.path.insert(0, str(REPO))
         load = os.getloadavg()[0]
+        from benchkit.real import REAL_WORKERS
         from benchkit.workers import WORKERS
 
-        result = WORKERS[a.worker](json.loads(a.spec))
+        result = {**WORKERS, **REAL_WORKERS}[a.worker](json.loads(a.spec))
         result["load1_start"], result["load1_end"] = load, os.getloadavg()[0]
         Path(a.result).write_text(json.dumps(result))
         return
@@ -263,6 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     if jobs:
         do_round(0)
         rounds_done = 1
+    if "real" in sections:
+        log("real vocabularies: whole DPO steps, ours and TRL ...")
+        tic = time.perf_counter()
+        extras["real"] = run_real(REAL_PLANS["quick" if a.quick else "full"], threads, out_dir, log)
+        budget += time.perf_counter() - tic  # the budget is for the toy rounds
     if "update" in sections:
         log("reference update alone ...")
         extras["update"] = run_worker("update", {**plan["update"], "threads": threads}, timeout=600, log=log)

@@ -28,23 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-MODELS = {
-    "smollm2-135m-4l": dict(
-        arch="llama", vocab=49152, hidden=576, heads=9, kv_heads=3, inter=1536, layers=4, tied=True
-    ),
-    "pythia-410m-2l": dict(
-        arch="neox", vocab=50304, hidden=1024, heads=16, kv_heads=16, inter=4096, layers=2, tied=False
-    ),
-    "llama3-128k-2l": dict(
-        arch="llama", vocab=128256, hidden=512, heads=8, kv_heads=2, inter=1536, layers=2, tied=False
-    ),
-}
-SHAPES = {  # (prompt length range, response length range)
-    "hh": ((100, 200), (80, 120)),
-    "tldr": ((380, 420), (40, 60)),
-}
+from benchkit.shapes import MODELS, SHAPES, build_model  # noqa: E402
+
 HEAD_METHODS = ["ours", "full", "trl-response", "trl-cpu-all"]
 STEP_METHODS = ["ours", "full"]
 PAIRS = 4
@@ -74,34 +61,6 @@ def measure(fn, reps: int) -> dict:
         times.append(time.perf_counter() - t0)
         peaks.append((_status_kb("VmHWM") - base) / 1024)
     return {"s": statistics.median(times), "times": times, "peak_mb": max(peaks)}
-
-
-def build_model(name: str):
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    m = MODELS[name]
-    torch.manual_seed(0)
-    if m["arch"] == "neox":
-        config = GPTNeoXConfig(
-            vocab_size=m["vocab"],
-            hidden_size=m["hidden"],
-            num_hidden_layers=m["layers"],
-            num_attention_heads=m["heads"],
-            intermediate_size=m["inter"],
-            tie_word_embeddings=False,
-        )
-        return GPTNeoXForCausalLM(config)
-    config = LlamaConfig(
-        vocab_size=m["vocab"],
-        hidden_size=m["hidden"],
-        num_hidden_layers=m["layers"],
-        num_attention_heads=m["heads"],
-        num_key_value_heads=m["kv_heads"],
-        intermediate_size=m["inter"],
-        tie_word_embeddings=m["tied"],
-    )
-    return LlamaForCausalLM(config)
 
 
 def build_batch(shape: str, vocab: int, seed: int = 0) -> dict:

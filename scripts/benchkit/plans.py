@@ -53,7 +53,7 @@ PLANS = {
         "budget_s": 840,
         "models": {
             "tiny": {
-                "rounds": 3,
+                "rounds": 2,
                 "warmup": 4,
                 "steps": 24,
                 "steps_hard": 64,
@@ -86,6 +86,53 @@ PLANS = {
         },
         "update": {"tiny_reps": 50, "big_reps": 3},
         "zero3": {"models": ["tiny"], "reps": 5, "train_steps": 0, "train_warmup": 0},
+    },
+}
+
+# Whole DPO steps at real vocabularies (scripts/benchkit/shapes.py), ours vs TRL's DPOTrainer on the same files.
+REAL_PAIRS_PER_BATCH = 4
+SOFT = ["method=dpo", "ref_update=soft", "ref_update.alpha=0.6", "ref_update.tau=1"]
+REAL_CONFIGS = {
+    "frozen": ["method=dpo", "ref_update=none"],  # the default: log-probs cached, no reference model built
+    "soft": SOFT,  # chunked response-only head (the default for real models)
+    "soft, full logits": [*SOFT, "model.logps=full"],
+    "soft, shared prompt": [*SOFT, "model.share_prompt=true"],
+}
+REAL_TRL = {
+    "TRL precomputed": {"sync_ref_model": False, "precompute_ref_log_probs": True},
+    "TRL synced": {"sync_ref_model": True, "ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 1},
+}
+REAL_TRL_PAIRS = {"TRL precomputed": "frozen", "TRL synced": "soft"}  # each TRL run vs the run of ours it follows
+REAL_GOAL = ("smollm2-135m-4l", "hh")  # where the issue's goals are set
+REAL_PLANS = {
+    "full": {
+        "warmup": 1,
+        "steps": 3,
+        "head_reps": 3,
+        "runs": [
+            {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 2, "ours": list(REAL_CONFIGS), "trl": list(REAL_TRL)},
+            {
+                "model": "smollm2-135m-4l",
+                "shape": "tldr",
+                "rounds": 1,
+                "ours": ["soft", "soft, shared prompt"],
+                "trl": ["TRL synced"],
+            },
+            {
+                "model": "llama3-128k-2l",
+                "shape": "hh",
+                "rounds": 1,
+                "ours": ["soft"],
+                "trl": ["TRL synced"],
+                "overrides": ["model.logits_chunk_tokens=256"],
+            },
+        ],
+    },
+    "quick": {
+        "warmup": 1,
+        "steps": 1,
+        "head_reps": 1,
+        "runs": [{"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "ours": ["soft"], "trl": ["TRL synced"]}],
     },
 }
 
@@ -123,6 +170,11 @@ def compose(*overrides: str):
 
 
 def loop_overrides(model: str, total: int, threads: int | None = THREADS, batch: int = BATCH) -> list[str]:
+    """The tiny/small model on the bench's toy data, with ``trainer_overrides``."""
+    return [*trainer_overrides(total, threads, batch), *model_overrides(model), *DATA]
+
+
+def trainer_overrides(total: int, threads: int | None, batch: int) -> list[str]:
     # optimisation settings pinned (TRL gets the same ones), so edits of conf/trainer/default.yaml do not move the bench
     return [
         "trainer=default",
@@ -145,6 +197,4 @@ def loop_overrides(model: str, total: int, threads: int | None = THREADS, batch:
         f"trainer.max_steps={total + 10}",
         "trainer.device=auto",
         f"trainer.num_threads={threads if threads else 'null'}",
-        *model_overrides(model),
-        *DATA,
     ]

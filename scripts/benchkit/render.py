@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 
-from benchkit.plans import CONFIGS, MODELS, TRL_CONFIGS, TRL_PAIRS
+from benchkit.plans import CONFIGS, MODELS, REAL_GOAL, REAL_TRL_PAIRS, TRL_CONFIGS, TRL_PAIRS
+from benchkit.shapes import SHAPES
 
 
 def med(xs):
@@ -214,6 +215,8 @@ def render(rep: dict) -> str:
         L += render_zero3(z, runs, th)
     if rep.get("profile"):
         L += render_profile(rep["profile"])
+    if rep.get("real"):
+        L += render_real(rep["real"])
     return "\n".join(L) + "\n"
 
 
@@ -308,6 +311,101 @@ def render_profile(prof: dict) -> list[str]:
         + ". The rest is copies, element-wise ops, the loss, metrics and the optimizer.",
     ]
     return L + [""]
+
+
+def _rate(r: dict) -> float:
+    """Response tokens per second of one run (its median step)."""
+    return r["tokens_per_step"] / med(r["step_s"])
+
+
+def _paired(a: list[dict], b: list[dict], value) -> tuple[float, float, float] | None:
+    """Per-round ratios value(a)/value(b) over rounds where both ran: (median, min, max)."""
+    ratios = [value(x) / value(y) for x, y in zip(a, b) if "error" not in x and "error" not in y and x.get("step_s")]
+    return (med(ratios), min(ratios), max(ratios)) if ratios else None
+
+
+def _median_of(runs: list[dict], key: str) -> float:
+    return med([r[key] for r in runs if key in r])
+
+
+def render_real(real: dict) -> list[str]:
+    """Whole steps at real vocabularies beside TRL, the head alone, and the issue's goals marked met or not."""
+    runs, goals = real["runs"], []
+    L = [
+        "## Real vocabularies: whole DPO steps, ours vs TRL's DPOTrainer",
+        "",
+        "Random-init models with real widths and vocabularies (scripts/benchkit/shapes.py), 4 pairs per batch, fp32; "
+        "rows of random words, one token each (HH-like: prompts "
+        f"{SHAPES['hh'][0][0]}–{SHAPES['hh'][0][1]}, responses {SHAPES['hh'][1][0]}–{SHAPES['hh'][1][1]} tokens; "
+        f"TL;DR-like: {SHAPES['tldr'][0][0]}–{SHAPES['tldr'][0][1]} and {SHAPES['tldr'][1][0]}–{SHAPES['tldr'][1][1]}). "
+        "Ours through the real recipe (`model.path=<dir> dataset=jsonl`), TRL 1.16's DPOTrainer on the same files; "
+        "soft = α 0.6 every step (TRL: `sync_ref_model`, mixup 0.6, every step); frozen = our default (log-probs "
+        "cached, no reference model) vs TRL's `precompute_ref_log_probs`. tok/s = response tokens per second "
+        "(steps see rows of different lengths); between = RSS between steps (models, gradients, optimizer state); "
+        "above = the largest rise above it within a step; ratios are per round (ours right before TRL), median (range).",
+        "",
+        "| model, rows | run | s/step | resp. tok/s | between MB | above MB | peak RSS MB | ours ÷ TRL tok/s | "
+        "above ÷ TRL's |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in runs))
+    for key in keys:
+        model, shape = key.split("/")
+        configs = [k.rsplit("/", 1)[1] for k in runs if k.rsplit("/", 1)[0] == key]
+        for config in configs:
+            rs = [r for r in runs[f"{key}/{config}"] if "error" not in r and r.get("step_s")]
+            if not rs:
+                err = runs[f"{key}/{config}"][-1].get("error", "no steps").strip().splitlines()[-1:]
+                L.append(f"| {key} | {config} | failed: {err[0][:120] if err else ''} | | | | | | |")
+                continue
+            trl = next((t for t, ours in REAL_TRL_PAIRS.items() if ours == config and f"{key}/{t}" in runs), None)
+            speed = above = None
+            if trl is not None:
+                speed = _paired(runs[f"{key}/{config}"], runs[f"{key}/{trl}"], _rate)
+                above = _paired(
+                    runs[f"{key}/{config}"], runs[f"{key}/{trl}"], lambda r: r.get("step_peak_above_mb", float("nan"))
+                )
+            L.append(
+                f"| {model}, {shape} | {config} | {med([med(r['step_s']) for r in rs]):.2f} | "
+                f"{med([_rate(r) for r in rs]):.0f} | {_median_of(rs, 'between_steps_mb'):.0f} | "
+                f"{_median_of(rs, 'step_peak_above_mb'):.0f} | {_median_of(rs, 'peak_rss_mb'):.0f} | "
+                f"{fmt_ratio(speed, '.2f')} | {fmt_ratio(above, '.2f')} |"
+            )
+            if (model, shape) == REAL_GOAL and trl is not None:
+                goals.append((f"whole step, ours {config} ≥ 2.5× {trl}'s rate ({model}, {shape})", speed, 2.5, ">="))
+                goals.append((f"peak above between-steps, ours {config} ≤ 0.5× {trl}'s", above, 0.5, "<="))
+    L.append("")
+    head = real.get("head", {})
+    if all("s" in head.get(m, {}) for m in ("ours", "trl-response")):
+        ratio = head["trl-response"]["s"] / head["ours"]["s"]
+        mem = head["ours"]["peak_mb"] / head["trl-response"]["peak_mb"]
+        L += [
+            f"Log-prob forward + backward alone on the same hidden states ({REAL_GOAL[0]}, {REAL_GOAL[1]}; "
+            "scripts/bench_logps.py's head section): ours "
+            f"{head['ours']['s']:.3f} s, peak {head['ours']['peak_mb']:.0f} MB; TRL's response-only chunked head "
+            f"(its GPU algorithm, in torch) {head['trl-response']['s']:.3f} s, {head['trl-response']['peak_mb']:.0f} MB.",
+            "",
+        ]
+        goals.append(("head alone ≥ 1.5× faster than TRL's response-only head", (ratio, ratio, ratio), 1.5, ">="))
+        goals.append(("head alone: peak ≤ 0.5× TRL's response-only head's", (mem, mem, mem), 0.5, "<="))
+    frozen, soft = runs.get("/".join(REAL_GOAL) + "/frozen"), runs.get("/".join(REAL_GOAL) + "/soft")
+    if frozen and soft:
+        ok = [r for r in frozen + soft if "error" not in r]
+        params = next((r["params"] for r in ok if r.get("params")), None)
+        saved = _median_of(soft, "between_steps_mb") - _median_of(frozen, "between_steps_mb")
+        L += [
+            f"Frozen reference not built (log-probs cached): between-steps RSS {_median_of(frozen, 'between_steps_mb'):.0f} "
+            f"MB vs {_median_of(soft, 'between_steps_mb'):.0f} MB with a (moving) reference: {saved:.0f} MB saved; one "
+            f"copy of the model's fp32 weights is {fmt(params and params * 4 / 2**20, '.0f')} MB.",
+            "",
+        ]
+    if goals:
+        L += ["### Goals", "", "| goal | measured, median (range) | status |", "|---|---|---|"]
+        for name, value, bound, op in goals:
+            met = value is not None and (value[0] >= bound if op == ">=" else value[0] <= bound)
+            L.append(f"| {name} | {fmt_ratio(value, '.2f')} | {'met' if met else 'NOT met'} |")
+        L.append("")
+    return L
 
 
 def fmt_ratio(r, spec=".3f"):

@@ -33,6 +33,7 @@ class LoopTimer(BaseHook):
         self.params = self.vocab = None
         self._update_hook = None
         self._tokens_before = None
+        self.memory = StepMemory()
 
     def on_train_start(self, recipe) -> None:
         from trustregion.hooks import ReferenceUpdateHook
@@ -57,6 +58,7 @@ class LoopTimer(BaseHook):
         self._tokens_before = tokens.clone()
         self.stamps.append(now)
         self.cpu_stamps.append(time.process_time())
+        self.memory.stamp()
         if self.first_threads is None:
             self.first_threads = torch.get_num_threads()
         if self.profile_after is not None and len(self.stamps) == self.profile_after:
@@ -79,6 +81,7 @@ class LoopTimer(BaseHook):
             "update_ms": self.update_ms,
             "threads": self.first_threads,
             "steps_seen": len(self.stamps),
+            **self.memory.result(warmup),
         }
 
 
@@ -120,8 +123,44 @@ def profile_summary(prof, steps: int) -> dict:
     }
 
 
-def peak_memory() -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+class StepMemory:
+    """Resident memory per optimizer step, from /proc/self/status: the level after each step (between steps:
+    models, gradients, optimizer state) and the high-water mark during it (reset at every stamp)."""
+
+    def __init__(self) -> None:
+        self.after: list[float] = []  # MB, VmRSS right after each step
+        self.high: list[float] = []  # MB, VmHWM since the previous stamp
+
+    @staticmethod
+    def _read() -> dict[str, float]:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+
+    def stamp(self) -> None:
+        now = self._read()
+        self.high.append(now["VmHWM"])
+        self.after.append(now["VmRSS"])
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS from here
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.high, default=0.0)
+
+    def result(self, warmup: int) -> dict:
+        """Timed steps only: the between-steps level and the largest rise above it within a step."""
+        timed = range(max(1, warmup), len(self.after))
+        if not timed:
+            return {}
+        return {
+            "between_steps_mb": statistics.median(self.after[i - 1] for i in timed),
+            "step_peak_above_mb": max(self.high[i] - self.after[i - 1] for i in timed),
+        }
+
+
+def peak_memory(memory: StepMemory | None = None) -> dict:
+    """Peak RSS of the whole run (the per-step marks too, since they reset the kernel's high-water mark)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"peak_rss_mb": max(peak, memory.peak_mb if memory is not None else 0.0)}
     try:
         import torch
 
@@ -148,7 +187,7 @@ def worker_ours(spec: dict) -> dict:
     if timer.profiler is not None:
         out["profile"] = profile_summary(timer.profiler, total - spec["warmup"])
     out.update(
-        peak_memory(),
+        peak_memory(timer.memory),
         params=timer.params,
         vocab=timer.vocab,
         setup_s=timer.stamps[0] - t0 if timer.stamps else None,
@@ -161,12 +200,9 @@ def worker_ours(spec: dict) -> dict:
 
 
 def worker_trl(spec: dict) -> dict:
+    """TRL's DPOTrainer on the same GPT-NeoX, tokenizer and toy pairs as our tiny runs."""
     quiet()
-    t0 = time.perf_counter()
     import torch
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-    from trl.trainer.callbacks import SyncRefModelCallback
 
     from trustregion.data import load_preferences
     from trustregion.models import load_policy, make_reference
@@ -177,12 +213,24 @@ def worker_trl(spec: dict) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = load_preferences(cfg.dataset)
     policy, tokenizer = load_policy(cfg.model, data.texts(), cfg.trainer.seed)  # the same GPT-NeoX and tokenizer
-    reference = make_reference(policy)
+    return run_trl(spec, cfg, policy, make_reference(policy), tokenizer, data.train, BATCH)
+
+
+def run_trl(spec: dict, cfg, policy, reference, tokenizer, train_dataset, batch: int) -> dict:
+    """Time TRL's DPOTrainer with our loop's optimisation settings (``cfg.trainer``), a stamp per optimizer step."""
+    t0 = time.perf_counter()
+    import torch
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    total = spec["warmup"] + spec["steps"] + 1
     t = cfg.trainer
     stamps: list[float] = []
     cpu_stamps: list[float] = []
     sync_ms: list[float] = []
     tokens: list = []
+    memory = StepMemory()
 
     original_sync = SyncRefModelCallback.sync_target_model
 
@@ -205,6 +253,7 @@ def worker_trl(spec: dict) -> dict:
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
             cpu_stamps.append(time.process_time())
+            memory.stamp()
             if spec.get("profile") and len(stamps) == spec["warmup"]:
                 profiler.append(start_profiler())
             if len(stamps) >= total:
@@ -220,7 +269,7 @@ def worker_trl(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out_dir:
         args = DPOConfig(
             output_dir=out_dir,
-            per_device_train_batch_size=BATCH,
+            per_device_train_batch_size=batch,
             max_steps=total + 10,
             learning_rate=t.lr,
             lr_scheduler_type="constant",
@@ -249,7 +298,7 @@ def worker_trl(spec: dict) -> dict:
             model=policy,
             ref_model=reference,
             args=args,
-            train_dataset=data.train,
+            train_dataset=train_dataset,
             processing_class=tokenizer,
             callbacks=[Stamp()],
         )
@@ -270,7 +319,8 @@ def worker_trl(spec: dict) -> dict:
         "update_ms": sync_ms,
         "threads": threads,
         "steps_seen": len(stamps),
-        **peak_memory(),
+        **peak_memory(memory),
+        **memory.result(spec["warmup"]),
         "params": sum(p.numel() for p in policy.parameters()),
         "vocab": policy.config.vocab_size,
         "setup_s": stamps[0] - t0 if stamps else None,
