@@ -259,8 +259,9 @@ class DeepSpeedEngine:
 
         def whole_copies():
             # Persistent parameters stay whole on every rank once gathered, and the forward reads that
-            # copy, not the shard; their storage is replaced on gathering, so look it up each time.
-            return [(p.data, r.data) for p, r in persistent]
+            # copy, not the shard; their storage is replaced on gathering, so look it up each time. On one
+            # rank the whole copy is a view of the shard, which the update has already mixed.
+            return [(p.data, r.data) for p, r in persistent if not _shares_storage(r.data, r.ds_tensor)]
 
         return ReferenceUpdater(pol, ref, alpha, tau, late_pairs=whole_copies if persistent else None)
 
@@ -343,9 +344,7 @@ class DeepSpeedEngine:
                 f"trainer.resume={directory}: no reference shards for rank {self.rank}; "
                 "the checkpoint is incomplete, resume from an earlier one"
             )
-        saved_tensors = torch.load(shard_file, map_location=self.device, weights_only=True)
-        with torch.no_grad():
-            torch._foreach_copy_(self._reference_tensors(), saved_tensors)
+        self._restore_reference(torch.load(shard_file, map_location=self.device, weights_only=True))
 
     def _load_resized(self, directory: Path, saved: int) -> None:
         """The policy and optimizer through a universal checkpoint (converted by rank 0 beside the checkpoint, then
@@ -381,8 +380,14 @@ class DeepSpeedEngine:
                 torch.load(directory / f"reference_rank{r}.pt", map_location=self.device, weights_only=True)
                 for r in range(saved)
             ]
-            with torch.no_grad():
-                torch._foreach_copy_(self._reference_tensors(), self.reshard(per_rank))
+            self._restore_reference(self.reshard(per_rank))
+
+    @torch.no_grad()
+    def _restore_reference(self, saved: list[torch.Tensor]) -> None:
+        # Whole copies of persistent parameters stay empty until the first forward gathers them from the shards.
+        pairs = [(mine, s) for mine, s in zip(self._reference_tensors(), saved, strict=True) if mine.numel() > 0]
+        if pairs:
+            torch._foreach_copy_([mine for mine, _ in pairs], [s for _, s in pairs])
 
     def reshard(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         """This rank's part of tensors laid out like the reference's (each parameter's ZeRO-3 partition, then whole
@@ -403,6 +408,10 @@ class DeepSpeedEngine:
         elif self.is_main:
             module.save_pretrained(directory)
         dist.barrier()
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 class GatheredUpdater(ReferenceUpdater):
