@@ -140,13 +140,36 @@ def read_meta(path: Path) -> dict:
 
 
 def check_compatible(meta: dict, current: dict, path: Path) -> None:
-    """Refuse to resume a checkpoint of another model, method or world size."""
-    for key in ("model", "method", "world_size"):
+    """Refuse to resume a checkpoint of another model or method; another world size only under the checkpoint's
+    ZeRO stage and with its global batch (``trainer.batch_size`` x world size), which keep the run exact."""
+    for key in ("model", "method"):
         if meta.get(key) != current.get(key):
             raise ConfigError(
                 f"trainer.resume={path}: checkpoint has {key}={meta.get(key)} but this run has {key}={current.get(key)}; "
                 f"resume with the same {key} or start a new run"
             )
+    stage, this_stage = meta.get("deepspeed_stage"), current.get("deepspeed_stage")
+    if stage is not None and stage != this_stage:  # checkpoints from before the key was written pass
+        raise ConfigError(
+            f"trainer.resume={path}: checkpoint has deepspeed.stage={stage} but this run has deepspeed.stage="
+            f"{this_stage}; resume with deepspeed.stage={stage} (a checkpoint's format follows its engine)"
+        )
+    saved, world = meta.get("world_size"), current.get("world_size")
+    if saved == world:
+        return
+    if not stage:
+        raise ConfigError(
+            f"trainer.resume={path}: checkpoint has world_size={saved} but this run has world_size={world}; only a "
+            f"DeepSpeed ZeRO checkpoint (deepspeed.stage 1-3) resumes at another world size: resume with {saved} "
+            "process(es)"
+        )
+    rows, this_rows = meta.get("global_batch"), current.get("global_batch")
+    if rows != this_rows:
+        fix = f"trainer.batch_size={rows // world}" if rows % world == 0 else f"trainer.batch_size x world_size={rows}"
+        raise ConfigError(
+            f"trainer.resume={path}: checkpoint's global batch is {rows} rows (trainer.batch_size x world_size) but "
+            f"this run's is {this_rows}; set {fix} to keep the data order"
+        )
 
 
 def save(
@@ -180,9 +203,12 @@ def save(
     engine.barrier()
 
 
-def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def load(
+    path: Path, engine, identity: dict, merge_ranks: Callable[[list[dict]], dict]
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
-    returns (step, shared state, this rank's state)."""
+    returns (step, shared state, this rank's state). Written at another world size, this rank's state is
+    ``merge_ranks`` of every saved rank's (the engine re-shards its own)."""
     meta = read_meta(path)
     check_compatible(meta, identity, path)
     if not meta.get("optimizer_state", True):
@@ -190,7 +216,12 @@ def load(path: Path, engine, identity: dict) -> tuple[int, dict[str, Any], dict[
             f"trainer.resume={path}: this final checkpoint holds no optimizer state (trainer.final_optimizer_state="
             "false); start a new run from its weights with model.path=<run dir>/policy, or resume an earlier one"
         )
-    mine = _read(path, f"rank{engine.rank}.pt", lambda: torch.load(path / f"rank{engine.rank}.pt", weights_only=False))
+
+    def rank_state(rank: int) -> dict:
+        return _read(path, f"rank{rank}.pt", lambda: torch.load(path / f"rank{rank}.pt", weights_only=False))
+
+    saved = int(meta["world_size"])
+    mine = rank_state(engine.rank) if saved == engine.world_size else merge_ranks([rank_state(r) for r in range(saved)])
     shared = _read(path, "loop.pt", lambda: torch.load(path / "loop.pt", weights_only=False))
     _read(path, "the model and optimizer state", lambda: engine.load(path))
     set_rng_state(mine.pop("rng"))

@@ -10,6 +10,7 @@ so shard i of the reference lines up element for element with shard i of the pol
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from trustregion.engine import make_optimizer
 from trustregion.errors import ConfigError
 from trustregion.reference import ReferenceUpdater
+from trustregion.resharding import reshard, saved_world_size, to_universal
 
 
 def _free_port() -> int:
@@ -257,8 +259,9 @@ class DeepSpeedEngine:
 
         def whole_copies():
             # Persistent parameters stay whole on every rank once gathered, and the forward reads that
-            # copy, not the shard; their storage is replaced on gathering, so look it up each time.
-            return [(p.data, r.data) for p, r in persistent]
+            # copy, not the shard; their storage is replaced on gathering, so look it up each time. On one
+            # rank the whole copy is a view of the shard, which the update has already mixed.
+            return [(p.data, r.data) for p, r in persistent if not _shares_storage(r.data, r.ds_tensor)]
 
         return ReferenceUpdater(pol, ref, alpha, tau, late_pairs=whole_copies if persistent else None)
 
@@ -326,6 +329,10 @@ class DeepSpeedEngine:
         dist.barrier()
 
     def load(self, directory: Path) -> None:
+        """Restore a checkpoint written at this world size, or re-shard one written at another (``_load_resized``)."""
+        saved = saved_world_size(directory / "deepspeed" / "policy")
+        if saved and saved != self.world_size:
+            return self._load_resized(directory, saved)
         path, _ = self.policy.load_checkpoint(
             str(directory / "deepspeed"), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
         )
@@ -334,12 +341,61 @@ class DeepSpeedEngine:
         shard_file = directory / f"reference_rank{self.rank}.pt"
         if not shard_file.exists():
             raise ConfigError(
-                f"trainer.resume={directory}: no reference shards for rank {self.rank} "
-                f"(world size changed?); resume with the world size it was saved with"
+                f"trainer.resume={directory}: no reference shards for rank {self.rank}; "
+                "the checkpoint is incomplete, resume from an earlier one"
             )
-        saved = torch.load(shard_file, map_location=self.device, weights_only=True)
-        with torch.no_grad():
-            torch._foreach_copy_(self._reference_tensors(), saved)
+        self._restore_reference(torch.load(shard_file, map_location=self.device, weights_only=True))
+
+    def _load_resized(self, directory: Path, saved: int) -> None:
+        """The policy and optimizer through a universal checkpoint (converted by rank 0 beside the checkpoint, then
+        removed); the reference re-cut from every saved rank's shards."""
+        universal = directory.parent / f".universal-{directory.name}"
+        failure = [None]
+        if self.is_main:
+            try:
+                to_universal(directory / "deepspeed" / "policy", universal / "policy")
+            except Exception as e:  # noqa: BLE001 - reported on every rank as one line below
+                failure = [(str(e).strip().splitlines() or [type(e).__name__])[0][:200]]
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise ConfigError(
+                f"trainer.resume={directory}: cannot convert its {saved}-rank DeepSpeed state for {self.world_size} "
+                f"ranks ({failure[0]}); resume with {saved} ranks"
+            )
+        config = self.policy._config
+        config.load_universal_checkpoint = True
+        try:
+            path, _ = self.policy.load_checkpoint(
+                str(universal), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        finally:
+            config.load_universal_checkpoint = False
+            dist.barrier()
+            if self.is_main:
+                shutil.rmtree(universal, ignore_errors=True)
+        if path is None:
+            raise ConfigError(f"trainer.resume={directory}: no DeepSpeed policy state in it; pick another checkpoint")
+        if self.reference is not None:
+            per_rank = [
+                torch.load(directory / f"reference_rank{r}.pt", map_location=self.device, weights_only=True)
+                for r in range(saved)
+            ]
+            self._restore_reference(self.reshard(per_rank))
+
+    @torch.no_grad()
+    def _restore_reference(self, saved: list[torch.Tensor]) -> None:
+        # Whole copies of persistent parameters stay empty until the first forward gathers them from the shards.
+        pairs = [(mine, s) for mine, s in zip(self._reference_tensors(), saved, strict=True) if mine.numel() > 0]
+        if pairs:
+            torch._foreach_copy_([mine for mine, _ in pairs], [s for _, s in pairs])
+
+    def reshard(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """This rank's part of tensors laid out like the reference's (each parameter's ZeRO-3 partition, then whole
+        tensors), from every saved rank's list: for a resume at another world size."""
+        if self.stage != 3:
+            return list(per_rank[0])
+        numels = [p.ds_numel for p in self.unwrap("reference").parameters()]
+        return reshard(per_rank, numels, self.world_size, self.rank)
 
     def export(self, which: str, directory: Path) -> None:
         """save_pretrained of the whole model from rank 0 (consolidated from the shards under ZeRO-3)."""
@@ -352,6 +408,10 @@ class DeepSpeedEngine:
         elif self.is_main:
             module.save_pretrained(directory)
         dist.barrier()
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 class GatheredUpdater(ReferenceUpdater):

@@ -57,7 +57,11 @@ class Engine(Protocol):
         """Policy, reference and (unless ``optimizer`` is false) optimizer and scheduler state into ``directory``
         (every rank calls it)."""
 
-    def load(self, directory: Path) -> None: ...
+    def load(self, directory: Path) -> None:
+        """Restore what ``save`` wrote; under ZeRO, from a checkpoint of any world size (re-sharded)."""
+
+    def reshard(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """This rank's part of tensors laid out like the reference's, from every saved rank's list (another world size)."""
 
     def export(self, which: str, directory: Path) -> None:
         """``save_pretrained`` of ``policy`` or ``reference`` from rank 0 (consolidated when sharded)."""
@@ -167,6 +171,9 @@ class LocalEngine:
             self.reference.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def reshard(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        return list(per_rank[0])
 
     def export(self, which: str, directory: Path) -> None:
         self.unwrap(which).save_pretrained(directory)

@@ -26,6 +26,13 @@ class MetricBuffer:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
         self.weights = dict(state["weights"])
 
+    @staticmethod
+    def merge(states: list[dict]) -> dict:
+        """One window for every rank of a resized run from each saved rank's: the mean over ranks of the running sums
+        (weights agree across ranks), so the ranks' mean drains the same values as before the resize."""
+        sums = {k: torch.stack([s["sums"][k] for s in states]).mean(0) for k in states[0]["sums"]}
+        return {"sums": sums, "weights": dict(states[0]["weights"])}
+
     def drain(self, engine) -> dict[str, float]:
         """The weighted means so far, averaged over ranks; empties the buffer."""
         if not self.sums:

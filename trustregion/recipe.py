@@ -214,7 +214,7 @@ class Recipe:
         next with a note. False when there is none to resume."""
         for i, path in enumerate(candidates):
             try:
-                step, shared, mine = checkpoint.load(path, self.engine, self.identity())
+                step, shared, mine = checkpoint.load(path, self.engine, self.identity(), self.merge_rank_states)
             except checkpoint.DamagedCheckpoint as e:
                 if i + 1 == len(candidates) or self.engine.world_size > 1:
                     raise
@@ -269,6 +269,8 @@ class Recipe:
             "model": OmegaConf.to_container(self.cfg.model, resolve=True),
             "method": method,
             "world_size": self.engine.world_size,
+            "deepspeed_stage": int(self.cfg.deepspeed.stage),
+            "global_batch": int(self.cfg.trainer.batch_size) * self.engine.world_size,
         }
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -282,6 +284,23 @@ class Recipe:
         if self.updater is not None:
             mine["updater"] = self.updater.state_dict()
         return shared, mine
+
+    def merge_rank_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """This rank's state from every saved rank's, on a resume at another world size: its own RNG where the saved
+        run had this rank (else rank 0's), the merged metric window, the token count on rank 0, the updater's
+        fp32 masters re-sharded like the reference."""
+        rank = self.engine.rank
+        mine = dict(states[rank] if rank < len(states) else states[0])
+        if "metrics" in mine:
+            mine["metrics"] = MetricBuffer.merge([s["metrics"] for s in states])
+            tokens = sum(s["tokens"] for s in states)
+            mine["tokens"] = tokens if rank == 0 else torch.zeros_like(tokens)
+        if self.updater is not None:
+            updater = dict(states[0]["updater"])
+            if "masters" in updater:
+                updater["masters"] = self.engine.reshard([s["updater"]["masters"] for s in states])
+            mine["updater"] = updater
+        return mine
 
     def load_state_dict(self, step: int, shared: dict[str, Any], mine: dict[str, Any]) -> None:
         self.state.step, self.state.resumed = step, True
