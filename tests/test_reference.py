@@ -84,6 +84,15 @@ def test_small_alpha_still_moves_a_bf16_reference():
     assert torch.all(flat(naive) == 1.0), "a bf16 lerp without the fp32 master rounds the update away"
 
 
+def test_soft_update_of_an_fp32_reference_takes_a_bf16_policy_upcast():
+    # ZeRO-2 with bf16: the engine's policy is bf16 while the reference module stays fp32.
+    policy, reference = model(seed=1, dtype=torch.bfloat16), freeze(model(seed=2))
+    expected = torch.lerp(flat(reference), flat(policy), 0.3)
+    ReferenceUpdater.for_models(policy, reference, alpha=0.3, tau=1).maybe_update(1)
+    assert all(r.dtype == torch.float32 for r in reference.parameters())
+    assert torch.allclose(flat(reference), expected, atol=1e-7)
+
+
 def test_reference_is_frozen_and_in_eval_mode():
     reference = freeze(model())
     assert not reference.training

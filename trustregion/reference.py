@@ -92,9 +92,9 @@ class ReferenceUpdater:
             if self.alpha == 1.0:
                 torch._foreach_copy_(self.reference, self.policy)
             else:
-                torch._foreach_lerp_(self.reference, self.policy, self.alpha)
+                self._lerp_into(self.reference)
         else:
-            self._update_masters()
+            self._lerp_into(self.masters)
             torch._foreach_copy_(self.reference, self.masters)
         if self.late_pairs is not None:
             self._update_late()
@@ -114,15 +114,17 @@ class ReferenceUpdater:
             master.lerp_(p.float(), self.alpha)
             r.copy_(master)
 
-    def _update_masters(self) -> None:
-        same = [(m, p) for m, p in zip(self.masters, self.policy) if p.dtype == m.dtype]
+    def _lerp_into(self, targets: list[torch.Tensor]) -> None:
+        """targets <- lerp(targets, policy, alpha); fp32 targets of a 16-bit policy (the fp32 masters, or an fp32
+        reference beside a bf16 policy under ZeRO-2) take the policy upcast."""
+        same = [(m, p) for m, p in zip(targets, self.policy) if p.dtype == m.dtype]
         if same:
             torch._foreach_lerp_([m for m, _ in same], [p for _, p in same], self.alpha)
         # Policy tensors in another dtype are upcast a chunk at a time to bound extra memory.
         batch_m: list[torch.Tensor] = []
         batch_p: list[torch.Tensor] = []
         size = 0
-        for m, p in zip(self.masters, self.policy):
+        for m, p in zip(targets, self.policy):
             if p.dtype == m.dtype:
                 continue
             batch_m.append(m)
