@@ -159,7 +159,7 @@ def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
                     "files": files[key],
                     "eval_rows": 4,
                     "warmup": plan["warmup"],
-                    "steps": plan["steps"],
+                    "steps": entry.get("steps", plan["steps"]),
                     "threads": threads,
                     "overrides": entry.get("overrides", []),
                 }

@@ -107,7 +107,7 @@ REAL_GOAL = ("smollm2-135m-4l", "hh")  # where the issue's goals are set
 REAL_PLANS = {
     "full": {
         "warmup": 1,
-        "steps": 3,
+        "steps": 3,  # the most timed steps of any entry (the rows file is sized for it)
         "head_reps": 3,
         "runs": [
             {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 2, "ours": list(REAL_CONFIGS), "trl": list(REAL_TRL)},
@@ -115,13 +115,23 @@ REAL_PLANS = {
                 "model": "smollm2-135m-4l",
                 "shape": "tldr",
                 "rounds": 1,
+                "steps": 2,
                 "ours": ["soft", "soft, shared prompt"],
+                "trl": ["TRL synced"],
+            },
+            {
+                "model": "pythia-410m-2l",
+                "shape": "hh",
+                "rounds": 1,
+                "steps": 2,
+                "ours": ["soft"],
                 "trl": ["TRL synced"],
             },
             {
                 "model": "llama3-128k-2l",
                 "shape": "hh",
                 "rounds": 1,
+                "steps": 2,
                 "ours": ["soft"],
                 "trl": ["TRL synced"],
                 "overrides": ["model.logits_chunk_tokens=256"],
