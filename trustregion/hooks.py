@@ -87,6 +87,7 @@ class ReferenceUpdateHook(BaseHook):
         metrics["ref_updates"] = updater.num_updates
         metrics["ref/distance"] = float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt())
         metrics["ref/update_ms"] = self.update_ms if self.updated else 0.0
+        metrics.update(updater.metrics())
 
 
 class FaultHook(BaseHook):
@@ -179,4 +180,30 @@ class ExportHook(BaseHook):
             engine.export(which, directory)
             if engine.is_main:
                 recipe.tokenizer.save_pretrained(directory)
+        engine.barrier()
+
+
+class AdapterExportHook(BaseHook):
+    """Under LoRA, beside the adapters: ``base/`` when the base was built here (the tiny model), so the adapters
+    can be loaded again, and with ``peft.export_merged`` whole models ``policy_merged/``, ``reference_merged/``."""
+
+    def __init__(self, which: tuple[str, ...]) -> None:
+        self.which = which
+
+    def on_train_end(self, recipe: Recipe) -> None:
+        from trustregion.lora import adapted_layers, save_merged
+
+        engine, cfg = recipe.engine, recipe.cfg
+        if engine.is_main:
+            policy = engine.unwrap("policy")
+            out: dict[str, object] = {}
+            if cfg.model.path is None:
+                out["base"] = lambda d: save_merged(policy, d, [])  # W0 alone
+            if cfg.peft.export_merged:
+                out["policy_merged"] = lambda d: save_merged(policy, d, [x.delta() for x in adapted_layers(policy)])
+                if "reference" in self.which:
+                    out["reference_merged"] = lambda d: engine.unwrap("reference").save_pretrained(d, merged=True)
+            for name, save in out.items():
+                save(recipe.run_dir / name)
+                recipe.tokenizer.save_pretrained(recipe.run_dir / name)
         engine.barrier()

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion import checkpoint, hooks
+from trustregion.adapter_reference import AdapterReference, AdapterReferenceUpdater, build_reference
 from trustregion.batches import BatchStream, to_device
 from trustregion.cli import total_optimizer_steps
 from trustregion.config import validate
@@ -33,10 +34,12 @@ from trustregion.engine import Engine, LocalEngine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
 from trustregion.logps import logps_function
+from trustregion.lora import wrap_policy
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
 from trustregion.preemption import Preempted, preemption_signals, requeue_on_slurm
+from trustregion.reference import ReferenceUpdater
 from trustregion.rundir import lock_run_dir
 
 
@@ -123,6 +126,8 @@ class Recipe:
         cfg, d = self.cfg, self.cfg.dataset
         texts = self.data.texts() if cfg.model.path is None else None
         self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
+        if self.lora:
+            self.policy = wrap_policy(self.policy, cfg.peft)
         self.train_rows, self.truncation = self.objective.tokenize(
             self.objective.rows(self.data, "train"), self.tokenizer, d
         )
@@ -134,16 +139,16 @@ class Recipe:
         """Reference (and the SFT model kept for generation evaluation), the engine, the updater, the stream."""
         cfg, t = self.cfg, self.cfg.trainer
         if self.objective.uses_reference:
-            self.reference = make_reference(self.policy)
+            self.reference = self.make_reference(moving=cfg.ref_update.tau is not None)
         if self.wants_generation():
-            self.sft_model = make_reference(self.policy)
+            self.sft_model = self.make_reference(moving=False)
         world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
         self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
         if self.sft_model is not None:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
         if self.objective.uses_reference:
-            self.updater = self.engine.updater(cfg.ref_update.alpha, cfg.ref_update.tau)
+            self.updater = self.make_updater()
             self.objective.reference_from_cache = (
                 cfg.ref_update.tau is None and self.engine.world_size == 1 and t.cache_reference
             )
@@ -157,6 +162,22 @@ class Recipe:
             t.shuffle,
             lengths=self.train_rows["length"] if group else None,
         )
+
+    @property
+    def lora(self) -> bool:
+        return OmegaConf.select(self.cfg, "peft.name", default="none") == "lora"
+
+    def make_reference(self, moving: bool):
+        """A frozen copy of the policy; under LoRA a view of the policy's own base (``AdapterReference``)."""
+        if self.lora:
+            return build_reference(self.policy, self.cfg.peft, moving)
+        return make_reference(self.policy)
+
+    def make_updater(self) -> ReferenceUpdater:
+        r = self.cfg.ref_update
+        if isinstance(self.engine.reference, AdapterReference):
+            return AdapterReferenceUpdater(self.engine.reference, r.alpha, r.tau)
+        return self.engine.updater(r.alpha, r.tau)
 
     def wants_generation(self) -> bool:
         if self.cfg.eval.generate and self.data.task is None and launched_rank() == 0:
@@ -239,6 +260,8 @@ class Recipe:
             found.append(hooks.GenerationEvalHook())
         found.append(hooks.CheckpointHook())
         found.append(hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ()))
+        if self.lora and self.cfg.trainer.save_models:
+            found.append(hooks.AdapterExportHook(self.exports))
         return found
 
     # --- state ------------------------------------------------------------------------------------
@@ -424,7 +447,8 @@ class SFTRecipe(Recipe):
         return f"SFT: {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
 
     def default_hooks(self) -> list[hooks.Hook]:
-        return [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+        found = [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+        return found + ([hooks.AdapterExportHook(self.exports)] if self.lora else [])
 
     def log_data_report(self) -> None:
         pass  # the SFT stage's rows are its losses only
