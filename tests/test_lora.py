@@ -193,7 +193,15 @@ def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(f
 def test_killed_lora_run_resumes_to_the_same_losses_and_reference(tmp_path):
     from tests.test_train import cli
 
-    base = [*FAST, *TOY, *LORA, "peft.reference=factors", "trainer.max_steps=6", "trainer.save_every=2"]
+    base = [
+        *FAST,
+        *TOY,
+        *LORA,
+        "peft.reference=factors",
+        "peft.factors_error=true",
+        "trainer.max_steps=6",
+        "trainer.save_every=2",
+    ]
     full = cli(*base, f"hydra.run.dir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr[-2000:]
     run = tmp_path / "killed"
@@ -211,10 +219,10 @@ def test_sft_trains_an_adapter_that_the_preference_stage_starts_from(fast_cfg, t
     from tests.conftest import compose
     from trustregion.sft import run_sft
 
-    sft_cfg = compose(
-        *[o for o in FAST if not o.startswith(("experiment", "eval"))], *TOY, "peft=lora", config_name="sft"
-    )
-    run_sft(sft_cfg, tmp_path / "sft")
+    fast = [o for o in FAST if not o.startswith(("experiment", "eval"))]
+    run_sft(compose(*fast, *TOY, "peft=lora", "trainer.lr=1e-2", config_name="sft"), tmp_path / "sft")
+    adapter = load_file(str(tmp_path / "sft" / "policy" / "adapter_model.safetensors"))
+    assert max(t.abs().max() for k, t in adapter.items() if "lora_B" in k) > 1e-3  # the adapter moved off the base
     assert (tmp_path / "sft" / "policy" / "adapter_config.json").exists()
     cfg = fast_cfg(
         f"model.path={tmp_path / 'sft' / 'base'}",
