@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, TOY
+from tests.conftest import FAST, TOY, compose
 from trustregion.adapter_reference import AdapterReferenceUpdater, build_reference
 from trustregion.config import ModelConfig, PeftConfig
 from trustregion.errors import ConfigError
@@ -235,3 +235,22 @@ def test_sft_trains_an_adapter_that_the_preference_stage_starts_from(fast_cfg, t
     first = next(r for r in metrics(tmp_path / "dpo") if "loss" in r)
     assert abs(first["kl/policy_ref"]) < 1e-6  # the reference is the starting adapter, not the bare base
     assert abs(first["rewards_sft/margins"]) < 1e-6
+
+
+def test_prompt_sharing_with_lora_is_refused(fast_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="model.share_prompt=true is not supported with peft=lora"):
+        train(fast_cfg("peft=lora", "model.logps=chunked", "model.share_prompt=true"), tmp_path)
+
+
+@pytest.mark.slow
+def test_two_ranks_under_zero2_match_one_process(tmp_path):
+    from tests.test_distributed import losses, torchrun
+
+    common = [*FAST, *TOY, *LORA, "peft.reference=exact", "ref_update.tau=2", "trainer.lr=3e-3"]
+    train(compose(*common, "trainer.batch_size=16"), tmp_path / "one")
+    torchrun(*common, "deepspeed=zero2", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one, two = saved_deltas(tmp_path / "one" / "reference", 1.0), saved_deltas(tmp_path / "two" / "reference", 1.0)
+    assert one.keys() == two.keys()
+    for key in one:  # the exported factors are an SVD (signs are free): compare the deltas they make
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)

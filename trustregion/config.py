@@ -322,6 +322,11 @@ def check_peft_config(cfg: DictConfig) -> None:
             f"peft.reference={mode} is for a moving reference but ref_update=none (frozen: the base with adapters "
             "disabled, or the starting adapter); set peft.reference=auto or ref_update=soft|hard"
         )
+    if cfg.model.share_prompt:
+        raise ConfigError(
+            "model.share_prompt=true is not supported with peft=lora (the reference's prompt cache would need "
+            "its delta too); set model.share_prompt=false"
+        )
     if cfg.deepspeed.stage == 3:
         raise ConfigError(
             "peft=lora does not run under deepspeed=zero3 yet (the adapter reference is built from whole LoRA "
