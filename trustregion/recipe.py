@@ -191,9 +191,12 @@ class Recipe:
         """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
         t = self.cfg.trainer
         weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.policy.parameters())
-        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
+        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters() if p.requires_grad)
         copies = 2 if self.objective.uses_reference else 1  # the policy, and the reference where there is one
-        size = copies * weights + 8 * numel  # + Adam's two fp32 moments
+        reference = weights if copies == 2 else 0
+        if isinstance(self.reference, AdapterReference):  # LoRA: the reference's state is its delta alone
+            reference = sum(b.numel() * b.element_size() for b in self.reference.buffers())
+        size = weights + reference + 8 * numel  # + Adam's two fp32 moments of the trained weights
         what = "policy, reference, optimizer" if copies == 2 else "policy, optimizer"
         when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
         return (
