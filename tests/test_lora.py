@@ -157,9 +157,9 @@ def test_an_explicit_reference_mode_with_a_frozen_reference_is_refused(fast_cfg,
         train(fast_cfg("peft=lora", f"peft.reference={mode}", "ref_update=none"), tmp_path)
 
 
-def test_lora_under_zero3_is_refused_with_the_reason(fast_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="deepspeed=zero3.*ZeRO-3 partitions"):
-        train(fast_cfg("peft=lora", "deepspeed=zero3"), tmp_path)
+def test_exact_reference_under_zero3_is_refused_with_the_reason(fast_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="peft.reference=exact does not run under deepspeed=zero3.*partitions"):
+        train(fast_cfg("peft=lora", "peft.reference=exact", "deepspeed=zero3"), tmp_path)
 
 
 # --- end to end -----------------------------------------------------------------------------------------
@@ -170,11 +170,19 @@ def metrics(run_dir):
 LORA = ["peft=lora", "peft.rank=4", "ref_update=soft", "ref_update.alpha=0.3"]
 
 
-def test_checkpoint_holds_both_adapters_and_the_reference_delta(fast_cfg, tmp_path):
+def test_checkpoint_holds_the_policy_adapter_and_the_exact_reference_delta(fast_cfg, tmp_path):
     train(fast_cfg(*LORA, "peft.reference=exact"), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
-    assert any("lora_A" in k for k in state["policy"]) and any("lora_B" in k for k in state["policy"])
+    assert any("lora_A.default" in k for k in state["policy"]) and any("lora_B.default" in k for k in state["policy"])
     assert state["reference"] and all(k.startswith("delta_") for k in state["reference"])
+
+
+def test_checkpoint_holds_both_adapters_under_factors(fast_cfg, tmp_path):
+    train(fast_cfg(*LORA, "peft.reference=factors", "peft.factors_error=false"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
+    for adapter in ("default", "reference"):
+        assert any(f"lora_A.{adapter}" in k for k in state["policy"]), adapter
+        assert any(f"lora_B.{adapter}" in k for k in state["policy"]), adapter
 
 
 def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(fast_cfg, tmp_path):
@@ -184,7 +192,7 @@ def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(f
     train(fast_cfg(*LORA, "peft.reference=exact", "peft.export_merged=true"), tmp_path)
     b = batch()
     for which in ("policy", "reference"):
-        assert (tmp_path / which / "adapter_config.json").exists()
+        assert (tmp_path / which / "adapter_model.safetensors").exists()
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / f"{which}_merged")
         adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / which)
         assert torch.allclose(sequence_logps(adapter, b)[0], sequence_logps(merged, b)[0], atol=1e-4)
@@ -253,4 +261,20 @@ def test_two_ranks_under_zero2_match_one_process(tmp_path):
     one, two = saved_deltas(tmp_path / "one" / "reference", 1.0), saved_deltas(tmp_path / "two" / "reference", 1.0)
     assert one.keys() == two.keys()
     for key in one:  # the exported factors are an SVD (signs are free): compare the deltas they make
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_ranks_under_zero3_match_one_process_with_factors_lerped_shard_by_shard(tmp_path):
+    from tests.test_distributed import losses, torchrun
+
+    common = [*FAST, *TOY, *LORA, "peft.reference=factors", "peft.factors_error=false", "ref_update.tau=2"]
+    common += ["trainer.lr=3e-3", "trainer.cache_reference=false"]
+    train(compose(*common, "trainer.batch_size=16"), tmp_path / "one")
+    torchrun(*common, "deepspeed=zero3", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one = load_file(str(tmp_path / "one" / "reference" / "adapter_model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "reference" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)

@@ -4,23 +4,25 @@ plus a reference delta on each adapted module, which the Trust-Region update mov
     W_ref = W0 + delta_ref,   every tau steps:  delta_ref <- alpha*s*B*A + (1 - alpha)*delta_ref
 
 ``exact`` keeps delta_ref as a dense fp32 [out, in] tensor per adapted module (the update holds exactly);
-``factors`` keeps a second pair (A_ref, B_ref) lerped factor by factor (delta_ref = s*B_ref*A_ref: exact for
-alpha = 1 and for the frozen reference, not for 0 < alpha < 1, whose error it can log); ``base`` has no
-delta (the frozen reference of a fresh adapter). Modules of one shape are stacked, so an update is one
-``baddbmm_`` (exact) or one ``_foreach_lerp_`` (factors) per shape group, with no host sync.
+modules of one shape are stacked, so an update is one ``baddbmm_`` per shape group. ``factors`` keeps a second
+PEFT adapter (A_ref, B_ref) on the same layers, lerped factor by factor in one ``_foreach_lerp_``
+(delta_ref = s*B_ref*A_ref: exact for alpha = 1 and for the frozen reference, not for 0 < alpha < 1, whose error
+it can log); under ZeRO-3 the adapter is partitioned like the policy's, and the lerp runs on each rank's own
+shards. ``base`` has no delta (the frozen reference of a fresh adapter). No host sync in an update.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trustregion.lora import AdaptedLayer, adapted_layers, save_adapter, save_merged
+from trustregion.lora import ADAPTER, AdaptedLayer, adapted_layers, save_adapter, save_merged
 from trustregion.reference import ReferenceUpdater
 
 KINDS = ("base", "exact", "factors")
@@ -45,17 +47,21 @@ def resolve_mode(mode: str, policy: nn.Module, layers: list[AdaptedLayer]) -> st
     return "exact" if dense_delta_bytes(layers) <= EXACT_BUDGET * base_bytes(policy, layers) else "factors"
 
 
-def build_reference(policy: nn.Module, peft_cfg, moving: bool) -> AdapterReference:
+def build_reference(
+    policy: nn.Module, peft_cfg, moving: bool, name: str = "reference", sharded: bool = False
+) -> AdapterReference:
     """The reference of a LoRA policy: frozen, the base (fresh adapter) or the starting adapter (exact either way);
-    moving, ``peft.reference`` (auto resolved), with the exact delta tracked where ``peft.factors_error`` asks."""
+    moving, ``peft.reference`` (auto resolved), with the exact delta tracked where ``peft.factors_error`` asks.
+    ``name``: the PEFT adapter that holds factors; ``sharded``: under ZeRO-3 (factors only, no tracking)."""
     layers = adapted_layers(policy)
     if not moving:
-        return AdapterReference(policy, layers, "factors" if peft_cfg.adapter_path else "base")
-    kind = resolve_mode(str(peft_cfg.reference.value), policy, layers)
+        kind = "factors" if peft_cfg.adapter_path else "base"
+        return AdapterReference(policy, layers, kind, name=name, sharded=sharded)
+    kind = "factors" if sharded else resolve_mode(str(peft_cfg.reference.value), policy, layers)
     track = peft_cfg.factors_error
     if track is None:  # log the error wherever the dense delta it needs is cheap
-        track = dense_delta_bytes(layers) <= EXACT_BUDGET * base_bytes(policy, layers)
-    return AdapterReference(policy, layers, kind, track=bool(track))
+        track = not sharded and dense_delta_bytes(layers) <= EXACT_BUDGET * base_bytes(policy, layers)
+    return AdapterReference(policy, layers, kind, track=bool(track), name=name, sharded=sharded)
 
 
 class _Group:
@@ -69,15 +75,31 @@ class AdapterReference(nn.Module):
     """The reference as a model view of the policy: same calls as a causal LM (``forward``, ``get_decoder``,
     ``get_output_embeddings``); its state (``state_dict``) is the reference delta alone."""
 
-    def __init__(self, policy: nn.Module, layers: list[AdaptedLayer], kind: str, track: bool = False) -> None:
+    def __init__(
+        self,
+        policy: nn.Module,
+        layers: list[AdaptedLayer],
+        kind: str,
+        track: bool = False,
+        name: str = "reference",
+        sharded: bool = False,
+    ) -> None:
         """delta_ref starts at the policy's current s*B*A (0 for a fresh adapter, whose B is 0); ``track``: under
-        ``factors``, also keep the exact dense delta (for ``ref/factors_error``)."""
+        ``factors``, also keep the exact dense delta (for ``ref/factors_error``); ``name``: the PEFT adapter that
+        holds the factors (added to the policy, frozen; before any DeepSpeed partitioning)."""
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind}")
         # Shared, not owned: the policy's state is the policy's, so it is no submodule of the reference.
         object.__setattr__(self, "policy", policy)
-        self.layers, self.kind, self.track = layers, kind, track and kind == "factors"
+        self.layers, self.kind, self.track, self.name = layers, kind, track and kind == "factors", name
+        self.sharded = sharded
+        if kind == "factors":
+            policy.add_adapter(name, copy.deepcopy(policy.peft_config[ADAPTER]))  # inactive, frozen
+            with torch.no_grad():
+                for layer, (a, b) in zip(layers, self.ref_factors()):
+                    a.copy_(layer.A)
+                    b.copy_(layer.B)
         self.groups: list[_Group] = []
         by_shape: dict[tuple, list[int]] = {}
         for i, layer in enumerate(layers):
@@ -90,9 +112,6 @@ class AdapterReference(nn.Module):
                 for j, i in enumerate(members):
                     self.slot[i] = (group, j)
                 A, B = self._stacked(group)
-                if kind == "factors":
-                    self.register_buffer(f"a_{group.tag}", A.clone())
-                    self.register_buffer(f"b_{group.tag}", B.clone())
                 if kind == "exact" or self.track:
                     self.register_buffer(f"delta_{group.tag}", scale * torch.bmm(B, A))
 
@@ -105,15 +124,19 @@ class AdapterReference(nn.Module):
     def buffer(self, kind: str, group: _Group) -> torch.Tensor:
         return self.get_buffer(f"{kind}_{group.tag}")
 
+    def ref_factors(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(A_ref, B_ref) of every layer: the weights of the reference's PEFT adapter (``factors`` only)."""
+        return [(x.layer.lora_A[self.name].weight, x.layer.lora_B[self.name].weight) for x in self.layers]
+
     # --- the model view -----------------------------------------------------------------------------
     def _hook(self, i: int):
         group, j = self.slot[i]
         if self.kind == "exact":
             delta = self.buffer("delta", group)[j]
             return lambda module, args, out: out + F.linear(args[0].to(delta.dtype), delta).to(out.dtype)
-        a, b = self.buffer("a", group)[j], self.buffer("b", group)[j]
-        s = group.scale
-        return lambda module, args, out: out + (s * F.linear(F.linear(args[0].to(a.dtype), a), b)).to(out.dtype)
+        # The adapter's own modules are called (not their weights read), so ZeRO-3 gathers them like any layer.
+        down, up, s = self.layers[i].layer.lora_A[self.name], self.layers[i].layer.lora_B[self.name], group.scale
+        return lambda module, args, out: out + (s * up(down(args[0].to(down.weight.dtype)))).to(out.dtype)
 
     @contextmanager
     def scoring(self) -> Iterator[None]:
@@ -149,40 +172,51 @@ class AdapterReference(nn.Module):
         return super().train(False)  # a reference never trains; the shared policy keeps its own mode
 
     # --- deltas and export ----------------------------------------------------------------------------
+    def delta(self, i: int) -> torch.Tensor:
+        """delta_ref of layer ``i``, fp32 [out, in] (dense: for export and checks, not the hot path)."""
+        layer = self.layers[i]
+        if self.kind == "base":
+            return torch.zeros(layer.B.shape[0], layer.A.shape[1], device=layer.A.device)
+        group, j = self.slot[i]
+        if self.kind == "exact":
+            return self.buffer("delta", group)[j].clone()
+        a, b = self.ref_factors()[i]
+        return group.scale * b.detach().float() @ a.detach().float()
+
     def deltas(self) -> list[torch.Tensor]:
-        """delta_ref of every adapted layer, fp32 [out, in] (dense: for export and checks, not the hot path)."""
-        out = []
-        for i, layer in enumerate(self.layers):
-            if self.kind == "base":
-                out.append(torch.zeros(layer.B.shape[0], layer.A.shape[1], device=layer.A.device))
-                continue
-            group, j = self.slot[i]
-            if self.kind == "exact":
-                out.append(self.buffer("delta", group)[j].clone())
-            else:
-                out.append(group.scale * self.buffer("b", group)[j] @ self.buffer("a", group)[j])
-        return out
+        return [self.delta(i) for i in range(len(self.layers))]
 
     def factors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(A_i, B_i) with B_i*A_i = delta_ref: the factors themselves, or an SVD of the dense delta (exact)."""
         out = []
         for i, delta in enumerate(self.deltas()):
             if self.kind == "factors":
-                group, j = self.slot[i]
-                out.append((self.buffer("a", group)[j], group.scale * self.buffer("b", group)[j]))
+                a, b = self.ref_factors()[i]
+                out.append((a.detach(), self.slot[i][0].scale * b.detach()))
                 continue
             U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
             keep = max(1, int((S > S.max() * 1e-12).sum())) if S.numel() else 1
             out.append((Vh[:keep].float(), (U[:, :keep] * S[:keep]).float()))
         return out
 
-    def save_pretrained(self, directory: str | Path, merged: bool = False) -> None:
-        """The reference as a PEFT adapter on the policy's base (or, ``merged``, as a whole transformers model)."""
+    def whole(self, params: list[torch.Tensor]):
+        """Context in which ``params`` are whole on every rank (a collective under ZeRO-3: every rank enters)."""
+        if not self.sharded:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def save_pretrained(self, directory: str | Path, merged: bool = False, write: bool = True) -> None:
+        """The reference as a PEFT adapter on the policy's base (or, ``merged``, as a whole transformers model).
+        Every rank calls it under ZeRO-3 (the factors are gathered); only ``write`` ones write."""
         directory = Path(directory)
-        if merged:
-            save_merged(self.policy, directory, self.deltas())
-        else:
-            save_adapter(directory, self.layers, self.factors(), self.policy.peft_config["default"])
+        factors = [t for pair in self.ref_factors() for t in pair] if self.kind == "factors" else []
+        with self.whole(factors):
+            if write and merged:
+                save_merged(self.policy, directory, self.deltas())
+            elif write:
+                save_adapter(directory, self.layers, self.factors(), self.policy.peft_config[ADAPTER])
 
 
 class _ScoredModule:
@@ -199,9 +233,19 @@ class _ScoredModule:
 class AdapterReferenceUpdater(ReferenceUpdater):
     """The (alpha, tau) rule on an ``AdapterReference``: delta_ref <- alpha*s*B*A + (1-alpha)*delta_ref."""
 
-    def __init__(self, reference: AdapterReference, alpha: float, tau: int | None) -> None:
+    def __init__(self, reference: AdapterReference, alpha: float, tau: int | None, sharded: bool = False) -> None:
+        """``sharded``: under ZeRO-3, where the factor lerp runs on each rank's own shards (``ds_tensor``)."""
         super().__init__([], [], alpha, tau)
-        self.ref = reference
+        self.ref, self.sharded = reference, sharded
+        if reference.kind == "factors":
+            local = (lambda p: p.ds_tensor) if sharded else (lambda p: p)
+            pairs = [
+                (r, p)
+                for layer, (ra, rb) in zip(reference.layers, reference.ref_factors())
+                for r, p in ((ra, layer.A), (rb, layer.B))
+            ]
+            self.reference = [local(r) for r, _ in pairs]
+            self.policy = [local(p) for _, p in pairs]
         lora_or_base = {id(t) for layer in reference.layers for t in (layer.A, layer.B)}
         lora_or_base |= {id(layer.layer.get_base_layer().weight) for layer in reference.layers}
         self.others = [p for p in reference.policy.parameters() if id(p) not in lora_or_base]
@@ -211,31 +255,39 @@ class AdapterReferenceUpdater(ReferenceUpdater):
         ref, a = self.ref, self.alpha
         if ref.kind == "base":
             raise ValueError("a reference of kind 'base' (the frozen base) cannot move; build it as exact or factors")
-        stacked = [ref._stacked(g) for g in ref.groups]
         if ref.kind == "factors":
-            mine = [ref.buffer(k, g) for g in ref.groups for k in ("a", "b")]
-            theirs = [t for A, B in stacked for t in (A, B)]
             if a == 1.0:
-                torch._foreach_copy_(mine, theirs)
+                torch._foreach_copy_(self.reference, self.policy)
             else:
-                torch._foreach_lerp_(mine, theirs, a)
+                torch._foreach_lerp_(self.reference, self.policy, a)
         if ref.kind == "exact" or ref.track:
-            for g, (A, B) in zip(ref.groups, stacked):
+            for g in ref.groups:
+                A, B = ref._stacked(g)
                 ref.buffer("delta", g).baddbmm_(B, A, beta=1.0 - a, alpha=a * g.scale)
         self.num_updates += 1
 
     @torch.no_grad()
     def distance(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||W_ref - W||^2, ||W||^2) over all weights, W = W0 + s*B*A; at log steps only (dense products)."""
+        """(||W_ref - W||^2, ||W||^2) over all weights, W = W0 + s*B*A; at log steps only (dense products).
+        Under ZeRO-3 each adapted layer is gathered in turn (every rank computes it: counted once after the sum
+        over ranks that the caller takes), the other weights are summed over each rank's shards."""
+        ref, world = self.ref, 1
+        if self.sharded:
+            import torch.distributed as dist
+
+            world = dist.get_world_size()
         diff = torch.zeros((), dtype=torch.float64)
         norm = torch.zeros((), dtype=torch.float64)
-        for layer, delta in zip(self.ref.layers, self.ref.deltas()):
-            policy_delta = layer.delta()
-            diff += torch.linalg.vector_norm(delta - policy_delta).double().cpu() ** 2
-            w = layer.layer.get_base_layer().weight.float() + policy_delta
-            norm += torch.linalg.vector_norm(w).double().cpu() ** 2
+        factors = ref.ref_factors() if ref.kind == "factors" else [()] * len(ref.layers)
+        for i, layer in enumerate(ref.layers):
+            w0 = layer.layer.get_base_layer().weight
+            with ref.whole([w0, layer.A, layer.B, *factors[i]]):
+                policy_delta = layer.delta()
+                diff += torch.linalg.vector_norm(ref.delta(i) - policy_delta).double().cpu() ** 2 / world
+                norm += torch.linalg.vector_norm(w0.float() + policy_delta).double().cpu() ** 2 / world
         for p in self.others:
-            norm += torch.linalg.vector_norm(p.float()).double().cpu() ** 2
+            local = p.ds_tensor if self.sharded else p
+            norm += torch.linalg.vector_norm(local.float()).double().cpu() ** 2
         return diff, norm
 
     @torch.no_grad()
@@ -246,9 +298,12 @@ class AdapterReferenceUpdater(ReferenceUpdater):
             return {}
         num = torch.zeros((), dtype=torch.float64, device=ref.layers[0].A.device)
         den = torch.zeros_like(num)
+        factors = ref.ref_factors()
         for g in ref.groups:
             exact = ref.buffer("delta", g)
-            approx = g.scale * torch.bmm(ref.buffer("b", g), ref.buffer("a", g))
+            a = torch.stack([factors[i][0].detach() for i in g.members]).float()
+            b = torch.stack([factors[i][1].detach() for i in g.members]).float()
+            approx = g.scale * torch.bmm(b, a)
             num += torch.linalg.vector_norm(approx - exact).double() ** 2
             den += torch.linalg.vector_norm(exact).double() ** 2
         return {"ref/factors_error": float((num / den.clamp(min=1e-300)).sqrt())}

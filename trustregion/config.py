@@ -328,10 +328,17 @@ def check_peft_config(cfg: DictConfig) -> None:
             "its delta too); set model.share_prompt=false"
         )
     if cfg.deepspeed.stage == 3:
-        raise ConfigError(
-            "peft=lora does not run under deepspeed=zero3 yet (the adapter reference is built from whole LoRA "
-            "factors, which ZeRO-3 partitions); use deepspeed=zero2 (adapters are small) or deepspeed=none"
-        )
+        if mode == "exact" or p.factors_error:
+            key = "peft.reference=exact" if mode == "exact" else "peft.factors_error=true"
+            raise ConfigError(
+                f"{key} does not run under deepspeed=zero3: the exact delta needs whole B and A at every update "
+                "(a gather), and ZeRO-3 partitions them; use peft.reference=factors (shard by shard), or deepspeed=zero2"
+            )
+        if p.export_merged:
+            raise ConfigError(
+                "peft.export_merged=true does not run under deepspeed=zero3 (the merge reads whole weights); "
+                "merge the exported adapters afterwards, or set peft.export_merged=false"
+            )
 
 
 def check_eval_config(ev: DictConfig) -> None:

@@ -184,8 +184,9 @@ class ExportHook(BaseHook):
 
 
 class AdapterExportHook(BaseHook):
-    """Under LoRA, beside the adapters: ``base/`` when the base was built here (the tiny model), so the adapters
-    can be loaded again, and with ``peft.export_merged`` whole models ``policy_merged/``, ``reference_merged/``."""
+    """Under LoRA: the reference as a PEFT adapter (``reference/``; every rank takes part under ZeRO-3, where its
+    factors are gathered), ``base/`` when the base was built here (the tiny model) so the adapters load again, and
+    with ``peft.export_merged`` whole models ``policy_merged/``, ``reference_merged/`` (the last two not under ZeRO-3)."""
 
     def __init__(self, which: tuple[str, ...]) -> None:
         self.which = which
@@ -193,17 +194,23 @@ class AdapterExportHook(BaseHook):
     def on_train_end(self, recipe: Recipe) -> None:
         from trustregion.lora import adapted_layers, save_merged
 
-        engine, cfg = recipe.engine, recipe.cfg
-        if engine.is_main:
+        engine, cfg, run = recipe.engine, recipe.cfg, recipe.run_dir
+        written = []
+        if "reference" in self.which:
+            engine.unwrap("reference").save_pretrained(run / "reference", write=engine.is_main)
+            written.append("reference")
+        if engine.is_main and cfg.deepspeed.stage < 3:
             policy = engine.unwrap("policy")
-            out: dict[str, object] = {}
             if cfg.model.path is None:
-                out["base"] = lambda d: save_merged(policy, d, [])  # W0 alone
+                save_merged(policy, run / "base", [])  # W0 alone
+                written.append("base")
             if cfg.peft.export_merged:
-                out["policy_merged"] = lambda d: save_merged(policy, d, [x.delta() for x in adapted_layers(policy)])
+                save_merged(policy, run / "policy_merged", [x.delta() for x in adapted_layers(policy)])
+                written.append("policy_merged")
                 if "reference" in self.which:
-                    out["reference_merged"] = lambda d: engine.unwrap("reference").save_pretrained(d, merged=True)
-            for name, save in out.items():
-                save(recipe.run_dir / name)
-                recipe.tokenizer.save_pretrained(recipe.run_dir / name)
+                    engine.unwrap("reference").save_pretrained(run / "reference_merged", merged=True)
+                    written.append("reference_merged")
+        if engine.is_main:
+            for name in written:
+                recipe.tokenizer.save_pretrained(run / name)
         engine.barrier()

@@ -141,7 +141,7 @@ class Recipe:
         if self.objective.uses_reference:
             self.reference = self.make_reference(moving=cfg.ref_update.tau is not None)
         if self.wants_generation():
-            self.sft_model = self.make_reference(moving=False)
+            self.sft_model = self.make_reference(moving=False, name="sft")
         world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
         self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
@@ -167,16 +167,16 @@ class Recipe:
     def lora(self) -> bool:
         return OmegaConf.select(self.cfg, "peft.name", default="none") == "lora"
 
-    def make_reference(self, moving: bool):
+    def make_reference(self, moving: bool, name: str = "reference"):
         """A frozen copy of the policy; under LoRA a view of the policy's own base (``AdapterReference``)."""
         if self.lora:
-            return build_reference(self.policy, self.cfg.peft, moving)
+            return build_reference(self.policy, self.cfg.peft, moving, name, sharded=self.cfg.deepspeed.stage == 3)
         return make_reference(self.policy)
 
     def make_updater(self) -> ReferenceUpdater:
         r = self.cfg.ref_update
         if isinstance(self.engine.reference, AdapterReference):
-            return AdapterReferenceUpdater(self.engine.reference, r.alpha, r.tau)
+            return AdapterReferenceUpdater(self.engine.reference, r.alpha, r.tau, sharded=self.cfg.deepspeed.stage == 3)
         return self.engine.updater(r.alpha, r.tau)
 
     def wants_generation(self) -> bool:
@@ -262,9 +262,11 @@ class Recipe:
         if self.sft_model is not None:
             found.append(hooks.GenerationEvalHook())
         found.append(hooks.CheckpointHook())
-        found.append(hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ()))
-        if self.lora and self.cfg.trainer.save_models:
-            found.append(hooks.AdapterExportHook(self.exports))
+        exports = self.exports if self.cfg.trainer.save_models else ()
+        if self.lora:  # the policy adapter by save_pretrained; the reference adapter and merged models by the next
+            found += [hooks.ExportHook(("policy",) if exports else ()), hooks.AdapterExportHook(exports)]
+        else:
+            found.append(hooks.ExportHook(exports))
         return found
 
     # --- state ------------------------------------------------------------------------------------
