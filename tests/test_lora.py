@@ -112,6 +112,20 @@ def test_factors_error_logged_matches_the_fp64_computation(tmp_path):
     assert logged == pytest.approx(float((num / den).sqrt()), rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["exact", "factors"])
+def test_distance_is_the_relative_distance_of_all_weights(tmp_path, mode):
+    base, policy, reference, updater, _ = run_updates(tmp_path, mode, 0.5, 2, steps=5)
+    ref_delta = {x.name: d.double() for x, d in zip(reference.layers, reference.deltas())}
+    pol_delta = {x.name: x.delta().double() for x in reference.layers}
+    diff = sum(((ref_delta[n] - pol_delta[n]) ** 2).sum() for n in ref_delta)
+    norm = 0.0
+    for name, p in base.named_parameters():
+        owner = name.removesuffix(".weight")
+        norm += ((p.double() + pol_delta[owner]) ** 2).sum() if owner in pol_delta else (p.double() ** 2).sum()
+    d, n = updater.distance()
+    assert float((d / n).sqrt()) == pytest.approx(float((diff / norm).sqrt()), rel=1e-5)
+
+
 def test_the_reference_leaves_the_policy_unchanged_and_training(tmp_path):
     _, policy, reference, _, _ = run_updates(tmp_path, "exact", 0.5, 1)
     policy.train()

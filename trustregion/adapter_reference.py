@@ -246,8 +246,10 @@ class AdapterReferenceUpdater(ReferenceUpdater):
             ]
             self.reference = [local(r) for r, _ in pairs]
             self.policy = [local(p) for _, p in pairs]
-        lora_or_base = {id(t) for layer in reference.layers for t in (layer.A, layer.B)}
-        lora_or_base |= {id(layer.layer.get_base_layer().weight) for layer in reference.layers}
+        # Every adapter's factors (the policy's, the reference's, the SFT view's) and the adapted base weights.
+        lora_or_base = {id(layer.layer.get_base_layer().weight) for layer in reference.layers}
+        for layer in reference.layers:
+            lora_or_base |= {id(t) for t in (*layer.layer.lora_A.parameters(), *layer.layer.lora_B.parameters())}
         self.others = [p for p in reference.policy.parameters() if id(p) not in lora_or_base]
 
     @torch.no_grad()
