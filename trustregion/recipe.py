@@ -273,8 +273,12 @@ class Recipe:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint."""
         method = str(self.cfg.method.name) if "method" in self.cfg else self.objective.name
+        model = OmegaConf.to_container(self.cfg.model, resolve=True)
+        if self.lora:  # the adapters' shape and the reference's kind (full fine-tuning checkpoints have no entry)
+            p = self.cfg.peft
+            model["peft"] = {k: str(p[k]) for k in ("rank", "alpha", "target_modules", "adapter_path", "reference")}
         return {
-            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "model": model,
             "method": method,
             "world_size": self.engine.world_size,
         }
