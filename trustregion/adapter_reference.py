@@ -73,7 +73,8 @@ class _Group:
 
 class AdapterReference(nn.Module):
     """The reference as a model view of the policy: same calls as a causal LM (``forward``, ``get_decoder``,
-    ``get_output_embeddings``); its state (``state_dict``) is the reference delta alone."""
+    ``get_output_embeddings``). Its own state (``state_dict``) is the dense deltas (``exact``, or ``factors`` with
+    ``track``); the ``factors`` adapter is part of the policy, and saved with it."""
 
     def __init__(
         self,
@@ -111,8 +112,8 @@ class AdapterReference(nn.Module):
                 self.groups.append(group)
                 for j, i in enumerate(members):
                     self.slot[i] = (group, j)
-                A, B = self._stacked(group)
                 if kind == "exact" or self.track:
+                    A, B = self._stacked(group)
                     self.register_buffer(f"delta_{group.tag}", scale * torch.bmm(B, A))
 
     def _stacked(self, group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
