@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test bench bench-logps sweep-toy clean
+.PHONY: install train train-smollm2 test bench bench-lora bench-logps sweep-toy clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,lora]'
 	touch $(STAMP)
 
 # The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
@@ -56,6 +56,10 @@ test: install
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python scripts/bench.py
+
+# LoRA: peak RSS and step time of LoRA + moving reference (factors, exact) vs full FT + moving vs LoRA + frozen.
+bench-lora: install
+	$(BIN)/python scripts/bench_lora.py $(ARGS)
 
 # Log-probs at real vocabularies (49k, 50k, 128k): chunked response-only head vs full logits vs TRL's chunked head.
 bench-logps: install

@@ -76,6 +76,29 @@ class ModelConfig:
     vocab_size: int = 512
 
 
+class AdapterReferenceMode(str, Enum):
+    auto = "auto"  # exact when its dense deltas are at most 15 % of the base model's bytes, else factors
+    exact = "exact"  # a dense fp32 delta per adapted module: the Trust-Region update holds exactly
+    factors = "factors"  # a second (A, B) pair lerped factor by factor: exact only for alpha = 1 or frozen
+
+
+@dataclass
+class PeftConfig:
+    """LoRA adapters on a frozen base (``peft=lora``); ``peft=none`` trains every weight."""
+
+    name: str = "none"
+    rank: int = 8
+    alpha: float = 16.0  # LoRA's scale is alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or ["all-linear"]
+    adapter_path: Optional[str] = None  # continue from a saved PEFT adapter (its own rank, alpha and targets)
+    reference: AdapterReferenceMode = AdapterReferenceMode.auto
+    # Under reference=factors, also keep the exact delta (dense, as exact does) to log ref/factors_error;
+    # null: only where that delta is cheap (the auto rule's budget).
+    factors_error: Optional[bool] = None
+    export_merged: bool = False  # also save policy_merged/ and reference_merged/ (whole models) at the end
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
@@ -163,6 +186,7 @@ class Config:
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     deepspeed: DeepSpeedConfig = MISSING
+    peft: PeftConfig = field(default_factory=PeftConfig)
     run_name: Optional[str] = None
     verbose: bool = False  # third-party progress bars and info messages (transformers, datasets, DeepSpeed)
 
@@ -176,6 +200,7 @@ class SFTRunConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
+    peft: PeftConfig = field(default_factory=PeftConfig)
     run_name: Optional[str] = None
     verbose: bool = False
 
@@ -197,6 +222,7 @@ def schemas() -> dict[str, type]:
         "trainer": TrainerConfig,
         "logger": LoggerConfig,
         "deepspeed": DeepSpeedConfig,
+        "peft": PeftConfig,
     }
 
 
@@ -272,6 +298,47 @@ def validate(cfg: DictConfig) -> None:
     )
     if "eval" in cfg and cfg.eval.generate:
         check_eval_config(cfg.eval)
+    if "peft" in cfg and cfg.peft.name != "none":
+        check_peft_config(cfg)
+
+
+def check_peft_config(cfg: DictConfig) -> None:
+    """Range checks of ``peft`` and its fit with the reference update and DeepSpeed; one ConfigError each."""
+    p = cfg.peft
+    if p.name != "lora":
+        raise ConfigError(f"peft.name={p.name} is invalid: set peft=lora or peft=none")
+    if p.rank < 1:
+        raise ConfigError(f"peft.rank={p.rank} is invalid: set peft.rank to an integer >= 1")
+    if not p.alpha > 0:
+        raise ConfigError(f"peft.alpha={p.alpha} is invalid: set peft.alpha to a number > 0")
+    if not 0 <= p.dropout < 1:
+        raise ConfigError(f"peft.dropout={p.dropout} is invalid: set peft.dropout to a number in [0, 1)")
+    if not p.target_modules:
+        raise ConfigError("peft.target_modules=[] is invalid: name the modules to adapt, or set it to [all-linear]")
+    mode = str(p.reference.value)
+    frozen = "ref_update" not in cfg or cfg.ref_update.tau is None
+    if frozen and mode != "auto" and "ref_update" in cfg:
+        raise ConfigError(
+            f"peft.reference={mode} is for a moving reference but ref_update=none (frozen: the base with adapters "
+            "disabled, or the starting adapter); set peft.reference=auto or ref_update=soft|hard"
+        )
+    if cfg.model.share_prompt:
+        raise ConfigError(
+            "model.share_prompt=true is not supported with peft=lora (the reference's prompt cache would need "
+            "its delta too); set model.share_prompt=false"
+        )
+    if cfg.deepspeed.stage == 3:
+        if mode == "exact" or p.factors_error:
+            key = "peft.reference=exact" if mode == "exact" else "peft.factors_error=true"
+            raise ConfigError(
+                f"{key} does not run under deepspeed=zero3: the exact delta needs whole B and A at every update "
+                "(a gather), and ZeRO-3 partitions them; use peft.reference=factors (shard by shard), or deepspeed=zero2"
+            )
+        if p.export_merged:
+            raise ConfigError(
+                "peft.export_merged=true does not run under deepspeed=zero3 (the merge reads whole weights); "
+                "merge the exported adapters afterwards, or set peft.export_merged=false"
+            )
 
 
 def check_eval_config(ev: DictConfig) -> None:

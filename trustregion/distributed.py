@@ -227,7 +227,8 @@ class DeepSpeedEngine:
         import deepspeed
 
         model.requires_grad_(False)
-        if self.stage == 3:
+        # A view with no weights of its own (the LoRA reference, on the policy's base) has nothing to partition.
+        if self.stage == 3 and any(True for _ in model.parameters()):
             engine = deepspeed.initialize(model=model, config=deepspeed_config(self.cfg, self.world_size, train=False))[
                 0
             ]

@@ -89,6 +89,7 @@ class ReferenceUpdateHook(BaseHook):
         metrics["ref_updates"] = updater.num_updates
         metrics["ref/distance"] = float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt())
         metrics["ref/update_ms"] = self.update_ms if self.updated else 0.0
+        metrics.update(updater.metrics())
 
 
 class FaultHook(BaseHook):
@@ -193,3 +194,36 @@ class ExportHook(BaseHook):
         if recipe.engine.is_main:
             recipe.tokenizer.save_pretrained(directory)
         recipe.engine.barrier()
+
+
+class AdapterExportHook(BaseHook):
+    """Under LoRA: the reference as a PEFT adapter (``reference/``; every rank takes part under ZeRO-3, where its
+    factors are gathered), ``base/`` when the base was built here (the tiny model) so the adapters load again, and
+    with ``peft.export_merged`` whole models ``policy_merged/``, ``reference_merged/`` (the last two not under ZeRO-3)."""
+
+    def __init__(self, which: tuple[str, ...]) -> None:
+        self.which = which
+
+    def on_train_end(self, recipe: Recipe) -> None:
+        from trustregion.lora import adapted_layers, save_merged
+
+        engine, cfg, run = recipe.engine, recipe.cfg, recipe.run_dir
+        written = []
+        if "reference" in self.which:
+            engine.unwrap("reference").save_pretrained(run / "reference", write=engine.is_main)
+            written.append("reference")
+        if engine.is_main and cfg.deepspeed.stage < 3:
+            policy = engine.unwrap("policy")
+            if cfg.model.path is None:
+                save_merged(policy, run / "base", [])  # W0 alone
+                written.append("base")
+            if cfg.peft.export_merged:
+                save_merged(policy, run / "policy_merged", [x.delta() for x in adapted_layers(policy)])
+                written.append("policy_merged")
+                if "reference" in self.which:
+                    engine.unwrap("reference").save_pretrained(run / "reference_merged", merged=True)
+                    written.append("reference_merged")
+        if engine.is_main:
+            for name in written:
+                recipe.tokenizer.save_pretrained(run / name)
+        engine.barrier()

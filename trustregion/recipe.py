@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion import checkpoint, hooks
+from trustregion.adapter_reference import AdapterReference, AdapterReferenceUpdater, build_reference
 from trustregion.batches import BatchStream, to_device
 from trustregion.cli import total_optimizer_steps
 from trustregion.config import validate
@@ -34,10 +35,12 @@ from trustregion.engine import Engine, LocalEngine
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.logger import RunLogger
 from trustregion.logps import logps_function
+from trustregion.lora import wrap_policy
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
 from trustregion.preemption import Preempted, preemption_signals, requeue_on_slurm
+from trustregion.reference import ReferenceUpdater
 from trustregion.rundir import lock_run_dir
 
 
@@ -135,6 +138,8 @@ class Recipe:
         cfg, d = self.cfg, self.cfg.dataset
         texts = self.data.texts() if cfg.model.path is None else None
         self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
+        if self.lora:
+            self.policy = wrap_policy(self.policy, cfg.peft)
         self.train_rows, self.truncation = self.objective.tokenize(
             self.objective.rows(self.data, "train"), self.tokenizer, d
         )
@@ -147,19 +152,20 @@ class Recipe:
         cfg, t = self.cfg, self.cfg.trainer
         # A frozen reference on one process is needed only for its log-probs, which equal the starting policy's:
         # they are cached before training and the reference model is never built (one model's memory saved).
+        # A LoRA reference is a view of the policy's own base, nearly free: it is built.
         cached = self.objective.uses_reference and cfg.ref_update.tau is None and t.cache_reference
         self.objective.reference_from_cache = cached and cfg.deepspeed.stage == 0
-        if self.objective.uses_reference and not self.objective.reference_from_cache:
-            self.reference = make_reference(self.policy)
+        if self.objective.uses_reference and (self.lora or not self.objective.reference_from_cache):
+            self.reference = self.make_reference(moving=cfg.ref_update.tau is not None)
         if self.wants_generation():
-            self.sft_model = make_reference(self.policy)
+            self.sft_model = self.make_reference(moving=False, name="sft")
         world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
         self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
         if self.sft_model is not None:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
         if self.reference is not None:
-            self.updater = self.engine.updater(cfg.ref_update.alpha, cfg.ref_update.tau)
+            self.updater = self.make_updater()
             self.objective.reference_from_cache = cached and self.engine.world_size == 1
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
         self.stream = BatchStream(
@@ -171,6 +177,22 @@ class Recipe:
             t.shuffle,
             lengths=self.train_rows["length"] if group else None,
         )
+
+    @property
+    def lora(self) -> bool:
+        return OmegaConf.select(self.cfg, "peft.name", default="none") == "lora"
+
+    def make_reference(self, moving: bool, name: str = "reference"):
+        """A frozen copy of the policy; under LoRA a view of the policy's own base (``AdapterReference``)."""
+        if self.lora:
+            return build_reference(self.policy, self.cfg.peft, moving, name, sharded=self.cfg.deepspeed.stage == 3)
+        return make_reference(self.policy)
+
+    def make_updater(self) -> ReferenceUpdater:
+        r = self.cfg.ref_update
+        if isinstance(self.engine.reference, AdapterReference):
+            return AdapterReferenceUpdater(self.engine.reference, r.alpha, r.tau, sharded=self.cfg.deepspeed.stage == 3)
+        return self.engine.updater(r.alpha, r.tau)
 
     def wants_generation(self) -> bool:
         if self.cfg.eval.generate and self.data.task is None and launched_rank() == 0:
@@ -184,9 +206,12 @@ class Recipe:
         """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
         t = self.cfg.trainer
         weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.policy.parameters())
-        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
+        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters() if p.requires_grad)
         copies = 2 if self.reference is not None else 1  # the policy, and the reference where there is one
-        size = copies * weights + 8 * numel  # + Adam's two fp32 moments
+        reference = weights if copies == 2 else 0
+        if isinstance(self.reference, AdapterReference):  # LoRA: the reference's state is its delta alone
+            reference = sum(b.numel() * b.element_size() for b in self.reference.buffers())
+        size = weights + reference + 8 * numel  # + Adam's two fp32 moments of the trained weights
         what = "policy, reference, optimizer" if copies == 2 else "policy, optimizer"
         when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
         return (
@@ -248,7 +273,10 @@ class Recipe:
 
     def default_hooks(self) -> list[hooks.Hook]:
         # Export first: a reference exported at the start is written before the step timers start.
-        found: list[hooks.Hook] = [hooks.ExportHook(self.exports if self.cfg.trainer.save_models else ())]
+        exports = self.exports if self.cfg.trainer.save_models else ()
+        found: list[hooks.Hook] = [hooks.ExportHook(exports)]
+        if self.lora:  # the policy adapter by save_pretrained; the reference adapter and merged models by the next
+            found = [hooks.ExportHook(("policy",) if exports else ()), hooks.AdapterExportHook(exports)]
         if self.updater is not None:
             found.append(hooks.ReferenceUpdateHook())
         found += [
@@ -265,8 +293,12 @@ class Recipe:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint."""
         method = str(self.cfg.method.name) if "method" in self.cfg else self.objective.name
+        model = OmegaConf.to_container(self.cfg.model, resolve=True)
+        if self.lora:  # the adapters' shape and the reference's kind (full fine-tuning checkpoints have no entry)
+            p = self.cfg.peft
+            model["peft"] = {k: str(p[k]) for k in ("rank", "alpha", "target_modules", "adapter_path", "reference")}
         return {
-            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "model": model,
             "method": method,
             "world_size": self.engine.world_size,
             "deepspeed_stage": int(self.cfg.deepspeed.stage),
@@ -463,7 +495,8 @@ class SFTRecipe(Recipe):
         return f"SFT: {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
 
     def default_hooks(self) -> list[hooks.Hook]:
-        return [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+        found = [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+        return found + ([hooks.AdapterExportHook(self.exports)] if self.lora else [])
 
     def log_data_report(self) -> None:
         pass  # the SFT stage's rows are its losses only

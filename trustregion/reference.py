@@ -136,6 +136,10 @@ class ReferenceUpdater:
         if batch_m:
             torch._foreach_lerp_(batch_m, batch_p, self.alpha)
 
+    def metrics(self) -> dict[str, float]:
+        """Extra fields for the log row (none here; see ``trustregion.adapter_reference``)."""
+        return {}
+
     @torch.no_grad()
     def distance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of squared ||ref - policy||, sum of squared ||policy||) over the local tensors.
