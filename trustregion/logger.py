@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trustregion.config import AdapterReferenceMode
+
 
 def family(cfg: DictConfig) -> str:
     """What a sweep point is apart from its seed: method, beta and update rule (the report's family too)."""
@@ -17,7 +19,10 @@ def family(cfg: DictConfig) -> str:
         return f"sft-{cfg.model.name}-{cfg.dataset.name}"
     r = cfg.ref_update
     rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
-    return f"{cfg.method.name}-b{cfg.method.beta:g}-{rule}"
+    peft = OmegaConf.select(cfg, "peft.name", default="none")
+    mode = "" if peft == "none" else AdapterReferenceMode(cfg.peft.reference).value
+    tuning = "" if peft == "none" else ("-lora" if r.tau is None else f"-lora-{mode}")
+    return f"{cfg.method.name}-b{cfg.method.beta:g}{tuning}-{rule}"
 
 
 def run_name(cfg: DictConfig) -> str:

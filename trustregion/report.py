@@ -47,6 +47,7 @@ class Family:
     beta: float
     tau: int | None = None
     alpha: float | None = None
+    peft: str = ""  # "" (full fine-tuning) or "LoRA", plus a moving reference's mode ("LoRA exact", "LoRA factors")
 
     @property
     def frozen(self) -> bool:
@@ -62,15 +63,16 @@ class Family:
 
     @property
     def name(self) -> str:
-        return f"{self.method} β={self.beta:g} {self.rule}"
+        return f"{self.method} β={self.beta:g}{' ' + self.peft if self.peft else ''} {self.rule}"
 
     @property
     def baseline(self) -> Family:
         """The frozen-reference family this one is compared with."""
-        return Family(self.method, self.beta)
+        return Family(self.method, self.beta, peft=self.peft.split(" ")[0])
 
     def sort_key(self) -> tuple:
-        return (self.method, self.beta, not self.frozen, self.alpha != 1.0, self.tau or 0, self.alpha or 0.0)
+        tuning = self.peft.split(" ")[0]
+        return (self.method, self.beta, tuning, not self.frozen, self.alpha != 1.0, self.tau or 0, self.alpha or 0.0)
 
 
 @dataclass
@@ -176,6 +178,13 @@ def _num(value) -> float:
         return math.nan
 
 
+def _peft_label(peft: dict, moving: bool) -> str:
+    """ "" for full fine-tuning; "LoRA" for adapters, with the moving reference's mode ("LoRA exact")."""
+    if peft.get("name", "none") == "none":
+        return ""
+    return f"LoRA {peft.get('reference', 'auto')}" if moving else "LoRA"
+
+
 def load_run(path: Path) -> Run | str:
     """The run in ``path``, or a string saying why it is skipped."""
     cfg_path, metrics_path = path / "config.yaml", path / "metrics.jsonl"
@@ -196,6 +205,7 @@ def load_run(path: Path) -> Run | str:
             float(m["beta"]),
             None if tau is None else int(tau),
             None if tau is None else float(r.get("alpha", 1.0)),
+            _peft_label(cfg.get("peft") or {}, moving=tau is not None),
         )
         run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
     except (KeyError, TypeError, ValueError) as e:

@@ -97,7 +97,12 @@ REAL_CONFIGS = {
     "soft": SOFT,  # chunked response-only head (the default for real models)
     "soft, full logits": [*SOFT, "model.logps=full"],
     "soft, shared prompt": [*SOFT, "model.share_prompt=true"],
+    # LoRA rank 8 on every linear layer: the reference is the shared base plus a delta (README, LoRA)
+    "LoRA frozen": ["method=dpo", "ref_update=none", "peft=lora"],
+    "LoRA soft, factors": [*SOFT, "peft=lora", "peft.reference=factors", "peft.factors_error=false"],
+    "LoRA soft, exact": [*SOFT, "peft=lora", "peft.reference=exact"],
 }
+REAL_LORA = ("LoRA frozen", "LoRA soft, factors", "LoRA soft, exact")
 REAL_TRL = {
     "TRL precomputed": {"sync_ref_model": False, "precompute_ref_log_probs": True},
     "TRL synced": {"sync_ref_model": True, "ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 1},
@@ -110,7 +115,14 @@ REAL_PLANS = {
         "steps": 3,  # the most timed steps of any entry (the rows file is sized for it)
         "head_reps": 3,
         "runs": [
-            {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 2, "ours": list(REAL_CONFIGS), "trl": list(REAL_TRL)},
+            {
+                "model": "smollm2-135m-4l",
+                "shape": "hh",
+                "rounds": 2,
+                "ours": [c for c in REAL_CONFIGS if c not in REAL_LORA],
+                "trl": list(REAL_TRL),
+            },
+            {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "steps": 2, "ours": list(REAL_LORA), "trl": []},
             {
                 "model": "smollm2-135m-4l",
                 "shape": "tldr",
@@ -142,7 +154,16 @@ REAL_PLANS = {
         "warmup": 1,
         "steps": 1,
         "head_reps": 1,
-        "runs": [{"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "ours": ["soft"], "trl": ["TRL synced"]}],
+        "runs": [
+            {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "ours": ["soft"], "trl": ["TRL synced"]},
+            {
+                "model": "smollm2-135m-4l",
+                "shape": "hh",
+                "rounds": 1,
+                "ours": ["LoRA frozen", "LoRA soft, factors"],
+                "trl": [],
+            },
+        ],
     },
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 
-from benchkit.plans import CONFIGS, MODELS, REAL_GOAL, REAL_TRL_PAIRS, TRL_CONFIGS, TRL_PAIRS
+from benchkit.plans import CONFIGS, MODELS, REAL_GOAL, REAL_LORA, REAL_TRL_PAIRS, TRL_CONFIGS, TRL_PAIRS
 from benchkit.shapes import SHAPES
 
 
@@ -399,6 +399,22 @@ def render_real(real: dict) -> list[str]:
             f"copy of the model's fp32 weights is {fmt(params and params * 4 / 2**20, '.0f')} MB.",
             "",
         ]
+    lora_frozen = runs.get("/".join(REAL_GOAL) + "/LoRA frozen")
+    if lora_frozen and soft:
+        base = _median_of(lora_frozen, "peak_rss_mb")
+        L += [
+            "LoRA (rank 8, every linear layer) on the same model and batch, peak RSS and between-steps RSS against "
+            f"LoRA + frozen ({base:.0f} MB peak, {_median_of(lora_frozen, 'between_steps_mb'):.0f} MB between): "
+            f"full fine-tuning + soft {_median_of(soft, 'peak_rss_mb') / base:.2f}× peak",
+        ]
+        for config in REAL_LORA[1:]:
+            rs = runs.get("/".join(REAL_GOAL) + "/" + config)
+            if rs and any("error" not in r for r in rs):
+                ratio = _median_of(rs, "peak_rss_mb") / base
+                L[-1] += f"; {config} {ratio:.2f}× ({med([med(r['step_s']) for r in rs if 'step_s' in r]):.2f} s/step)"
+                goals.append((f"{config}: peak RSS ≤ 1.15× LoRA + frozen's", (ratio, ratio, ratio), 1.15, "<="))
+        L[-1] += f"; LoRA + frozen {med([med(r['step_s']) for r in lora_frozen if 'step_s' in r]):.2f} s/step."
+        L.append("")
     if goals:
         L += ["### Goals", "", "| goal | measured, median (range) | status |", "|---|---|---|"]
         for name, value, bound, op in goals:
