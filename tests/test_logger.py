@@ -16,6 +16,18 @@ def test_beta_and_the_update_rule_make_different_groups(fast_cfg):
     assert groups == {"dpo-b0.1-soft-a0.6-t1", "dpo-b0.5-soft-a0.6-t1", "dpo-b0.1-frozen", "dpo-b0.1-hard-a1-t512"}
 
 
+def test_lora_runs_group_apart_from_full_fine_tuning_and_by_reference_mode(fast_cfg):
+    groups = [
+        run_group(fast_cfg(*o))
+        for o in [
+            ("peft=lora", "ref_update=none"),
+            ("peft=lora", "peft.reference=exact"),
+            ("peft=lora", "peft.reference=factors"),
+        ]
+    ]
+    assert groups == ["dpo-b0.1-lora-frozen", "dpo-b0.1-lora-exact-soft-a0.6-t1", "dpo-b0.1-lora-factors-soft-a0.6-t1"]
+
+
 def test_an_explicit_group_wins(fast_cfg):
     assert run_group(fast_cfg("logger.group=mine")) == "mine"
 

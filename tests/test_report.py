@@ -263,3 +263,10 @@ def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
         f"error: {tmp_path / 'missing'}: no such file or directory; "
         f"pass a sweep dir (outputs/multirun/<date>/<time>) or a glob"
     ]
+
+
+def test_a_lora_trust_region_family_is_paired_with_the_lora_frozen_family():
+    lora = Family("dpo", 0.5, 1, 0.03, peft="LoRA exact")
+    assert lora.baseline == Family("dpo", 0.5, peft="LoRA") != Family("dpo", 0.5)
+    assert Family("dpo", 0.5, 1, 0.03).baseline == Family("dpo", 0.5)
+    assert lora.name == "dpo β=0.5 LoRA exact soft α=0.03 τ=1"

@@ -62,6 +62,16 @@ class Family:
         return f"soft α={self.alpha:g} τ={self.tau}"
 
     @property
+    def label(self) -> str:
+        """The rule, with the adapter and reference mode under LoRA (legends within one method and β)."""
+        return f"{self.peft} {self.rule}" if self.peft else self.rule
+
+    @property
+    def style(self) -> str:
+        """Line style in figures: solid for full fine-tuning, dashed for LoRA."""
+        return "--" if self.peft else "-"
+
+    @property
     def name(self) -> str:
         return f"{self.method} β={self.beta:g}{' ' + self.peft if self.peft else ''} {self.rule}"
 
@@ -581,9 +591,9 @@ def plot_bands(study: Study, path: Path) -> None:
             grid = np.linspace(0.0, top, 40)
             ivs = [t_interval([gold_at_kl(r, x) for r in members]) for x in grid]
             mean = np.array([iv.mean for iv in ivs])
-            ax.plot(
-                grid, mean, color=colors[fam], lw=2.2 if fam.frozen else 1.4, label=f"{fam.rule} (n={len(members)})"
-            )
+            width = 2.2 if fam.frozen else 1.4
+            label = f"{fam.label} (n={len(members)})"
+            ax.plot(grid, mean, fam.style, color=colors[fam], lw=width, label=label)
             if len(members) > 1:
                 ax.fill_between(grid, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=colors[fam], alpha=0.12)
         _gold_vs_kl_axes(ax, method, beta)
@@ -596,14 +606,14 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
     the matched KL, or (``peak``) peak gold."""
 
     comps = study.comparisons()
-    panels = sorted({(c.family.method, c.family.beta) for c in comps})
+    panels = sorted({(c.family.method, c.family.beta, c.family.peft) for c in comps})
     if not panels:
         return
     pick = (lambda c: c.peak) if peak else (lambda c: c.at_kl)
     fig, axes = _figure(len(panels), height=4.0)
     span = max([abs(pick(c).mean) for c in comps if math.isfinite(pick(c).mean)] or [1.0]) or 1.0
-    for ax, (method, beta) in zip(axes, panels):
-        mine = [c for c in comps if (c.family.method, c.family.beta) == (method, beta)]
+    for ax, (method, beta, peft) in zip(axes, panels):
+        mine = [c for c in comps if (c.family.method, c.family.beta, c.family.peft) == (method, beta, peft)]
         alphas = sorted({c.family.alpha for c in mine})
         taus = sorted({c.family.tau for c in mine})
         values = np.full((len(alphas), len(taus)), np.nan)
@@ -618,7 +628,7 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
         ax.set_xlabel("τ (steps between updates)")
         ax.set_ylabel("α")
         what = "Δ peak gold" if peak else f"Δ gold at KL {mine[0].kl:.1f}"
-        ax.set_title(f"{method.upper()} β={beta:g}: {what}")
+        ax.set_title(f"{method.upper()} β={beta:g}{' ' + peft if peft else ''}: {what}")
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.text(0.01, 0.005, "TR − frozen, paired by seed; + / −: the 95 % interval excludes 0", fontsize=7)
     fig.tight_layout()
@@ -638,12 +648,13 @@ def plot_runs(study: Study, path: Path) -> None:
                 ax.plot(
                     kl,
                     gold,
-                    "o-",
+                    marker="o",
                     ms=2,
                     lw=1.8 if fam.frozen else 1.0,
                     color=colors[fam],
                     alpha=0.7,
-                    label=fam.rule if i == 0 else None,
+                    ls=fam.style,
+                    label=fam.label if i == 0 else None,
                 )
         _gold_vs_kl_axes(ax, method, beta)
     fig.tight_layout()
