@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test bench bench-lora bench-logps sweep-toy clean
+.PHONY: install train train-smollm2 test bench bench-logps sweep-toy sweep-lora clean
 
 install: $(STAMP)
 
@@ -58,8 +58,6 @@ bench: install
 	$(BIN)/python scripts/bench.py
 
 # LoRA: peak RSS and step time of LoRA + moving reference (factors, exact) vs full FT + moving vs LoRA + frozen.
-bench-lora: install
-	$(BIN)/python scripts/bench_lora.py $(ARGS)
 
 # Log-probs at real vocabularies (49k, 50k, 128k): chunked response-only head vs full logits vs TRL's chunked head.
 bench-logps: install
@@ -68,6 +66,11 @@ bench-logps: install
 
 sweep-toy: install
 	bash scripts/sweep_toy.sh
+
+# The toy study with LoRA (frozen, soft exact, soft factors over 3 seeds); SFT=<policy dir> FT=<sweep-toy dir> to
+# reuse a sweep's SFT model and put its full fine-tuning runs beside these in the report.
+sweep-lora: install
+	SFT=$(SFT) FT=$(FT) bash scripts/sweep_lora.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb

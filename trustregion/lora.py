@@ -62,7 +62,7 @@ def _check_targets(model: nn.Module, targets: list[str], output_layer: nn.Module
 def wrap_policy(model: nn.Module, peft_cfg) -> nn.Module:
     """The policy as a ``PeftModel``: a new LoRA adapter from ``peft_cfg``, or the one at ``peft.adapter_path``."""
     peft = _import_peft()
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = model.get_output_embeddings()  # a transformers model: the head must stay unadapted
     try:
         if peft_cfg.adapter_path:
             if not (Path(peft_cfg.adapter_path) / "adapter_config.json").exists():
