@@ -192,7 +192,9 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
         return {}
     prompt_ids = encode_prompts(texts, tokenizer, int(cfg.dataset.max_prompt_length))
     k = 1 if ev.greedy else int(ev.samples_per_prompt)
-    scorers = (engine.policy, engine.reference, sft_model)
+    # A frozen reference whose log-probs are cached is never built: it is the SFT model.
+    reference = engine.reference if engine.reference is not None else sft_model
+    scorers = (engine.policy, reference, sft_model)
     gen = generate_and_score(engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, int(cfg.trainer.seed))
     records = sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"])
     metrics = summarize(records, k)
