@@ -41,6 +41,11 @@ def losses(run_dir):
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def distances(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["ref/distance"] for r in rows if "ref/distance" in r]
+
+
 def weights(run_dir, which):
     return load_file(str(run_dir / which / "model.safetensors"))
 
@@ -102,6 +107,7 @@ def test_two_ranks_under_zero3_train_the_objective_of_one_process(tmp_path, meth
 def test_two_ranks_match_one_process(one_process, tmp_path, options):
     torchrun(*COMMON, *options, "trainer.batch_size=8", f"hydra.run.dir={tmp_path}")
     assert losses(tmp_path) == pytest.approx(losses(one_process), abs=1e-5)
+    assert distances(tmp_path) == pytest.approx(distances(one_process), rel=1e-4)
     ref_one, ref_two = weights(one_process, "reference"), weights(tmp_path, "reference")
     assert ref_one.keys() == ref_two.keys()
     for key in ref_one:

@@ -255,7 +255,8 @@ class DeepSpeedEngine:
                 )
             if r.ds_persist:
                 persistent.append((p, r))
-        pol += [b for b in policy.buffers() if b.is_floating_point()]
+        buffers = [b for b in policy.buffers() if b.is_floating_point()]
+        pol += buffers
         ref += [b for b in reference.buffers() if b.is_floating_point()]
 
         def whole_copies():
@@ -264,7 +265,8 @@ class DeepSpeedEngine:
             # rank the whole copy is a view of the shard, which the update has already mixed.
             return [(p.data, r.data) for p, r in persistent if not _shares_storage(r.data, r.ds_tensor)]
 
-        return ReferenceUpdater(pol, ref, alpha, tau, late_pairs=whole_copies if persistent else None)
+        late = whole_copies if persistent else None
+        return ReferenceUpdater(pol, ref, alpha, tau, late, replicated=(len(buffers), self.world_size))
 
     # --- optimisation -----------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
@@ -438,4 +440,9 @@ class GatheredUpdater(ReferenceUpdater):
         for p, r in zip(self.policy_module.parameters(), self.reference_module.parameters()):
             diff += torch.linalg.vector_norm(r.ds_tensor.float() - p.ds_tensor.float()).double().cpu() ** 2
             norm += torch.linalg.vector_norm(p.ds_tensor.float()).double().cpu() ** 2
+        world = dist.get_world_size()  # buffers are whole on every rank: each counted once over the ranks
+        for p, r in zip(self.policy_module.buffers(), self.reference_module.buffers()):
+            if p.is_floating_point():
+                diff += torch.linalg.vector_norm(r.float() - p.float()).double().cpu() ** 2 / world
+                norm += torch.linalg.vector_norm(p.float()).double().cpu() ** 2 / world
         return diff, norm

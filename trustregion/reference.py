@@ -45,8 +45,12 @@ class ReferenceUpdater:
         alpha: float,
         tau: int | None,
         late_pairs: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+        replicated: tuple[int, int] = (0, 1),
     ) -> None:
+        """``replicated`` = (n, ranks): the last n tensors are whole on each of ``ranks`` ranks (ZeRO-3's buffers
+        beside parameter shards), so ``distance`` counts each once after its caller sums over the ranks."""
         self.policy = list(policy_tensors)
+        self.replicated = replicated
         # Tensors whose storage is swapped during training (ZeRO-3 persistent parameters): looked up
         # at every update as (policy, reference) pairs; empty ones (not gathered yet) are skipped.
         self.late_pairs = late_pairs
@@ -152,10 +156,13 @@ class ReferenceUpdater:
         # Accumulated on the tensors' device and moved once: one host sync, not one per tensor.
         diff_sq = torch.zeros((), dtype=torch.float64, device=ref[0].device)
         norm_sq = torch.zeros((), dtype=torch.float64, device=ref[0].device)
-        for r, p in zip(ref, self.policy):
+        count, ranks = self.replicated
+        first_replicated = len(self.policy) - count
+        for i, (r, p) in enumerate(zip(ref, self.policy)):
             pf = p.float()
-            diff_sq += torch.linalg.vector_norm(r.float() - pf).double() ** 2
-            norm_sq += torch.linalg.vector_norm(pf).double() ** 2
+            share = 1.0 / ranks if i >= first_replicated else 1.0
+            diff_sq += share * torch.linalg.vector_norm(r.float() - pf).double() ** 2
+            norm_sq += share * torch.linalg.vector_norm(pf).double() ** 2
         return diff_sq.cpu(), norm_sq.cpu()
 
     def state_dict(self) -> dict:
