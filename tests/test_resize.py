@@ -63,6 +63,13 @@ def test_one_process_resumes_on_two_zero3_ranks_with_its_bf16_reference_and_fp32
     assert losses(resized) == pytest.approx(losses(kept)[2:], abs=3e-4)
 
 
+@pytest.mark.slow
+def test_two_zero2_ranks_resume_on_one_process_like_the_run_that_kept_two(tmp_path):
+    # ZeRO-2 partitions the optimizer state only: the universal checkpoint re-cuts the fp32 masters and moments.
+    kept, resized = continue_at_other_size(tmp_path, ["deepspeed=zero2"], before=2, after=1)
+    assert_same_training(kept, resized)
+
+
 def test_zero3_partitions_recut_for_another_world_size_hold_the_same_values():
     full = torch.arange(7.0)
     two = [partition(full, 2, r) for r in range(2)]
