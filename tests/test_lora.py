@@ -263,6 +263,20 @@ def test_prompt_sharing_with_lora_is_refused(fast_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_ranks_under_zero2_match_one_process(tmp_path):
+    from tests.test_distributed import losses, torchrun
+
+    common = [*FAST, *TOY, *LORA, "peft.reference=exact", "ref_update.tau=2", "trainer.lr=3e-3"]
+    train(compose(*common, "trainer.batch_size=16"), tmp_path / "one")
+    torchrun(*common, "deepspeed=zero2", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one, two = saved_deltas(tmp_path / "one" / "reference", 1.0), saved_deltas(tmp_path / "two" / "reference", 1.0)
+    assert one.keys() == two.keys()
+    for key in one:  # the exported factors are an SVD (signs are free): compare the deltas they make
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
 def test_two_ranks_under_zero3_match_one_process_with_factors_lerped_shard_by_shard(tmp_path):
     from tests.test_distributed import losses, torchrun
 
