@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,34 +173,41 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
         )
 
 
+@dataclass
+class Snapshot:
+    """A checkpoint's contents besides the engine's: the step, the loop state every rank shares (rank 0 writes it),
+    this rank's own state, and what a resume must match (``meta.json``)."""
+
+    step: int
+    shared: dict[str, Any]
+    mine: dict[str, Any]
+    meta: dict[str, Any]
+
+
 def save(
     run_dir: Path,
-    step: int,
     engine,
-    *,
-    shared: dict,
-    rank_state: dict,
-    meta: dict,
+    snapshot: Snapshot,
     cfg: DictConfig,
-    keep_last: int,
     after_engine: Callable[[], None] | None = None,
     optimizer: bool = True,
 ) -> None:
-    """Write step ``step``'s checkpoint from every rank; rank 0 writes the shared parts and commits.
-    ``optimizer=False`` leaves the optimizer and scheduler state out (the final checkpoint, on request)."""
+    """Write ``snapshot``'s checkpoint from every rank; rank 0 writes the shared parts and commits, keeping
+    ``trainer.keep_last``. ``optimizer=False`` leaves the optimizer and scheduler state out (the final checkpoint)."""
+    step = snapshot.step
     tmp = begin(run_dir, step) if engine.is_main else None
     tmp = engine.broadcast_path(tmp)
     engine.save(tmp, optimizer=optimizer)
     if after_engine is not None:
         after_engine()
-    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
+    torch.save({**snapshot.mine, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
     if engine.is_main:
-        torch.save({"step": step, **shared}, tmp / "loop.pt")
-        write_meta(tmp, {**meta, "optimizer_state": optimizer})
+        torch.save({"step": step, **snapshot.shared}, tmp / "loop.pt")
+        write_meta(tmp, {**snapshot.meta, "step": step, "optimizer_state": optimizer})
         OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
     engine.barrier()
     if engine.is_main:
-        commit(tmp, keep_last)
+        commit(tmp, int(cfg.trainer.keep_last))
     engine.barrier()
 
 

@@ -157,13 +157,9 @@ class CheckpointHook(BaseHook):
         shared, mine = recipe.state_dict()
         checkpoint.save(
             recipe.run_dir,
-            step,
             recipe.engine,
-            shared=shared,
-            rank_state=mine,
-            meta={**recipe.identity(), "step": step},
-            cfg=recipe.cfg,
-            keep_last=recipe.cfg.trainer.keep_last,
+            checkpoint.Snapshot(step, shared, mine, recipe.identity()),
+            recipe.cfg,
             after_engine=lambda: fault("save", step),
             optimizer=recipe.cfg.trainer.final_optimizer_state or step < recipe.total_steps,
         )

@@ -154,8 +154,7 @@ class Recipe:
         # they are cached before training and the reference model is never built (one model's memory saved).
         # A LoRA reference is a view of the policy's own base, nearly free: it is built.
         cached = self.objective.uses_reference and cfg.ref_update.tau is None and t.cache_reference
-        self.objective.reference_from_cache = cached and cfg.deepspeed.stage == 0
-        if self.objective.uses_reference and (self.lora or not self.objective.reference_from_cache):
+        if self.objective.uses_reference and (self.lora or not (cached and cfg.deepspeed.stage == 0)):
             self.reference = self.make_reference(moving=cfg.ref_update.tau is not None)
         if self.wants_generation():
             self.sft_model = self.make_reference(moving=False, name="sft")
@@ -166,7 +165,7 @@ class Recipe:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
         if self.reference is not None:
             self.updater = self.make_updater()
-            self.objective.reference_from_cache = cached and self.engine.world_size == 1
+        self.objective.reference_from_cache = cached and self.engine.world_size == 1
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
         self.stream = BatchStream(
             len(self.train_rows),
