@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test bench bench-logps sweep-toy sweep-lora clean
+.PHONY: install train train-smollm2 test test-fast bench bench-logps sweep-toy sweep-lora clean
 
 install: $(STAMP)
 
@@ -51,7 +51,14 @@ train-smollm2: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
+
+# The unit tier: lint, the layer contract and the tests that train nothing (about a minute).
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest tests -m unit
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'

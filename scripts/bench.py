@@ -15,14 +15,14 @@ How it measures (the same rules for every row):
   state leaks between runs. Runs are interleaved in rounds (the order rotates each round; each TRL run
   comes right after the run of ours it is compared with); a row shows the median over rounds of each
   run's median step, its min-max over rounds, and the fastest single step of all rounds.
-- Our loop is timed inside the real recipe (``trustregion.recipe.Recipe``): a step hook
+- Our loop is timed inside the real recipe (``trustregion.training.recipe.Recipe``): a step hook
   (``benchkit.workers.LoopTimer``, run after the reference-update hook) stamps the wall clock, so one
   step = the time between two stamps: collation, both forwards, loss, backward, clipping, AdamW, the
   reference update and the loop's own metric/log bookkeeping. The first ``warmup`` steps are dropped;
   after the last timed step the hook stops the run (the final evaluation and checkpoint are
   setup/teardown, not steps).
 - TRL's ``DPOTrainer`` is timed the same way: a callback stamps ``on_step_end``; same model (a GPT-NeoX
-  built by ``trustregion.models.tiny_model`` from the same config and seed), same tokenizer, same toy
+  built by ``trustregion.models.loading.tiny_model`` from the same config and seed), same tokenizer, same toy
   pairs as a ``datasets.Dataset``, batch, lengths, fp32, threads, lr, clipping and constant schedule.
 - Response tokens per step are counted from each batch's response (completion) mask, chosen + rejected.
 - Threads (``--threads``, default auto): all cores when the 1-minute load average is under 0.75, else 1.

@@ -1,4 +1,4 @@
-"""Benchmark trustregion.logps.response_logps (chunked, response-only LM head) at real vocabularies, on CPU.
+"""Benchmark trustregion.models.logps.response_logps (chunked, response-only LM head) at real vocabularies, on CPU.
 
     python scripts/bench_logps.py [--quick] [--sections head,step] [--rounds N]
 
@@ -86,7 +86,7 @@ def head_fn(method: str, model, batch: dict):
     """A closure: per-sequence log-probs from fixed hidden states through the head, forward + backward."""
     import torch
 
-    from trustregion.logps import head_logps
+    from trustregion.models.logps import head_logps
 
     with torch.no_grad():
         hidden0 = model.get_decoder()(
@@ -158,9 +158,9 @@ def step_fn(method: str, model, batch: dict):
 
     import torch
 
-    from trustregion.logps import response_logps
-    from trustregion.losses import dpo_loss
-    from trustregion.models import sequence_logps
+    from trustregion.models.loading import sequence_logps
+    from trustregion.models.logps import response_logps
+    from trustregion.objectives.losses import dpo_loss
 
     logps_fn = partial(response_logps, chunk_tokens=CHUNK_TOKENS) if method == "ours" else sequence_logps
     reference = copy.deepcopy(model).requires_grad_(False)

@@ -44,13 +44,17 @@ def update_mode(spec: dict) -> dict:
     import torch.distributed as dist
 
     from trustregion.data import load_preferences
-    from trustregion.distributed import DeepSpeedEngine, GatheredUpdater, init_distributed
-    from trustregion.models import load_policy, make_reference
+    from trustregion.engines.launch import init_distributed
+    from trustregion.engines.zero_internals import numel, shard
+    from trustregion.models.loading import load_policy, make_reference
+    from trustregion.reference.select import make_applier
+    from trustregion.reference.zero3 import GatheredApplier
+    from trustregion.training.recipe import make_engine
 
     out: dict = {"models": {}}
     for model in spec["models"]:
         cfg = compose(*loop_overrides(model, 10, 1, batch=4), "deepspeed=zero3", *CONFIGS["tr-dpo-soft"])
-        init_distributed(cfg)
+        init_distributed(cfg.deepspeed.backend, cfg.trainer.device, cfg.trainer.num_threads)
         torch.set_num_threads(1)
         data = load_preferences(cfg.dataset)
         policy, _ = load_policy(cfg.model, data.texts(), cfg.trainer.seed)
@@ -58,13 +62,13 @@ def update_mode(spec: dict) -> dict:
         with torch.no_grad():  # policy and reference differ, as during training
             for p in policy.parameters():
                 p.add_(1e-3)
-        engine = DeepSpeedEngine(cfg, policy, reference, total_steps=10)
+        engine = make_engine(cfg, policy, reference, total_steps=10)
         world = engine.world_size
-        gathered = GatheredUpdater(engine.unwrap("policy"), engine.unwrap("reference"), 0.6, 1)
-        updaters = {"sharded": engine.updater(0.6, 1), "gathered": gathered, "barrier only": None}
+        gathered = GatheredApplier(engine.unwrap("policy"), engine.unwrap("reference"))
+        updaters = {"sharded": make_applier(engine), "gathered": gathered, "barrier only": None}
         pol = list(engine.unwrap("policy").parameters())
-        elements = sum(p.ds_numel for p in pol)
-        shard_elements = sum(p.ds_tensor.numel() for p in pol)
+        elements = sum(numel(p) for p in pol)
+        shard_elements = sum(shard(p).numel() for p in pol)
         times = {k: [] for k in updaters}
         lo = {k: [] for k in updaters}
         reps = spec["reps"] if model == "tiny" else max(3, spec["reps"] // 4)  # gathered is slow on larger models
@@ -77,7 +81,7 @@ def update_mode(spec: dict) -> dict:
                     b0 = loopback_bytes()
                     tic = time.perf_counter()
                     if updaters[name] is not None:
-                        updaters[name].update()
+                        updaters[name].apply(0.6)
                     dist.barrier()
                     dt = time.perf_counter() - tic
                     b1 = loopback_bytes()
@@ -125,7 +129,7 @@ def main() -> None:
         else:
             with tempfile.TemporaryDirectory(prefix="bench-z3-") as tmp:
                 # every rank must use the same run dir: rank 0's
-                from trustregion.distributed import agree_on_run_time  # starts the process group
+                from trustregion.engines.launch import agree_on_run_time  # starts the process group
 
                 agree_on_run_time()
                 box = [tmp]
@@ -135,7 +139,7 @@ def main() -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             Path(a.result).write_text(json.dumps(result))
     finally:
-        from trustregion.distributed import shutdown
+        from trustregion.engines.launch import shutdown
 
         shutdown()
 

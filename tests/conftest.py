@@ -1,9 +1,8 @@
-"""Shared test helpers: compose the Hydra config exactly as the CLI does, and run training in-process."""
+"""The test environment (no wandb, no hub) and the ``fast_cfg`` fixture; shared helpers are in ``tests.helpers``."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,34 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-
-# Small and fast: the tiny model shrunk further, few pairs, few steps, no wandb.
-FAST = [
-    "experiment=toy_overopt",
-    "logger=none",
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "model.intermediate_size=64",
-    "trainer.batch_size=8",
-    "trainer.max_steps=4",
-    "trainer.log_every=1",
-    "trainer.eval_every=0",
-    "eval.generate=false",
-]
-TOY = ["dataset.num_pairs=64", "dataset.eval_samples=16", "dataset.sft_samples=64"]
-
-
-def compose(*overrides: str, config_name: str = "config"):
-    """The config the CLI composes from conf/ with these overrides (the one compose helper of the tests)."""
-    from trustregion.cli import compose as cli_compose
-
-    if config_name == "judge":
-        from trustregion.judge import register_judge
-
-        register_judge()
-    return cli_compose(*overrides, config_name=config_name)
+from tests.helpers import FAST, TOY, compose  # noqa: E402 - after the environment above
 
 
 @pytest.fixture
@@ -52,3 +24,10 @@ def fast_cfg():
         return compose(*FAST, *toy, *overrides)
 
     return make
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test not marked ``unit`` is ``integration``: ``make test-fast`` runs ``-m unit``."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)

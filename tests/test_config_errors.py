@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from trustregion.cli import compose
-from trustregion.config_errors import describe, first_values
+from trustregion.cli.app import compose
+from trustregion.cli.preflight import describe, first_values
 
 
 def one_line(*args: str, module: str = "trustregion.train") -> str:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import FAST, TOY
+from tests.helpers import FAST, TOY
 
 HH = Path(__file__).parent / "fixtures" / "hh"
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose
+from tests.helpers import compose
 from trustregion.data import load_preferences
 from trustregion.errors import ConfigError, DataError
+
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIX = Path(__file__).resolve().parent / "fixtures"

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from tests.conftest import compose
+from tests.helpers import compose
 from trustregion.data import load_preferences
 from trustregion.data.tldr import PROMPT_TEMPLATE
 from trustregion.errors import DataError
+
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -238,12 +240,6 @@ def test_local_renames_columns_named_by_the_field_options(tmp_path):
         )
     )
     assert data.train[0] == {"prompt": "Hi?", "chosen": " Hello.", "rejected": " Go."}
-
-
-def test_jsonl_is_an_alias_of_local():
-    a = load_preferences(dataset_cfg("jsonl", f"dataset.path={FIX}/tldr/pairs_train.jsonl"))
-    b = load_preferences(dataset_cfg("local", f"dataset.path={FIX}/tldr/pairs_train.jsonl"))
-    assert a.train.to_list() == b.train.to_list() and a.eval.to_list() == b.eval.to_list()
 
 
 def test_save_to_disk_directory_gives_the_split_asked_for(tmp_path):

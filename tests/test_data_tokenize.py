@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from fixtures.tiny_models import llama3_tokenizer, pythia_tokenizer
 
+from tests.fixtures.tiny_models import llama3_tokenizer, pythia_tokenizer
 from trustregion.data import PreferenceData
 from trustregion.data.tokenize import (
     PairCollator,
@@ -19,6 +19,8 @@ from trustregion.data.tokenize import (
     tokenize_sft,
     tokenize_unpaired,
 )
+
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
 
 PAIRS = Dataset.from_list(
     [
@@ -164,8 +166,8 @@ def test_unpaired_rows_carry_the_label_and_a_mismatched_completion(neox_tok):
 def test_unpaired_batch_trains_with_the_kto_unpaired_loss(neox_tok):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from trustregion.losses import kto_unpaired_loss
-    from trustregion.models import sequence_logps
+    from trustregion.models.loading import sequence_logps
+    from trustregion.objectives.losses import kto_unpaired_loss
 
     unpaired = Dataset.from_list(
         [

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import FAST, REPO, TOY, compose
+from tests.helpers import FAST, FAULTS, REPO, TOY, compose, logged, losses, torchrun, weights
 from trustregion.train import train
 
 pytestmark = pytest.mark.slow
@@ -17,37 +16,8 @@ pytestmark = pytest.mark.slow
 COMMON = [*FAST, *TOY, "ref_update=soft", "ref_update.alpha=0.5", "ref_update.tau=2", "trainer.max_steps=4"]
 
 
-def torchrun(*args, nproc=2, timeout=240, check=True):
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        "-m",
-        "trustregion.train",
-        *args,
-    ]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def losses(run_dir):
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
-
-
 def distances(run_dir):
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["ref/distance"] for r in rows if "ref/distance" in r]
-
-
-def weights(run_dir, which):
-    return load_file(str(run_dir / which / "model.safetensors"))
+    return logged(run_dir, "ref/distance")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +70,7 @@ def test_two_ranks_under_zero3_train_the_objective_of_one_process(tmp_path, meth
         ["deepspeed=zero3"],
         # Small parameters stay whole on every rank (persistent): the update must reach those copies too.
         ["deepspeed=zero3", "deepspeed.param_persistence_threshold=300"],
-        ["deepspeed=zero3", "ref_update.zero3=gathered"],
+        ["deepspeed=zero3", "deepspeed.reference_update=gathered"],
     ],
     ids=["zero2", "zero3-sharded", "zero3-persistent", "zero3-gathered"],
 )
@@ -118,11 +88,7 @@ def test_two_ranks_killed_and_resumed_log_the_same_metrics(tmp_path):
     base = [*COMMON, "deepspeed=zero3", "trainer.batch_size=8", "trainer.max_steps=6", "trainer.save_every=2"]
     torchrun(*base, f"hydra.run.dir={tmp_path / 'full'}")
     run = tmp_path / "killed"
-    os.environ["TRUSTREGION_FAULT"] = "step:5"
-    try:
-        killed = torchrun(*base, f"hydra.run.dir={run}", check=False)
-    finally:
-        del os.environ["TRUSTREGION_FAULT"]
+    killed = torchrun(*base, FAULTS, f"hydra.run.dir={run}", check=False, env={"TRUSTREGION_FAULT": "step:5"})
     assert killed.returncode != 0
     torchrun(*base, f"hydra.run.dir={run}", "trainer.resume=latest")
     assert losses(run) == losses(tmp_path / "full")
@@ -197,26 +163,9 @@ def test_sft_at_two_ranks_under_zero3_matches_one_process(tmp_path):
     from trustregion.sft import run_sft
 
     run_sft(compose(*sft, "trainer.batch_size=16", config_name="sft"), tmp_path / "one")
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "trustregion.sft",
-        *sft,
-        "deepspeed=zero3",
-        "trainer.batch_size=8",
-        f"hydra.run.dir={tmp_path / 'two'}",
-    ]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    one, two = (
-        [json.loads(x)["sft/loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("one", "two")
+    torchrun(
+        *sft, "deepspeed=zero3", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}", module="trustregion.sft"
     )
+    one, two = (logged(tmp_path / d, "sft/loss") for d in ("one", "two"))
     assert two == pytest.approx(one, abs=1e-5)
     assert (tmp_path / "two" / "policy" / "model.safetensors").exists()

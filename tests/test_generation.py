@@ -10,8 +10,8 @@ import torch
 
 from trustregion.errors import ConfigError
 from trustregion.evaluation.text_metrics import bleu, distinct_n, self_bleu
-from trustregion.generation import response_logps, sample
-from trustregion.models import build_tokenizer, tiny_model
+from trustregion.models.loading import build_tokenizer, tiny_model
+from trustregion.models.sampling import response_logps, sample
 
 TEXTS = ["ba be bi", " bo bu da", "de di do du", " fa fe fi fo fu"] * 8
 

@@ -22,6 +22,8 @@ from trustregion.judge import (
     wilson,
 )
 
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
+
 
 class JudgeServer:
     """A chat-completions endpoint on 127.0.0.1 whose verdicts come from ``decide(response_1, response_2)``.
@@ -210,7 +212,7 @@ def test_the_judge_samples_responses_from_saved_models(serve, tmp_path):
     from conftest import compose
 
     import trustregion.judge as judge
-    from trustregion.models import build_tokenizer, tiny_model
+    from trustregion.models.loading import build_tokenizer, tiny_model
 
     tok = build_tokenizer(PROMPTS + GOOD + BAD, 300)
     mcfg = OmegaConf.create(

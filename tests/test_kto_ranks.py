@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trustregion.distributed import all_ranks_mean
-from trustregion.losses import kto_loss, kto_unpaired_loss
+from trustregion.engines.launch import all_ranks_mean
+from trustregion.objectives.losses import kto_loss, kto_unpaired_loss
 
 BATCH = 4  # per rank
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trustregion.logger import run_group, run_name
+from trustregion.training.logger import run_group, run_name
 
 
 def test_runs_that_differ_only_in_seed_share_a_wandb_group(fast_cfg):
@@ -33,7 +33,7 @@ def test_an_explicit_group_wins(fast_cfg):
 
 
 def test_every_start_of_one_run_dir_continues_the_same_wandb_run(tmp_path):
-    from trustregion.logger import run_id
+    from trustregion.training.logger import run_id
 
     assert run_id(tmp_path / "run") == run_id(tmp_path / "run" / ".." / "run") != run_id(tmp_path / "other")
 

@@ -1,4 +1,4 @@
-"""trustregion.logps.response_logps equals the full-logits path (models.sequence_logps) and never holds full logits."""
+"""trustregion.models.logps.response_logps equals the full-logits path (models.sequence_logps) and never holds full logits."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trustregion.data.tokenize import PairCollator
-from trustregion.logps import head_logps, response_logps
-from trustregion.losses import dpo_loss
-from trustregion.models import sequence_logps
+from trustregion.models.loading import sequence_logps
+from trustregion.models.logps import head_logps, response_logps
+from trustregion.objectives.losses import dpo_loss
 
 torch.set_num_threads(1)
 
@@ -86,12 +86,6 @@ def assert_same_grads(got: dict, want: dict, atol: float, rtol: float = 0.0) -> 
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_test_batch_has_padding_and_a_response_cut_at_the_last_column():
-    batch = pair_batch(300)
-    assert not batch["attention_mask"].all()
-    assert batch["response_mask"][:, -1].any()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -172,7 +166,7 @@ def test_head_with_a_bias_gets_exact_gradients():
 
 def test_zero3_module_path_computes_the_same_logps_and_gradients_in_one_process():
     # The path head_logps takes for a ZeRO-3 head (module called per chunk, recomputed in backward), unpartitioned.
-    from trustregion.logps import _checkpointed_module_chunks
+    from trustregion.models.logps import _checkpointed_module_chunks
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50)
@@ -310,7 +304,7 @@ def test_shared_prompt_logps_and_dpo_gradients_equal_the_full_logits_path(arch):
 
 
 def test_shared_prompt_serves_three_chunks_per_prompt():
-    from trustregion.prompt_sharing import shared_prompt_rows
+    from trustregion.models.prompt_sharing import shared_prompt_rows
 
     model = tiny("llama-untied")
     g = torch.Generator().manual_seed(2)
@@ -343,7 +337,7 @@ def test_shared_prompt_refuses_pairs_whose_prompts_differ_and_runs_rows_whole():
 
 def test_shared_prompt_refuses_a_body_that_keeps_no_cache():
     # transformers turns the cache off under gradient checkpointing in training mode.
-    from trustregion.prompt_sharing import shared_prompt_rows
+    from trustregion.models.prompt_sharing import shared_prompt_rows
 
     model = tiny("llama-tied")
     model.activation_checkpointing_enable()

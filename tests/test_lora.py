@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, TOY, compose
-from trustregion.adapter_reference import AdapterReferenceUpdater, build_reference
+from tests.helpers import FAST, FAULTS, TOY, cli, compose, losses, metrics, torchrun
 from trustregion.config import ModelConfig, PeftConfig
 from trustregion.errors import ConfigError
-from trustregion.lora import wrap_policy
-from trustregion.models import sequence_logps, tiny_model
+from trustregion.models.loading import sequence_logps, tiny_model
+from trustregion.models.lora import wrap_policy
+from trustregion.reference.adapter import AdapterApplier, build_reference
 from trustregion.train import train
 
 pytest.importorskip("peft")
@@ -63,7 +62,7 @@ def run_updates(tmp_path, mode: str, alpha: float, tau: int, steps: int = 6):
     base = tiny_base()
     policy = wrap_policy(copy.deepcopy(base), peft_cfg(reference=mode, factors_error=True))
     reference = build_reference(policy, peft_cfg(reference=mode, factors_error=True), moving=True)
-    updater = AdapterReferenceUpdater(reference, alpha, tau)
+    updater = AdapterApplier(reference)
     scale = reference.layers[0].scale
     exact = {
         layer.name: torch.zeros(layer.B.shape[0], layer.A.shape[1], dtype=torch.float64) for layer in reference.layers
@@ -71,7 +70,8 @@ def run_updates(tmp_path, mode: str, alpha: float, tau: int, steps: int = 6):
     g = torch.Generator().manual_seed(0)
     for step in range(1, steps + 1):
         train_a_little(policy, g)
-        if updater.maybe_update(step):
+        if step % tau == 0:
+            updater.apply(alpha)
             policy.save_pretrained(str(tmp_path / f"step{step}"))
             for name, d in saved_deltas(tmp_path / f"step{step}", scale).items():
                 exact[name] = alpha * d + (1 - alpha) * exact[name]
@@ -177,10 +177,6 @@ def test_exact_reference_under_zero3_is_refused_with_the_reason(fast_cfg, tmp_pa
 
 
 # --- end to end -----------------------------------------------------------------------------------------
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 LORA = ["peft=lora", "peft.rank=4", "ref_update=soft", "ref_update.alpha=0.3"]
 
 
@@ -213,7 +209,6 @@ def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(f
 
 
 def test_killed_lora_run_resumes_to_the_same_losses_and_reference(tmp_path):
-    from tests.test_train import cli
 
     base = [
         *FAST,
@@ -226,7 +221,7 @@ def test_killed_lora_run_resumes_to_the_same_losses_and_reference(tmp_path):
     ]
     train(compose(*base), tmp_path / "full")
     run = tmp_path / "killed"
-    assert cli(*base, f"hydra.run.dir={run}", env={"TRUSTREGION_FAULT": "step:3"}).returncode == -9
+    assert cli(*base, FAULTS, f"hydra.run.dir={run}", env={"TRUSTREGION_FAULT": "step:3"}).returncode == -9
     train(compose(*base, "trainer.resume=latest"), run)
     rows = lambda d: [(r["loss"], r["ref/factors_error"]) for r in metrics(d) if "loss" in r]  # noqa: E731
     assert rows(run) == rows(tmp_path / "full")
@@ -236,7 +231,7 @@ def test_killed_lora_run_resumes_to_the_same_losses_and_reference(tmp_path):
 
 
 def test_sft_trains_an_adapter_that_the_preference_stage_starts_from(fast_cfg, tmp_path):
-    from tests.conftest import compose
+    from tests.helpers import compose
     from trustregion.sft import run_sft
 
     fast = [o for o in FAST if not o.startswith(("experiment", "eval"))]
@@ -264,7 +259,6 @@ def test_prompt_sharing_with_lora_is_refused(fast_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_under_zero2_match_one_process(tmp_path):
-    from tests.test_distributed import losses, torchrun
 
     common = [*FAST, *TOY, *LORA, "peft.reference=exact", "ref_update.tau=2", "trainer.lr=3e-3"]
     train(compose(*common, "trainer.batch_size=16"), tmp_path / "one")
@@ -278,7 +272,6 @@ def test_two_ranks_under_zero2_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_under_zero3_match_one_process_with_factors_lerped_shard_by_shard(tmp_path):
-    from tests.test_distributed import losses, torchrun
 
     common = [*FAST, *TOY, *LORA, "peft.reference=factors", "peft.factors_error=false", "ref_update.tau=2"]
     common += ["trainer.lr=3e-3", "trainer.cache_reference=false"]
@@ -294,5 +287,7 @@ def test_two_ranks_under_zero3_match_one_process_with_factors_lerped_shard_by_sh
 
 def test_resuming_a_lora_checkpoint_without_lora_is_refused(fast_cfg, tmp_path):
     train(fast_cfg(*LORA, "peft.reference=exact"), tmp_path)
-    with pytest.raises(ConfigError, match="checkpoint has model=.*peft.*resume with the same model"):
+    with pytest.raises(
+        ConfigError, match=r"model differs \(model.peft: rank=4, .* -> None\); resume with the checkpoint's settings"
+    ):
         train(fast_cfg("ref_update=soft", "ref_update.alpha=0.3", "trainer.resume=latest"), tmp_path)

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from trustregion.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+from trustregion.objectives.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
 
 
 def t(*xs):

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.tiny_models import save_tiny_llama
 
+from tests.fixtures.tiny_models import save_tiny_llama
 from trustregion.errors import ConfigError
-from trustregion.models import gguf_to_load, load_policy
+from trustregion.models.loading import gguf_to_load, load_policy
+
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
 
 
 def test_a_gguf_preset_loads_the_plain_model_that_the_sft_stage_saved(fast_cfg, tmp_path):

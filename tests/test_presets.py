@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-from fixtures.tiny_models import save_tiny_gpt_neox, save_tiny_llama
 
-from tests.conftest import compose
-from trustregion.models import load_policy
+from tests.fixtures.tiny_models import save_tiny_gpt_neox, save_tiny_llama
+from tests.helpers import compose, metrics
+from trustregion.models.loading import load_policy
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,16 +61,6 @@ def ultrafeedback_fixture() -> list[str]:
     ]
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_pythia_presets_differ_only_in_the_checkpoint_they_name():
-    models = [compose_cfg([f"model={preset}"]).model for preset in PYTHIA_PRESETS]
-    assert [m.path for m in models] == [f"EleutherAI/{p}" for p in PYTHIA_PRESETS]
-    assert len({(m.dtype, m.attn_implementation, m.gradient_checkpointing) for m in models}) == 1
-
-
 def test_pythia_preset_loads_gpt_neox_with_a_pad_token_and_right_padding(neox_dir):
     cfg = compose_cfg(["model=pythia-2.8b", f"model.path={neox_dir}"])
     policy, tokenizer = load_policy(cfg.model, None, seed=0)
@@ -85,7 +75,7 @@ def test_pythia_preset_trains_a_tiny_gpt_neox_on_hh(neox_dir, tmp_path):
 
     last = train(cfg, tmp_path)
     assert math.isfinite(last["loss"])
-    assert [m["step"] for m in read_metrics(tmp_path) if "loss" in m] == [1, 2]
+    assert [m["step"] for m in metrics(tmp_path) if "loss" in m] == [1, 2]
     assert (tmp_path / "policy" / "config.json").exists()
 
 
@@ -104,6 +94,6 @@ def test_llama3_preset_trains_a_tiny_llama_on_ultrafeedback(llama_dir, tmp_path)
 
     last = train(cfg, tmp_path)
     assert math.isfinite(last["loss"])
-    assert [m["step"] for m in read_metrics(tmp_path) if "loss" in m] == [1, 2]
+    assert [m["step"] for m in metrics(tmp_path) if "loss" in m] == [1, 2]
     saved = json.loads((tmp_path / "policy" / "config.json").read_text())
     assert saved["model_type"] == "llama"

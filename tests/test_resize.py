@@ -1,17 +1,17 @@
 """Resuming a ZeRO run at another world size (2 ranks -> 1 process, 1 -> 2): the continued run matches the run
 that kept its size within the 1-vs-2-rank tolerances; what a resize cannot keep is refused in one line."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_distributed import COMMON, losses, torchrun, weights
-from trustregion.checkpoint import check_compatible
+from tests.helpers import losses, torchrun, train_rows, weights
+from tests.test_distributed import COMMON
+from trustregion.engines.resharding import consolidate, partition, reshard
 from trustregion.errors import ConfigError
 from trustregion.metrics import MetricBuffer
-from trustregion.resharding import consolidate, partition, reshard
+from trustregion.training.checkpoint import check_compatible
 
 # 4 steps, the resize at step 2; a decaying LR shows that the schedule continues where it was.
 BASE = [*COMMON, "ref_update.tau=1", "trainer.save_every=2", "trainer.schedule=linear"]
@@ -30,8 +30,7 @@ def continue_at_other_size(tmp_path: Path, options: list[str], before: int, afte
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row[key] for row in rows if "loss" in row]
+    return [row[key] for row in train_rows(run_dir)]
 
 
 def assert_same_training(kept: Path, resized: Path) -> None:

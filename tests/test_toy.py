@@ -8,6 +8,8 @@ import pytest
 from trustregion.data.toy import ECHO_BONUS, OFF_SUPPORT, ToyTask
 from trustregion.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # no training run, no subprocess: make test-fast
+
 
 @pytest.fixture(scope="module")
 def task() -> ToyTask:
@@ -74,7 +76,7 @@ def test_the_seed_fixes_the_language():
 
 
 def test_symbols_are_single_tokens_of_the_tiny_tokenizer(task):
-    from trustregion.models import build_tokenizer
+    from trustregion.models.loading import build_tokenizer
 
     rows = task.sft_rows(200, seed=3)
     tok = build_tokenizer([r["prompt"] for r in rows] + [r["response"] for r in rows], 512)
@@ -119,7 +121,7 @@ def in_domain_rate(data) -> float:
 def saved_model(tmp_path_factory):
     """A small random GPT-NeoX saved with its tokenizer: a stand-in SFT model whose samples are mostly off-support."""
     from trustregion.data import load_preferences
-    from trustregion.models import load_policy
+    from trustregion.models.loading import load_policy
 
     path = tmp_path_factory.mktemp("sft_policy")
     data = load_preferences(compose_toy("dataset.num_pairs=32", "dataset.eval_samples=8"))

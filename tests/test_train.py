@@ -1,29 +1,13 @@
 """The training recipe end to end on the tiny model and toy data, in-process and from the command line."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import FAST, REPO, TOY
+from tests.helpers import FAST, FAULTS, TOY, cli, metrics, train_rows, weights
 from trustregion.errors import ConfigError, DataError, TrainingError
 from trustregion.train import train
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_rows(run_dir):
-    return [m for m in metrics(run_dir) if "loss" in m]
-
-
-def weights(run_dir, which):
-    return load_file(str(run_dir / which / "model.safetensors"))
 
 
 @pytest.mark.parametrize("method", ["dpo", "ipo", "kto"])
@@ -90,7 +74,7 @@ def test_frozen_reference_from_cache_matches_running_the_reference(fast_cfg, tmp
 
 
 def test_frozen_reference_with_cached_logps_is_never_built_yet_exported(fast_cfg, tmp_path):
-    from trustregion.recipe import Recipe
+    from trustregion.training.recipe import Recipe
 
     recipe = Recipe(fast_cfg("ref_update=none"), tmp_path / "cached")
     recipe.run()
@@ -220,17 +204,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_what_was_written(fast_cfg, tmp_
 
 
 # --- the command line ----------------------------------------------------------------------------
-def cli(*args, module="trustregion.train", env=None):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})},
-        timeout=300,
-    )
-
-
 @pytest.mark.parametrize(
     "override,expected",
     [
@@ -290,7 +263,7 @@ def test_killed_run_resumes_to_the_same_metrics(fast_cfg, tmp_path):
     train(fast_cfg(*base[len(FAST) + len(TOY) :]), tmp_path / "full")
     run = tmp_path / "killed"
     env = {"TRUSTREGION_FAULT": "step:5"}
-    killed = cli(*base, f"hydra.run.dir={run}", env=env)
+    killed = cli(*base, FAULTS, f"hydra.run.dir={run}", env=env)
     assert killed.returncode == -9
     resumed = cli(*base, f"hydra.run.dir={run}", "trainer.resume=latest")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -303,10 +276,10 @@ def test_killed_run_resumes_to_the_same_metrics(fast_cfg, tmp_path):
 
 def test_checkpoint_cut_short_by_a_crash_is_never_resumed_from(fast_cfg, tmp_path):
     base = [*FAST, *TOY, "trainer.max_steps=6", "trainer.save_every=2"]
-    killed = cli(*base, f"hydra.run.dir={tmp_path}", env={"TRUSTREGION_FAULT": "save:4"})
+    killed = cli(*base, FAULTS, f"hydra.run.dir={tmp_path}", env={"TRUSTREGION_FAULT": "save:4"})
     assert killed.returncode == -9
     assert (tmp_path / "checkpoints" / ".tmp-step_000004").exists()
-    from trustregion.checkpoint import complete_checkpoints
+    from trustregion.training.checkpoint import complete_checkpoints
 
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_000002"]
 
@@ -322,7 +295,7 @@ def test_wandb_offline_run_lands_in_the_run_dir_named_by_alpha_and_tau(fast_cfg,
     train(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("run-*.wandb"))
-    from trustregion.logger import run_name
+    from trustregion.training.logger import run_name
 
     assert run_name(cfg) == "dpo-b0.1-soft-a0.3-t4-s0"
 
@@ -351,7 +324,9 @@ def test_sigterm_checkpoints_the_step_and_the_resumed_run_logs_every_row_as_if_u
     full = cli(*base, f"hydra.run.dir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr[-2000:]
     run = tmp_path / "stopped"
-    stopped = cli(*base, f"hydra.run.dir={run}", env={"TRUSTREGION_FAULT": "term:7"})  # mid-window: logs at 5, 10
+    stopped = cli(
+        *base, FAULTS, f"hydra.run.dir={run}", env={"TRUSTREGION_FAULT": "term:7"}
+    )  # mid-window: logs at 5, 10
     assert stopped.returncode == 2
     assert stopped.stderr.strip().splitlines()[-1] == (
         "error: signal 15 at step 7: checkpoint written, run stopped; continue with trainer.resume=latest"

@@ -25,8 +25,8 @@ def rank_batch(rank: int):
 
 
 def dpo_loss_of(model, batch):
-    from trustregion.logps import response_logps
-    from trustregion.losses import dpo_loss
+    from trustregion.models.logps import response_logps
+    from trustregion.objectives.losses import dpo_loss
 
     logps, _ = response_logps(model, batch, chunk_tokens=CHUNK)
     pol = logps.view(2, -1)
@@ -42,7 +42,7 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     torch.set_num_threads(1)
     from tests.test_logps import tiny
-    from trustregion.logps import _zero3_partitioned, response_logps
+    from trustregion.models.logps import _zero3_partitioned, response_logps
 
     rank = torch.distributed.get_rank()
     model = tiny("llama-untied")

@@ -1,9 +1,9 @@
-"""Structured configs: one dataclass per config group, stored in Hydra's ConfigStore by ``trustregion.cli.register``.
+"""Structured configs: one dataclass per config group, stored in Hydra's ConfigStore by ``trustregion.cli.app.register``.
 
 Each YAML file under ``conf/<group>/`` starts from its schema (``defaults: [/schema/<group>/<name>@_here_]``),
 so an unknown key or a value of the wrong type fails at start-up. Range checks that types cannot
 express (alpha in (0, 1], beta > 0, ...) are in ``validate``. Method-specific schemas live beside their
-objective (``trustregion.objectives``), dataset-specific ones beside their loader (``trustregion.data``).
+objective (``trustregion.objectives.objective``), dataset-specific ones beside their loader (``trustregion.data``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ZeroUpdate(str, Enum):
 
 @dataclass
 class MethodConfig:
-    name: str = MISSING  # a key of trustregion.objectives.OBJECTIVES
+    name: str = MISSING  # a key of trustregion.objectives.objective.OBJECTIVES
     beta: float = 0.1
     # Average log-probs over response tokens instead of summing them (TRL's IPO does; the IPO paper does not).
     average_logps: bool = False
@@ -44,12 +44,14 @@ class MethodConfig:
 
 @dataclass
 class RefUpdateConfig:
-    """Every ``tau`` optimizer steps: ref <- alpha*policy + (1-alpha)*ref. ``tau: null`` never updates."""
+    """The reference-update rule: ``_target_`` names its class (``trustregion.reference.rules``). The built-in ones
+    read ``alpha`` and ``tau`` (every ``tau`` optimizer steps, ref <- alpha*policy + (1-alpha)*ref); a rule with
+    settings of its own subclasses this schema. ``tau: null`` with the ``Frozen`` rule: never updates."""
 
+    _target_: str = "trustregion.reference.rules.EveryTau"
     name: str = "none"
     alpha: float = 1.0
     tau: Optional[int] = None
-    zero3: ZeroUpdate = ZeroUpdate.sharded
 
 
 @dataclass
@@ -63,7 +65,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     gguf_file: Optional[str] = None  # a GGUF file inside model.path (dequantized on load)
     # Sequence log-probs: "chunked" runs the LM head on response positions only, logits_chunk_tokens rows at a
-    # time (trustregion.logps; exact, no [batch, seq, vocab] logits); "full" takes them from the model's logits.
+    # time (trustregion.models.logps; exact, no [batch, seq, vocab] logits); "full" takes them from the model's logits.
     logps: str = "chunked"
     logits_chunk_tokens: int = 1024  # ~256 for a 128k vocabulary (one fp32 chunk of 1024 rows: 525 MB)
     share_prompt: bool = False  # chosen and rejected on one run of their shared prompt (its KV cache); chunked only
@@ -167,19 +169,23 @@ class EvalConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    stage: int = 0  # 0: plain torch (one process or DDP-free CPU); 2 or 3: ZeRO
+    stage: int = 0  # 0: plain torch on one process; 1, 2 or 3: DeepSpeed ZeRO
     offload_optimizer: bool = False
     offload_params: bool = False
     # ZeRO-3 keeps parameters below this size whole on every rank; 0 shards them all (see reference.py).
     param_persistence_threshold: int = 0
     bf16: bool = False
     backend: Optional[str] = None  # null: nccl on GPUs, gloo on CPU
+    # How ZeRO-3 applies the reference update: sharded (each rank its own shards) or gathered (whole, on rank 0).
+    reference_update: ZeroUpdate = ZeroUpdate.sharded
 
 
 @dataclass
 class Config:
     method: MethodConfig = MISSING
-    ref_update: RefUpdateConfig = MISSING
+    # A RefUpdateConfig for the built-in rules; untyped here so that a rule written outside the package can bring a
+    # YAML with settings of its own (checked against its own schema when the rule is built).
+    ref_update: Any = MISSING
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -189,6 +195,9 @@ class Config:
     peft: PeftConfig = field(default_factory=PeftConfig)
     run_name: Optional[str] = None
     verbose: bool = False  # third-party progress bars and info messages (transformers, datasets, DeepSpeed)
+    hooks: list[str] = field(
+        default_factory=list
+    )  # extra step hooks: classes (<module>.<Class>) built with no argument
 
 
 @dataclass
@@ -203,6 +212,7 @@ class SFTRunConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     run_name: Optional[str] = None
     verbose: bool = False
+    hooks: list[str] = field(default_factory=list)
 
 
 def _run_time(fmt: str) -> str:
@@ -215,7 +225,7 @@ def _run_time(fmt: str) -> str:
 
 
 def schemas() -> dict[str, type]:
-    """The group schemas of this module as ``{group: dataclass}`` (stored by ``trustregion.cli.register``)."""
+    """The group schemas of this module as ``{group: dataclass}`` (stored by ``trustregion.cli.app.register``)."""
     return {
         "ref_update": RefUpdateConfig,
         "model": ModelConfig,
@@ -229,8 +239,9 @@ def schemas() -> dict[str, type]:
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range checks the schema types cannot express; raises ConfigError naming the field and the fix."""
+def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
+    """Range checks the schema types cannot express; raises ConfigError naming the field and the fix. The rule's own
+    settings are checked by the rule (``trustregion.reference.rules``); ``reference_moves``: whether it ever updates."""
 
     def check(ok: bool, key: str, value: Any, want: str) -> None:
         if not ok:
@@ -240,10 +251,6 @@ def validate(cfg: DictConfig) -> None:
     if "method" in cfg:
         m = cfg.method
         check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
-    if "ref_update" in cfg and cfg.ref_update.tau is not None:
-        r = cfg.ref_update
-        check(0 < r.alpha <= 1, "ref_update.alpha", r.alpha, "a number in (0, 1] (1 = hard update)")
-        check(r.tau >= 1, "ref_update.tau", r.tau, "an integer >= 1 (optimizer steps between updates), or null")
     check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
     check(cfg.model.logps in ("chunked", "full"), "model.logps", cfg.model.logps, "chunked or full")
     check(
@@ -299,10 +306,10 @@ def validate(cfg: DictConfig) -> None:
     if "eval" in cfg and cfg.eval.generate:
         check_eval_config(cfg.eval)
     if "peft" in cfg and cfg.peft.name != "none":
-        check_peft_config(cfg)
+        check_peft_config(cfg, reference_moves)
 
 
-def check_peft_config(cfg: DictConfig) -> None:
+def check_peft_config(cfg: DictConfig, reference_moves: bool) -> None:
     """Range checks of ``peft`` and its fit with the reference update and DeepSpeed; one ConfigError each."""
     p = cfg.peft
     if p.name != "lora":
@@ -316,7 +323,7 @@ def check_peft_config(cfg: DictConfig) -> None:
     if not p.target_modules:
         raise ConfigError("peft.target_modules=[] is invalid: name the modules to adapt, or set it to [all-linear]")
     mode = str(p.reference.value)
-    frozen = "ref_update" not in cfg or cfg.ref_update.tau is None
+    frozen = not reference_moves
     if frozen and mode != "auto" and "ref_update" in cfg:
         raise ConfigError(
             f"peft.reference={mode} is for a moving reference but ref_update=none (frozen: the base with adapters "

@@ -309,7 +309,7 @@ def load_prompts(cfg: DictConfig) -> list[str]:
         raise ConfigError(
             f"prompts_file is null and {run_cfg} does not exist: set prompts_file=<.jsonl with a prompt field>"
         )
-    from trustregion.cli import register
+    from trustregion.cli.app import register
     from trustregion.data import load_preferences
 
     register()
@@ -331,8 +331,8 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
         return [table[p] for p in prompts]
     import torch
 
-    from trustregion.generation import encode_prompts, sample_texts
-    from trustregion.models import load_for_sampling
+    from trustregion.models.loading import load_for_sampling
+    from trustregion.models.sampling import encode_prompts, sample_texts
 
     model, tokenizer = load_for_sampling(str(model_dir(source)), key="a/b")
     ids = encode_prompts(prompts, tokenizer, getattr(model.config, "max_position_embeddings", 2048) // 2)
@@ -406,7 +406,7 @@ def format_summary(s: dict[str, Any]) -> str:
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from trustregion.cli import exit_on_error
+    from trustregion.cli.app import exit_on_error
 
     summary = exit_on_error(run_judge)(cfg, Path(HydraConfig.get().runtime.output_dir))
     print(format_summary(summary), flush=True)

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from trustregion.cli import exit_on_error, total_optimizer_steps
+from trustregion.cli.app import exit_on_error
 from trustregion.errors import ConfigError, DataError
+from trustregion.training.steps import total_optimizer_steps
 
 KL_LEVELS = (2.0, 5.0, 10.0)
 CONFIDENCE = 0.95

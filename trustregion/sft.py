@@ -1,7 +1,7 @@
 """Supervised fine-tuning, the stage before alignment: maximise log p(response | prompt) on the SFT corpus.
 
 The SFT corpus is the data source's own (the toy task's process samples) or prompt + chosen of its
-pairs. The same recipe as alignment (``trustregion.recipe.SFTRecipe``): checkpoints, ``trainer.resume``,
+pairs. The same recipe as alignment (``trustregion.training.recipe.SFTRecipe``): checkpoints, ``trainer.resume``,
 ZeRO-2/3, ``metrics.jsonl``. The result, ``<run dir>/policy``, starts alignment with ``model.path=``.
 
     python -m trustregion.sft                     # then: python -m trustregion.train model.path=...
@@ -15,10 +15,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from trustregion import cli
-from trustregion.config_errors import preflight
+from trustregion.cli import app as cli
+from trustregion.cli.preflight import preflight
 from trustregion.console import say
-from trustregion.recipe import SFTRecipe
+from trustregion.training.recipe import SFTRecipe
 
 
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Trust-Region preference training: DPO, IPO or KTO against a frozen, soft- or hard-updated reference.
 
-The entry point; the recipe is ``trustregion.recipe.Recipe`` (setup steps, the loop, hooks).
+The entry point; the recipe is ``trustregion.training.recipe.Recipe`` (setup steps, the loop, hooks).
 
     python -m trustregion.train method=ipo ref_update=hard ref_update.tau=64
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from trustregion import cli
-from trustregion.config_errors import preflight
-from trustregion.recipe import Recipe
+from trustregion.cli import app as cli
+from trustregion.cli.preflight import preflight
+from trustregion.training.recipe import Recipe
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:

@@ -194,8 +194,8 @@ def model_overrides(model: str) -> list[str]:
 
 
 def compose(*overrides: str):
-    """The config the CLI would compose (``trustregion.cli.compose``)."""
-    from trustregion.cli import compose as cli_compose
+    """The config the CLI would compose (``trustregion.cli.app.compose``)."""
+    from trustregion.cli.app import compose as cli_compose
 
     return cli_compose(*overrides)
 

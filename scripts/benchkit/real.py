@@ -58,7 +58,7 @@ def worker_real_trl(spec: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trustregion.models import make_reference
+    from trustregion.models.loading import make_reference
 
     torch.set_num_threads(spec["threads"])
     cfg = real_config(spec, REAL_CONFIGS["frozen"])

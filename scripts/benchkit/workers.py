@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from benchkit.plans import BATCH, BIG, CONFIGS, MODELS, TINY_VOCAB, compose, loop_overrides, quiet
-from trustregion.hooks import BaseHook
+from trustregion.training.hooks import BaseHook
 
 
 class StopBench(Exception):
@@ -31,29 +31,27 @@ class LoopTimer(BaseHook):
         self.tokens: list = []  # 0-d tensors (no host sync in the loop)
         self.first_threads = None
         self.params = self.vocab = None
-        self._update_hook = None
+        self._update = None
         self._tokens_before = None
         self.memory = StepMemory()
 
-    def on_train_start(self, recipe) -> None:
-        from trustregion.hooks import ReferenceUpdateHook
+    def on_train_start(self, ctx) -> None:
+        self.params = ctx.engine.policy_numel()
+        self.vocab = ctx.engine.unwrap("policy").config.vocab_size
+        self._update = ctx.reference_update
+        self._tokens_before = ctx.state.tokens.clone()
 
-        self.params = sum(getattr(p, "ds_numel", p.numel()) for p in recipe.policy.parameters())
-        self.vocab = recipe.engine.unwrap("policy").config.vocab_size
-        self._update_hook = next((h for h in recipe.hooks if isinstance(h, ReferenceUpdateHook)), None)
-        self._tokens_before = recipe.state.tokens.clone()
-
-    def on_step_end(self, recipe) -> None:
+    def on_step_end(self, ctx) -> None:
         import torch
 
         if torch.cuda.is_available():  # on a GPU, time the work, not its launch
             torch.cuda.synchronize()
         now = time.perf_counter()
-        hook = self._update_hook
-        if hook is not None and hook.updated:
-            self.update_ms.append(hook.update_ms)
+        update = self._update
+        if update is not None and update.updated:
+            self.update_ms.append(update.update_ms)
         # The loop's token count since the last step; the ThroughputHook zeroes it at log steps (in on_log).
-        tokens = recipe.state.tokens
+        tokens = ctx.state.tokens
         self.tokens.append(tokens - self._tokens_before)
         self._tokens_before = tokens.clone()
         self.stamps.append(now)
@@ -66,7 +64,7 @@ class LoopTimer(BaseHook):
         if len(self.stamps) >= self.total:
             raise StopBench()
 
-    def on_log(self, recipe, metrics: dict) -> None:
+    def on_log(self, ctx, metrics: dict) -> None:
         self._tokens_before = self._tokens_before * 0  # the ThroughputHook zeroed the count before this hook
 
     def result(self, warmup: int) -> dict:
@@ -86,8 +84,8 @@ class LoopTimer(BaseHook):
 
 
 def run_loop(cfg, run_dir: Path, timer: LoopTimer) -> None:
-    """Our real loop (``trustregion.recipe.Recipe``) with the timer as an extra hook, until it stops the run."""
-    from trustregion.recipe import Recipe
+    """Our real loop (``trustregion.training.recipe.Recipe``) with the timer as an extra hook, until it stops the run."""
+    from trustregion.training.recipe import Recipe
 
     recipe = Recipe(cfg, run_dir, extra_hooks=[timer])
     recipe.setup()
@@ -205,7 +203,7 @@ def worker_trl(spec: dict) -> dict:
     import torch
 
     from trustregion.data import load_preferences
-    from trustregion.models import load_policy, make_reference
+    from trustregion.models.loading import load_policy, make_reference
 
     torch.set_num_threads(spec["threads"])
     total = spec["warmup"] + spec["steps"] + 1
@@ -344,13 +342,13 @@ def run_trl(spec: dict, cfg, policy, reference, tokenizer, train_dataset, batch:
 
 
 def worker_update(spec: dict) -> dict:
-    """Time one reference update alone: fused (ReferenceUpdater), per-parameter loops, and a plain copy."""
+    """Time one reference update alone: fused (DenseApplier), per-parameter loops, and a plain copy."""
     quiet()
     import torch
     from omegaconf import OmegaConf
 
-    from trustregion.models import make_reference, tiny_model
-    from trustregion.reference import ReferenceUpdater, mixable_tensors
+    from trustregion.models.loading import make_reference, tiny_model
+    from trustregion.reference.dense import DenseApplier, mixable_tensors
 
     torch.set_num_threads(spec["threads"])
     results = {}
@@ -376,8 +374,7 @@ def worker_update(spec: dict) -> dict:
         n = sum(p.numel() for p in policy.parameters())
         elems = sum(t.numel() for t in pol)
         alpha = 0.6
-        soft = ReferenceUpdater(pol, ref, alpha, 1)
-        hard = ReferenceUpdater(pol, ref, 1.0, 1)
+        applier = DenseApplier(pol, ref)
 
         def naive(reference=reference, policy=policy, alpha=alpha):  # TRL's / the authors' loop: parameters only
             for r, p in zip(reference.parameters(), policy.parameters()):
@@ -389,8 +386,8 @@ def worker_update(spec: dict) -> dict:
 
         methods = {
             "copy (torch._foreach_copy_)": (lambda ref=ref, pol=pol: torch._foreach_copy_(ref, pol), 8),
-            "fused soft (ReferenceUpdater, _foreach_lerp_)": (soft.update, 12),
-            "fused hard (ReferenceUpdater, alpha=1)": (hard.update, 8),
+            "fused soft (DenseApplier, _foreach_lerp_)": (lambda a=applier, x=alpha: a.apply(x), 12),
+            "fused hard (DenseApplier, alpha=1)": (lambda a=applier: a.apply(1.0), 8),
             "naive loop (mul_(1-a).add_(p, alpha=a))": (naive, 20),
             "loop of lerp_ per tensor": (loop_lerp, 12),
         }
@@ -416,7 +413,7 @@ def worker_update(spec: dict) -> dict:
             "reps": reps,
             "methods": {m: {"ms": [x * 1e3 for x in times[m]], "bytes_per_elem": methods[m][1]} for m in methods},
         }
-        del policy, reference, pol, ref, soft, hard
+        del policy, reference, pol, ref, applier
     results.update(peak_memory())
     return results
 
@@ -427,7 +424,7 @@ def worker_head(spec: dict) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from trustregion.models import tiny_model
+    from trustregion.models.loading import tiny_model
 
     torch.set_num_threads(spec["threads"])
     optim = {}

@@ -81,8 +81,8 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
     """``n`` pairs of two distinct samples of the model at ``cfg.pair_model`` per prompt, gold-labelled."""
     import torch
 
-    from trustregion.generation import encode_prompts, sample_texts
-    from trustregion.models import load_for_sampling
+    from trustregion.models.loading import load_for_sampling
+    from trustregion.models.sampling import encode_prompts, sample_texts
 
     path = str(cfg.pair_model)
     model, tokenizer = load_for_sampling(path, key="dataset.pair_model")

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from trustregion.config import check_eval_config
 from trustregion.evaluation.text_metrics import distinct_n, self_bleu
-from trustregion.generation import Samples, encode_prompts, response_logps, sample
+from trustregion.models.sampling import Samples, encode_prompts, response_logps, sample
 
 PLOT_NAME = "gold_vs_kl.png"
 TABLE_ROWS = 16

@@ -3,7 +3,7 @@
 A checkpoint ``checkpoints/step_NNNNNN`` is written under ``.tmp-step_NNNNNN`` and renamed once
 complete. It holds the engine's state (policy, reference, optimizer, scheduler: ``Engine.save``), the
 loop's shared state (``loop.pt``: step, data position, cached SFT log-probs), each rank's own state
-(``rank{N}.pt``: reference-updater state, RNG states), ``meta.json`` (what a resume must match) and
+(``rank{N}.pt``: the reference update's state, RNG states), ``meta.json`` (what a resume must match) and
 the resolved config.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from trustregion.console import say
 from trustregion.errors import ConfigError
 
 PREFIX = "step_"
@@ -140,15 +141,42 @@ def read_meta(path: Path) -> dict:
         raise ConfigError(f"trainer.resume={path}: unreadable meta.json ({e}); pick another checkpoint") from e
 
 
-def check_compatible(meta: dict, current: dict, path: Path) -> None:
+# How the model is run, not what it computes: a resume may change these (e.g. gradient checkpointing after an
+# out-of-memory crash); each change is named in a note.
+EXECUTION_ONLY = ("gradient_checkpointing", "logps", "logits_chunk_tokens", "share_prompt", "attn_implementation")
+
+
+def _short(value: Any) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(identity changes, execution-only changes) between two ``model`` entries, as ``model.key: old -> new``."""
+    identity, execution = [], []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old != new:
+            change = f"model.{key}: {_short(old)} -> {_short(new)}"
+            (execution if key in EXECUTION_ONLY else identity).append(change)
+    return identity, execution
+
+
+def check_compatible(meta: dict, current: dict, path: Path) -> list[str]:
     """Refuse to resume a checkpoint of another model or method; another world size only under the checkpoint's
-    ZeRO stage and with its global batch (``trainer.batch_size`` x world size), which keep the run exact."""
-    for key in ("model", "method"):
-        if meta.get(key) != current.get(key):
-            raise ConfigError(
-                f"trainer.resume={path}: checkpoint has {key}={meta.get(key)} but this run has {key}={current.get(key)}; "
-                f"resume with the same {key} or start a new run"
-            )
+    ZeRO stage and with its global batch (``trainer.batch_size`` x world size), which keep the run exact. Returns
+    the execution-only model settings that changed (allowed)."""
+    identity, execution = _model_changes(meta.get("model") or {}, current.get("model") or {})
+    if identity:
+        raise ConfigError(
+            f"trainer.resume={path}: the checkpoint's model differs ({'; '.join(identity)}); resume with the "
+            "checkpoint's settings or start a new run"
+        )
+    if meta.get("method") != current.get("method"):
+        raise ConfigError(
+            f"trainer.resume={path}: checkpoint has method={meta.get('method')} but this run has "
+            f"method={current.get('method')}; resume with the same method or start a new run"
+        )
     stage, this_stage = meta.get("deepspeed_stage"), current.get("deepspeed_stage")
     if stage is not None and stage != this_stage:  # checkpoints from before the key was written pass
         raise ConfigError(
@@ -157,7 +185,7 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
         )
     saved, world = meta.get("world_size"), current.get("world_size")
     if saved == world:
-        return
+        return execution
     if not stage:
         raise ConfigError(
             f"trainer.resume={path}: checkpoint has world_size={saved} but this run has world_size={world}; only a "
@@ -171,6 +199,7 @@ def check_compatible(meta: dict, current: dict, path: Path) -> None:
             f"trainer.resume={path}: checkpoint's global batch is {rows} rows (trainer.batch_size x world_size) but "
             f"this run's is {this_rows}; set {fix} to keep the data order"
         )
+    return execution
 
 
 @dataclass
@@ -189,17 +218,18 @@ def save(
     engine,
     snapshot: Snapshot,
     cfg: DictConfig,
-    after_engine: Callable[[], None] | None = None,
+    after_engine: Callable[[Path], None] | None = None,
     optimizer: bool = True,
 ) -> None:
     """Write ``snapshot``'s checkpoint from every rank; rank 0 writes the shared parts and commits, keeping
-    ``trainer.keep_last``. ``optimizer=False`` leaves the optimizer and scheduler state out (the final checkpoint)."""
+    ``trainer.keep_last``. ``optimizer=False`` leaves the optimizer and scheduler state out (the final checkpoint);
+    ``after_engine(directory)`` runs once the engine's state is in the (uncommitted) directory."""
     step = snapshot.step
     tmp = begin(run_dir, step) if engine.is_main else None
     tmp = engine.broadcast_path(tmp)
     engine.save(tmp, optimizer=optimizer)
     if after_engine is not None:
-        after_engine()
+        after_engine(tmp)
     torch.save({**snapshot.mine, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
     if engine.is_main:
         torch.save({"step": step, **snapshot.shared}, tmp / "loop.pt")
@@ -218,7 +248,9 @@ def load(
     returns (step, shared state, this rank's state). Written at another world size, this rank's state is
     ``merge_ranks`` of every saved rank's (the engine re-shards its own)."""
     meta = read_meta(path)
-    check_compatible(meta, identity, path)
+    for change in check_compatible(meta, identity, path):
+        if engine.is_main:
+            say(f"note: resuming {path.name} with {change} (an execution setting; results do not depend on it)")
     if not meta.get("optimizer_state", True):
         raise ConfigError(
             f"trainer.resume={path}: this final checkpoint holds no optimizer state (trainer.final_optimizer_state="

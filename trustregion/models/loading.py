@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from trustregion.errors import ConfigError
-from trustregion.reference import freeze
 
 EOS = "<|endoftext|>"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -179,6 +178,13 @@ def load_policy(cfg, texts: Iterable[str] | None, seed: int):
         enable()
         policy.config.use_cache = False
     return policy, tokenizer
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Make ``model`` a reference: no gradients, eval mode (no dropout)."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
 
 
 def make_reference(policy: nn.Module) -> nn.Module:

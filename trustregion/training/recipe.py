@@ -1,54 +1,80 @@
-"""The training recipe: setup in named steps, one loop, cleanup. Alignment and SFT both run it.
+"""The training recipe: setup in named steps, one loop that reads like the method, cleanup.
 
     recipe = Recipe(cfg, run_dir)      # or SFTRecipe(cfg, run_dir)
-    recipe.setup()                     # runtime, data, model + tokenizer, engine, state/resume, logger, hooks
-    last = recipe.train()              # per optimizer step: micro-batches, step, hooks; eval, save, export
+    recipe.setup()                     # runtime, data, model + tokenizer, engine, reference update, state, logger
+    last = recipe.train()              # per optimizer step: forward, loss, step, reference update, log, eval, save
     recipe.cleanup()
 
-Per optimizer step the loop runs the objective on ``trainer.grad_accum`` micro-batches, steps the
-engine, then calls the hooks (``trustregion.hooks``): the reference update, logging fields, evaluation,
-checkpoints. ``run()`` does all three phases and returns the last logged metrics.
+``run()`` does all three and returns the last logged metrics. Optional work (timers, generation evaluation,
+export, a user's extensions) is done by hooks (``trustregion.training.hooks``).
 """
 
 from __future__ import annotations
 
-import os
-import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trustregion import checkpoint, hooks
-from trustregion.adapter_reference import AdapterReference, AdapterReferenceUpdater, build_reference
-from trustregion.batches import BatchStream, to_device
-from trustregion.cli import total_optimizer_steps
 from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
 from trustregion.data import load_preferences
-from trustregion.distributed import DeepSpeedEngine, init_distributed, launched_rank, launched_world_size
-from trustregion.engine import Engine, LocalEngine
+from trustregion.data.batches import BatchStream, to_device
+from trustregion.engines.base import Engine, OptimSettings
+from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
+from trustregion.engines.local import LocalEngine
+from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
 from trustregion.errors import ConfigError, TrainingError
-from trustregion.logger import RunLogger
-from trustregion.logps import logps_function
-from trustregion.lora import wrap_policy
 from trustregion.metrics import MetricBuffer
-from trustregion.models import load_policy, make_reference
-from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
-from trustregion.preemption import Preempted, preemption_signals, requeue_on_slurm
-from trustregion.reference import ReferenceUpdater
-from trustregion.rundir import lock_run_dir
+from trustregion.models.loading import load_policy, make_reference
+from trustregion.models.logps import logps_function
+from trustregion.models.lora import wrap_policy
+from trustregion.objectives.objective import SFT, Objective, build_objective, evaluate_objective, reference_logps
+from trustregion.reference.adapter import build_reference
+from trustregion.reference.rules import Frozen, Rule, build_rule
+from trustregion.reference.select import make_applier
+from trustregion.reference.update import ReferenceUpdate
+from trustregion.training import checkpoint, hooks
+from trustregion.training.logger import RunLogger
+from trustregion.training.preemption import Preempted, preemption_signals, requeue_on_slurm
+from trustregion.training.rundir import lock_run_dir
+from trustregion.training.state import StepMetrics, TrainState, seed_everything
+from trustregion.training.steps import total_optimizer_steps
 
 
 def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
-    """DeepSpeed's engine when ``deepspeed.stage > 0``, else one process."""
-    if cfg.deepspeed.stage > 0:
-        return DeepSpeedEngine(cfg, policy, reference, total_steps)
-    return LocalEngine(policy, reference, cfg.trainer, total_steps)
+    """DeepSpeed's engine when ``deepspeed.stage > 0``, else one process; each from its explicit settings."""
+    t = cfg.trainer
+    optim = OptimSettings(
+        lr=t.lr,
+        total_steps=total_steps,
+        weight_decay=t.weight_decay,
+        adam_betas=tuple(t.adam_betas),
+        schedule=str(t.schedule.value),
+        warmup_steps=t.warmup_steps,
+        max_grad_norm=t.max_grad_norm,
+        fused=t.fused_optimizer,
+        grad_accum=t.grad_accum,
+        batch_size=t.batch_size,
+        device=t.device,
+    )
+    if cfg.deepspeed.stage == 0:
+        return LocalEngine(policy, reference, optim)
+    ds = cfg.deepspeed
+    precision = (
+        "bf16" if ds.bf16 or cfg.model.dtype == "bfloat16" else "fp16" if cfg.model.dtype == "float16" else "fp32"
+    )
+    zero = ZeroSettings(
+        stage=int(ds.stage),
+        offload_optimizer=ds.offload_optimizer,
+        offload_params=ds.offload_params,
+        param_persistence_threshold=int(ds.param_persistence_threshold),
+        precision=precision,
+        reference_update=str(ds.reference_update.value),
+    )
+    return DeepSpeedEngine(policy, reference, optim, zero)
 
 
 @contextmanager
@@ -60,26 +86,6 @@ def evaluation_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class TrainState:
-    """What changes as the loop runs (and what a checkpoint restores, with the stream and the updater)."""
-
-    step: int = 0
-    sft_train: torch.Tensor | None = None  # cached SFT log-probs, [rows, chunks]
-    sft_eval: torch.Tensor | None = None
-    tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
-    first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
-    last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
-    resumed: bool = False
-    preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
 
 
 class Recipe:
@@ -95,7 +101,7 @@ class Recipe:
         self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
         self.extra_hooks = list(extra_hooks or [])
         self.state = TrainState()
-        self.reference = self.sft_model = self.updater = None
+        self.reference = self.sft_model = self.reference_update = None
 
     # --- setup, in named steps ------------------------------------------------------------------
     def setup(self) -> None:
@@ -103,14 +109,19 @@ class Recipe:
         self.setup_data()
         self.setup_model()
         self.setup_engine()
+        self.setup_reference_update()
         self.setup_state()
         self.setup_logger()
-        self.hooks = self.default_hooks() + self.extra_hooks
+        self.setup_hooks()
+
+    def make_rule(self) -> Rule:
+        return build_rule(self.cfg.ref_update)
 
     def setup_runtime(self) -> None:
         """Checks, threads, seeds, and the process group under DeepSpeed."""
         cfg, t = self.cfg, self.cfg.trainer
-        validate(cfg)
+        self.rule = self.make_rule()
+        validate(cfg, reference_moves=self.rule.moves)
         quiet_third_party(bool(cfg.verbose))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if launched_rank() == 0:  # one run's ranks share the dir; another run may not
@@ -119,7 +130,7 @@ class Recipe:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
         if cfg.deepspeed.stage > 0:
-            init_distributed(cfg)
+            init_distributed(cfg.deepspeed.backend, t.device, t.num_threads)
         elif launched_world_size() > 1:
             raise ConfigError(
                 f"{launched_world_size()} processes were launched but deepspeed.stage=0: "
@@ -148,24 +159,23 @@ class Recipe:
         self.collator = self.objective.collator(self.tokenizer.pad_token_id)
 
     def setup_engine(self) -> None:
-        """Reference (and the SFT model kept for generation evaluation), the engine, the updater, the stream."""
+        """The reference (and the SFT model kept for generation evaluation), the engine, the batch stream."""
         cfg, t = self.cfg, self.cfg.trainer
         # A frozen reference on one process is needed only for its log-probs, which equal the starting policy's:
         # they are cached before training and the reference model is never built (one model's memory saved).
         # A LoRA reference is a view of the policy's own base, nearly free: it is built.
-        cached = self.objective.uses_reference and cfg.ref_update.tau is None and t.cache_reference
-        if self.objective.uses_reference and (self.lora or not (cached and cfg.deepspeed.stage == 0)):
-            self.reference = self.make_reference(moving=cfg.ref_update.tau is not None)
+        uses = self.objective.uses_reference
+        cached = uses and not self.rule.moves and t.cache_reference and launched_world_size() == 1
+        if uses and (self.lora or not cached):
+            self.reference = self.make_reference(moving=self.rule.moves)
         if self.wants_generation():
             self.sft_model = self.make_reference(moving=False, name="sft")
-        world = int(os.environ.get("WORLD_SIZE", "1")) if cfg.deepspeed.stage > 0 else 1
+        world = launched_world_size() if cfg.deepspeed.stage > 0 else 1
         self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
         if self.sft_model is not None:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
-        if self.reference is not None:
-            self.updater = self.make_updater()
-        self.objective.reference_from_cache = cached and self.engine.world_size == 1
+        self.objective.reference_from_cache = cached
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
         self.stream = BatchStream(
             len(self.train_rows),
@@ -177,6 +187,11 @@ class Recipe:
             lengths=self.train_rows["length"] if group else None,
         )
 
+    def setup_reference_update(self) -> None:
+        """The rule and the way to apply it, where the reference moves."""
+        if self.reference is not None and self.rule.moves:
+            self.reference_update = ReferenceUpdate(self.rule, make_applier(self.engine), self.engine)
+
     @property
     def lora(self) -> bool:
         return OmegaConf.select(self.cfg, "peft.name", default="none") == "lora"
@@ -187,12 +202,6 @@ class Recipe:
             return build_reference(self.policy, self.cfg.peft, moving, name, sharded=self.cfg.deepspeed.stage == 3)
         return make_reference(self.policy)
 
-    def make_updater(self) -> ReferenceUpdater:
-        r = self.cfg.ref_update
-        if isinstance(self.engine.reference, AdapterReference):
-            return AdapterReferenceUpdater(self.engine.reference, r.alpha, r.tau, sharded=self.cfg.deepspeed.stage == 3)
-        return self.engine.updater(r.alpha, r.tau)
-
     def wants_generation(self) -> bool:
         if self.cfg.eval.generate and self.data.task is None and launched_rank() == 0:
             say(
@@ -200,23 +209,6 @@ class Recipe:
                 "gold judge (held-out preference metrics still run); set eval.generate=false to say so"
             )
         return bool(self.cfg.eval.generate) and self.data.task is not None
-
-    def checkpoint_note(self) -> str:
-        """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
-        t = self.cfg.trainer
-        weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.policy.parameters())
-        numel = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters() if p.requires_grad)
-        copies = 2 if self.reference is not None else 1  # the policy, and the reference where there is one
-        reference = weights if copies == 2 else 0
-        if isinstance(self.reference, AdapterReference):  # LoRA: the reference's state is its delta alone
-            reference = sum(b.numel() * b.element_size() for b in self.reference.buffers())
-        size = weights + reference + 8 * numel  # + Adam's two fp32 moments of the trained weights
-        what = "policy, reference, optimizer" if copies == 2 else "policy, optimizer"
-        when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
-        return (
-            f"one checkpoint ≈ {_bytes(size)} ({what}), written "
-            f"{when}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
-        )
 
     def setup_state(self) -> None:
         """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
@@ -252,22 +244,48 @@ class Recipe:
         engine, cfg = self.engine, self.cfg
         resume_step = self.state.step if self.state.resumed else None
         self.logger = RunLogger(
-            self.run_dir,
-            cfg,
-            enabled=engine.is_main,
-            job_type=self.job_type,
-            resume_step=resume_step,
+            self.run_dir, cfg, enabled=engine.is_main, job_type=self.job_type, resume_step=resume_step
         )
         if engine.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             say(self.banner())
             say(self.checkpoint_note())
 
+    def setup_hooks(self) -> None:
+        self.hooks = self.default_hooks() + hooks.user_hooks(list(self.cfg.hooks)) + self.extra_hooks
+        self.context = hooks.HookContext(
+            cfg=self.cfg,
+            run_dir=self.run_dir,
+            engine=self.engine,
+            state=self.state,
+            stream=self.stream,
+            logger=self.logger,
+            tokenizer=self.tokenizer,
+            data=self.data,
+            reference_update=self.reference_update,
+            reference_built=self.reference is not None,
+            sft_model=self.sft_model,
+        )
+
     def banner(self) -> str:
-        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.policy.parameters())
         return (
             f"{len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
-            f"steps, {n_params / 1e6:.2f}M params, run dir {self.run_dir}"
+            f"steps, {self.engine.policy_numel() / 1e6:.2f}M params, run dir {self.run_dir}"
+        )
+
+    def checkpoint_note(self) -> str:
+        """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
+        t = self.cfg.trainer
+        weights = self.engine.policy_bytes()
+        reference = 0
+        if self.reference is not None:  # LoRA: the reference's state is its delta alone
+            reference = sum(b.numel() * b.element_size() for b in self.reference.buffers()) if self.lora else weights
+        size = weights + reference + 8 * self.engine.policy_numel(trainable=True)  # + Adam's two fp32 moments
+        what = "policy, reference, optimizer" if self.reference is not None else "policy, optimizer"
+        when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
+        return (
+            f"one checkpoint ≈ {_bytes(size)} ({what}), written "
+            f"{when}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
         )
 
     def default_hooks(self) -> list[hooks.Hook]:
@@ -276,29 +294,22 @@ class Recipe:
         found: list[hooks.Hook] = [hooks.ExportHook(exports)]
         if self.lora:  # the policy adapter by save_pretrained; the reference adapter and merged models by the next
             found = [hooks.ExportHook(("policy",) if exports else ()), hooks.AdapterExportHook(exports)]
-        if self.updater is not None:
-            found.append(hooks.ReferenceUpdateHook())
-        found += [
-            hooks.FaultHook(),
-            hooks.ThroughputHook(),
-            hooks.EpochHook(),
-        ]
+        found += [hooks.ThroughputHook(), hooks.EpochHook()]
         if self.sft_model is not None:
             found.append(hooks.GenerationEvalHook())
-        found.append(hooks.CheckpointHook())
         return found
 
     # --- state ------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with its checkpoint."""
-        method = str(self.cfg.method.name) if "method" in self.cfg else self.objective.name
+        """What a resumed run must share with its checkpoint (``checkpoint.check_compatible`` ignores the model's
+        execution-only settings)."""
         model = OmegaConf.to_container(self.cfg.model, resolve=True)
         if self.lora:  # the adapters' shape and the reference's kind (full fine-tuning checkpoints have no entry)
             p = self.cfg.peft
             model["peft"] = {k: str(p[k]) for k in ("rank", "alpha", "target_modules", "adapter_path", "reference")}
         return {
             "model": model,
-            "method": method,
+            "method": self.objective.name if isinstance(self.objective, SFT) else str(self.cfg.method.name),
             "world_size": self.engine.world_size,
             "deepspeed_stage": int(self.cfg.deepspeed.stage),
             "global_batch": int(self.cfg.trainer.batch_size) * self.engine.world_size,
@@ -312,13 +323,13 @@ class Recipe:
             "sft_eval": self.state.sft_eval,
         }
         mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
-        if self.updater is not None:
-            mine["updater"] = self.updater.state_dict()
+        if self.reference_update is not None:
+            mine["updater"] = self.reference_update.state_dict()
         return shared, mine
 
     def merge_rank_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
         """This rank's state from every saved rank's, on a resume at another world size: its own RNG where the saved
-        run had this rank (else rank 0's), the merged metric window, the token count on rank 0, the updater's
+        run had this rank (else rank 0's), the merged metric window, the token count on rank 0, the update's
         fp32 masters re-sharded like the reference."""
         rank = self.engine.rank
         mine = dict(states[rank] if rank < len(states) else states[0])
@@ -326,7 +337,7 @@ class Recipe:
             mine["metrics"] = MetricBuffer.merge([s["metrics"] for s in states])
             tokens = sum(s["tokens"] for s in states)
             mine["tokens"] = tokens if rank == 0 else torch.zeros_like(tokens)
-        if self.updater is not None:
+        if self.reference_update is not None:
             updater = dict(states[0]["updater"])
             if "masters" in updater:
                 updater["masters"] = self.engine.reshard([s["updater"]["masters"] for s in states])
@@ -337,8 +348,8 @@ class Recipe:
         self.state.step, self.state.resumed = step, True
         self.stream.load_state_dict(shared["stream"])
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
-        if self.updater is not None:
-            self.updater.load_state_dict(mine["updater"])
+        if self.reference_update is not None:
+            self.reference_update.load_state_dict(mine["updater"])
         if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)
             self.buffer.load_state_dict(mine["metrics"], self.engine.device)
             self.state.tokens = mine["tokens"]
@@ -359,7 +370,8 @@ class Recipe:
                 self.run_dir_lock.close()
 
     def train(self) -> dict[str, Any]:
-        """Train to ``total_steps``; evaluate, checkpoint and export at the end. Returns the last metrics."""
+        """Forward and loss on each micro-batch, optimizer step, reference update, log, evaluate, checkpoint; at the
+        end evaluate, checkpoint and export. Returns the last logged metrics."""
         t, state, engine = self.cfg.trainer, self.state, self.engine
         state.tokens = state.tokens.to(engine.device)
         state.first_bad = state.first_bad.to(engine.device)
@@ -368,15 +380,16 @@ class Recipe:
             if t.eval_at_start:
                 state.last = self.evaluate()
         self.fire("on_train_start")
-        buffer = self.buffer
         with preemption_signals(state):
             while state.step < self.total_steps:
-                self.accumulate(buffer)
-                buffer.add({"grad_norm": engine.step()})
+                micro_batches = self.forward_backward()
+                self.buffer.add({"grad_norm": engine.step()})
                 state.step += 1
+                if self.reference_update is not None:
+                    self.reference_update.after_step(StepMetrics(state.step, micro_batches, engine))
                 self.fire("on_step_end")
                 if state.step % t.log_every == 0 or state.step == self.total_steps:
-                    self.log(buffer)
+                    self.log()
                 if state.preempted and state.step < self.total_steps:
                     return self.stop_for_preemption()
                 if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
@@ -388,6 +401,23 @@ class Recipe:
         self.fire("on_train_end")
         self.logger.summary(state.last)
         return state.last
+
+    def forward_backward(self) -> list[dict[str, torch.Tensor]]:
+        """``trainer.grad_accum`` micro-batches: forward, loss, backward; metrics stay on the device."""
+        t, state, engine = self.cfg.trainer, self.state, self.engine
+        metrics = []
+        for _ in range(t.grad_accum):
+            idx = self.stream.next()
+            batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
+            cached = state.sft_train[idx] if state.sft_train is not None else None
+            out = self.objective(engine, batch, cached)
+            engine.backward(out.loss / t.grad_accum)
+            self.buffer.add(out.metrics, 1.0 / t.grad_accum)
+            metrics.append(out.metrics)
+            state.tokens = state.tokens + out.tokens
+            bad = (state.first_bad < 0) & ~torch.isfinite(out.loss.detach())
+            state.first_bad = torch.where(bad, state.step + 1, state.first_bad)
+        return metrics
 
     def log_data_report(self) -> None:
         """The step-0 row of a fresh run: world size, training rows, skipped and truncated rows."""
@@ -405,31 +435,19 @@ class Recipe:
             },
         )
 
-    def accumulate(self, buffer: MetricBuffer) -> None:
-        """``trainer.grad_accum`` micro-batches: forward, loss, backward; metrics stay on the device."""
-        t, state, engine = self.cfg.trainer, self.state, self.engine
-        for _ in range(t.grad_accum):
-            idx = self.stream.next()
-            batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
-            cached = state.sft_train[idx] if state.sft_train is not None else None
-            out = self.objective(engine, batch, cached)
-            engine.backward(out.loss / t.grad_accum)
-            buffer.add(out.metrics, 1.0 / t.grad_accum)
-            state.tokens = state.tokens + out.tokens
-            bad = (state.first_bad < 0) & ~torch.isfinite(out.loss.detach())
-            state.first_bad = torch.where(bad, state.step + 1, state.first_bad)
-
-    def log(self, buffer: MetricBuffer) -> None:
-        metrics = buffer.drain(self.engine)
+    def log(self) -> None:
+        metrics = self.buffer.drain(self.engine)
         self.check_finite()
         metrics["lr"] = self.engine.lr()
+        if self.reference_update is not None:
+            metrics.update(self.reference_update.log_fields())
         self.fire("on_log", metrics)
         self.logger.log(self.state.step, metrics)
         self.state.last = metrics
 
     def check_finite(self) -> None:
         if int(self.state.first_bad) >= 0:
-            hint = "trainer.lr or method.beta" if "method" in self.cfg else "trainer.lr"
+            hint = "trainer.lr" if isinstance(self.objective, SFT) else "trainer.lr or method.beta"
             raise TrainingError(
                 f"non-finite loss at step {int(self.state.first_bad)}; lower {hint} "
                 f"(checkpoints and metrics up to the last good step are kept in {self.run_dir})"
@@ -453,8 +471,18 @@ class Recipe:
         return metrics
 
     def save(self) -> None:
+        """A checkpoint of this step (``trustregion.training.checkpoint``); hooks may add to it (``on_save``)."""
         self.check_finite()
-        self.fire("on_save")
+        step = self.state.step
+        shared, mine = self.state_dict()
+        checkpoint.save(
+            self.run_dir,
+            self.engine,
+            checkpoint.Snapshot(step, shared, mine, self.identity()),
+            self.cfg,
+            after_engine=lambda directory: self.fire("on_save", directory),
+            optimizer=self.cfg.trainer.final_optimizer_state or step < self.total_steps,
+        )
 
     def stop_for_preemption(self) -> dict[str, Any]:
         """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it."""
@@ -467,7 +495,7 @@ class Recipe:
 
     def fire(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
-            getattr(hook, event)(self, *args)
+            getattr(hook, event)(self.context, *args)
 
     def cleanup(self) -> None:
         self.logger.finish()
@@ -484,6 +512,9 @@ class SFTRecipe(Recipe):
     exports = ("policy",)
     rows_name = "SFT examples"
 
+    def make_rule(self) -> Rule:
+        return Frozen(None)  # no reference
+
     def make_objective(self, data) -> Objective:
         return SFT(None, logps_function(self.cfg.model))
 
@@ -494,7 +525,7 @@ class SFTRecipe(Recipe):
         return f"SFT: {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
 
     def default_hooks(self) -> list[hooks.Hook]:
-        found = [hooks.StepTimeHook(), hooks.FaultHook(), hooks.CheckpointHook(), hooks.ExportHook(self.exports)]
+        found = [hooks.StepTimeHook(), hooks.ExportHook(self.exports)]
         return found + ([hooks.AdapterExportHook(self.exports)] if self.lora else [])
 
     def log_data_report(self) -> None:

@@ -1,6 +1,6 @@
 """Response log-probs without full logits: the LM head runs only on response positions, in token chunks.
 
-``response_logps`` is a drop-in for ``trustregion.models.sequence_logps``. The model body gives the last
+``response_logps`` is a drop-in for ``trustregion.models.loading.sequence_logps``. The model body gives the last
 hidden states; only rows at positions t whose next token t+1 is a response token go through the head,
 ``chunk_tokens`` rows at a time, so at most one chunk of [chunk, vocab] logits exists at once, forward or
 backward. The backward (``_ChunkedHeadLogps``) recomputes each chunk's logits from the saved hidden rows,
@@ -157,17 +157,17 @@ def response_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of each sequence's response tokens, summed or averaged, fp32; response token counts).
 
-    Same contract as ``trustregion.models.sequence_logps``; ``model`` is a transformers causal LM (a DeepSpeed
+    Same contract as ``trustregion.models.loading.sequence_logps``; ``model`` is a transformers causal LM (a DeepSpeed
     engine passes its attributes through). ``batch`` needs right-padded ``input_ids``, ``attention_mask`` and a
     bool ``response_mask`` (True on response tokens). ``share_prompt``: run each pair's prompt once (see
-    ``trustregion.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole.
+    ``trustregion.models.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole.
     """
     head = model.get_output_embeddings()
     input_ids = batch["input_ids"]
     mask = batch["response_mask"][:, 1:].bool()
     shared = None
     if share_prompt:
-        from trustregion.prompt_sharing import shared_prompt_rows
+        from trustregion.models.prompt_sharing import shared_prompt_rows
 
         shared = shared_prompt_rows(model, batch)
         if shared is None:
@@ -194,7 +194,7 @@ LogpsFn = Callable[[nn.Module, dict, bool], tuple[torch.Tensor, torch.Tensor]]
 def logps_function(model_cfg) -> LogpsFn:
     """The sequence log-prob function ``model.logps`` selects: ``(model, batch, average) -> (logps, counts)``."""
     if model_cfg.logps == "full":
-        from trustregion.models import sequence_logps
+        from trustregion.models.loading import sequence_logps
 
         return sequence_logps
     return functools.partial(

@@ -1,7 +1,6 @@
-"""Reference-model updates of Trust-Region alignment: every tau optimizer steps, ref <- alpha*policy + (1-alpha)*ref.
+"""The dense way to apply a reference update: ref <- alpha*policy + (1-alpha)*ref over matching lists of tensors.
 
-alpha = 1 is the hard update (copy), alpha < 1 the soft one; ``ReferenceUpdater.none()`` never updates.
-The mix is one fused ``torch._foreach_lerp_`` over all tensors, in place. Where the reference is kept
+alpha = 1 is a copy. The mix is one fused ``torch._foreach_lerp_`` over all tensors, in place. Where the reference is kept
 in a 16-bit dtype the mix happens in an fp32 master copy, then is cast back, so that a small alpha
 does not round away. Floating-point buffers follow the same rule as parameters (in causal LMs they
 are constants such as rotary frequencies, identical in both models, so this is a no-op for them).
@@ -24,26 +23,17 @@ def mixable_tensors(model: nn.Module) -> list[torch.Tensor]:
     return tensors
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """Make ``model`` a reference: no gradients, eval mode (no dropout)."""
-    model.requires_grad_(False)
-    model.eval()
-    return model
-
-
-class ReferenceUpdater:
-    """Applies the (alpha, tau) rule to ``reference`` from ``policy`` after optimizer steps.
+class DenseApplier:
+    """Mixes ``reference_tensors`` toward ``policy_tensors`` (an ``Applier``).
 
     ``policy_tensors`` and ``reference_tensors`` are matching lists (same order, same shapes): whole
-    tensors on one process, or each rank's own shards under ZeRO-3 (see ``trustregion.distributed``).
+    tensors on one process, or each rank's own shards under ZeRO-3 (see ``trustregion.engines.zero``).
     """
 
     def __init__(
         self,
         policy_tensors: Iterable[torch.Tensor],
         reference_tensors: Iterable[torch.Tensor],
-        alpha: float,
-        tau: int | None,
         late_pairs: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
         replicated: tuple[int, int] = (0, 1),
     ) -> None:
@@ -61,69 +51,49 @@ class ReferenceUpdater:
         for p, r in zip(self.policy, self.reference):
             if p.shape != r.shape:
                 raise ValueError(f"policy and reference tensor shapes differ: {tuple(p.shape)} vs {tuple(r.shape)}")
-        if tau is not None and (not 0.0 < alpha <= 1.0 or tau < 1):
-            raise ValueError(f"need 0 < alpha <= 1 and tau >= 1, got alpha={alpha}, tau={tau}")
-        self.alpha = float(alpha)
-        self.tau = tau
-        self.num_updates = 0
         # fp32 masters only for low-precision references; fp32 references are mixed in place.
         self.masters: list[torch.Tensor] | None = None
         if any(r.dtype in (torch.bfloat16, torch.float16) for r in self.reference):
             self.masters = [r.detach().float().clone() for r in self.reference]
 
     @classmethod
-    def for_models(cls, policy: nn.Module, reference: nn.Module, alpha: float, tau: int | None) -> ReferenceUpdater:
-        return cls(mixable_tensors(policy), mixable_tensors(reference), alpha, tau)
-
-    @property
-    def enabled(self) -> bool:
-        return self.tau is not None
-
-    def due(self, step: int) -> bool:
-        """Whether the update runs after optimizer step ``step`` (1-based)."""
-        return self.tau is not None and step > 0 and step % self.tau == 0
-
-    def maybe_update(self, step: int) -> bool:
-        if not self.due(step):
-            return False
-        self.update()
-        return True
+    def for_models(cls, policy: nn.Module, reference: nn.Module) -> DenseApplier:
+        return cls(mixable_tensors(policy), mixable_tensors(reference))
 
     @torch.no_grad()
-    def update(self) -> None:
+    def apply(self, alpha: float) -> None:
         """ref <- alpha*policy + (1-alpha)*ref, once, now."""
         if self.masters is None:
-            if self.alpha == 1.0:
+            if alpha == 1.0:
                 torch._foreach_copy_(self.reference, self.policy)
             else:
-                self._lerp_into(self.reference)
+                self._lerp_into(self.reference, alpha)
         else:
-            self._lerp_into(self.masters)
+            self._lerp_into(self.masters, alpha)
             torch._foreach_copy_(self.reference, self.masters)
         if self.late_pairs is not None:
-            self._update_late()
-        self.num_updates += 1
+            self._apply_late(alpha)
 
-    def _update_late(self) -> None:
+    def _apply_late(self, alpha: float) -> None:
         pairs = [(i, p, r) for i, (p, r) in enumerate(self.late_pairs()) if r.numel() > 0 and p.shape == r.shape]
         exact = [(p, r) for _, p, r in pairs if r.dtype == p.dtype == torch.float32]
         if exact:
-            torch._foreach_lerp_([r for _, r in exact], [p for p, _ in exact], self.alpha)
+            torch._foreach_lerp_([r for _, r in exact], [p for p, _ in exact], alpha)
         for i, p, r in pairs:
             if r.dtype == p.dtype == torch.float32:
                 continue
             master = self._late_masters.get(i)
             if master is None or master.shape != r.shape:
                 master = self._late_masters[i] = r.float()
-            master.lerp_(p.float(), self.alpha)
+            master.lerp_(p.float(), alpha)
             r.copy_(master)
 
-    def _lerp_into(self, targets: list[torch.Tensor]) -> None:
+    def _lerp_into(self, targets: list[torch.Tensor], alpha: float) -> None:
         """targets <- lerp(targets, policy, alpha); fp32 targets of a 16-bit policy (the fp32 masters, or an fp32
         reference beside a bf16 policy under ZeRO-2) take the policy upcast."""
         same = [(m, p) for m, p in zip(targets, self.policy) if p.dtype == m.dtype]
         if same:
-            torch._foreach_lerp_([m for m, _ in same], [p for _, p in same], self.alpha)
+            torch._foreach_lerp_([m for m, _ in same], [p for _, p in same], alpha)
         # Policy tensors in another dtype are upcast a chunk at a time to bound extra memory.
         batch_m: list[torch.Tensor] = []
         batch_p: list[torch.Tensor] = []
@@ -135,13 +105,13 @@ class ReferenceUpdater:
             batch_p.append(p.float())
             size += p.numel()
             if size >= _CHUNK:
-                torch._foreach_lerp_(batch_m, batch_p, self.alpha)
+                torch._foreach_lerp_(batch_m, batch_p, alpha)
                 batch_m, batch_p, size = [], [], 0
         if batch_m:
-            torch._foreach_lerp_(batch_m, batch_p, self.alpha)
+            torch._foreach_lerp_(batch_m, batch_p, alpha)
 
     def metrics(self) -> dict[str, float]:
-        """Extra fields for the log row (none here; see ``trustregion.adapter_reference``)."""
+        """Extra fields for the log row (none here; see ``trustregion.reference.adapter``)."""
         return {}
 
     @torch.no_grad()
@@ -166,13 +136,12 @@ class ReferenceUpdater:
         return diff_sq.cpu(), norm_sq.cpu()
 
     def state_dict(self) -> dict:
-        state: dict = {"num_updates": self.num_updates}
+        state: dict = {}
         if self.masters is not None:
             state["masters"] = [m.detach().cpu().clone() for m in self.masters]
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.num_updates = int(state["num_updates"])
         if self.masters is not None and "masters" in state:
             with torch.no_grad():
                 torch._foreach_copy_(self.masters, [m.to(self.masters[0].device) for m in state["masters"]])

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trustregion.data.tokenize import PairCollator
-from trustregion.models import sequence_logps
+from trustregion.models.loading import sequence_logps
 
 
 @dataclass
@@ -98,6 +97,22 @@ def sample(
     return Samples(responses, [bool(r) and r[-1] == eos_id for r in responses], entropy.tolist())
 
 
+def teacher_forced(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """prompt + response per row, right-padded, with the mask of response tokens (what ``sequence_logps`` scores)."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    response = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor([*p, *r], dtype=torch.long)
+        attention[i, :n] = 1
+        response[i, len(p) : n] = True
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+
+
 @torch.no_grad()
 def response_logps(
     model,
@@ -108,15 +123,10 @@ def response_logps(
     batch_size: int,
 ) -> list[float]:
     """Summed log-prob of each response given its prompt (teacher forcing, right padding)."""
-    collator = PairCollator(pad_id, ("chosen",))
     out: list[float] = []
     for s in range(0, len(prompts), batch_size):
-        rows = [
-            {"prompt_ids": list(p), "chosen_ids": list(r), "index": s + i}
-            for i, (p, r) in enumerate(zip(prompts[s : s + batch_size], responses[s : s + batch_size]))
-        ]
-        batch = {k: v.to(device) for k, v in collator(rows).items()}
-        logps, _ = sequence_logps(model, batch)
+        batch = teacher_forced(prompts[s : s + batch_size], responses[s : s + batch_size], pad_id)
+        logps, _ = sequence_logps(model, {k: v.to(device) for k, v in batch.items()})
         out += logps.float().cpu().tolist()
     return out
 

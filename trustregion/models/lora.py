@@ -1,7 +1,7 @@
 """LoRA adapters on the policy with the ``peft`` library: wrapping, the adapted layers, export in PEFT's format.
 
 The policy is a ``PeftModel`` whose one trainable adapter is ``default``: W = W0 + s*B*A on each adapted
-module. The reference that shares W0 is ``trustregion.adapter_reference``.
+module. The reference that shares W0 is ``trustregion.reference.adapter``.
 """
 
 from __future__ import annotations

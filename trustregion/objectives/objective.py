@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from trustregion.batches import BatchStream, to_device
 from trustregion.config import MethodConfig
+from trustregion.data.batches import BatchStream, to_device
 from trustregion.data.tokenize import (
     PairCollator,
     TruncationStats,
@@ -29,10 +29,10 @@ from trustregion.data.tokenize import (
     tokenize_unpaired,
 )
 from trustregion.errors import ConfigError
-from trustregion.logps import LogpsFn
-from trustregion.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
 from trustregion.metrics import MetricBuffer
-from trustregion.models import sequence_logps
+from trustregion.models.loading import sequence_logps
+from trustregion.models.logps import LogpsFn
+from trustregion.objectives.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
 
 Tensor = torch.Tensor
 
@@ -57,26 +57,6 @@ class KTOConfig(MethodConfig):
     reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
 
 
-PAIR_METRICS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "rewards/grad_term",
-    "logps/chosen",
-    "logps/rejected",
-    "ref/logps/chosen",
-    "ref/logps/rejected",
-    "rewards_sft/chosen",
-    "rewards_sft/rejected",
-    "rewards_sft/margins",
-    "rewards_sft/accuracies",
-    "kl/policy_ref",
-    "lengths/chosen",
-    "lengths/rejected",
-    "data/padding_fraction",
-)
 EVAL_METRICS = (
     "loss",
     "rewards/margins",
@@ -95,7 +75,6 @@ class Objective:
     name: ClassVar[str]
     config_class: ClassVar[type] = MethodConfig
     chunks: tuple[str, ...] = ("chosen", "rejected")
-    metrics: ClassVar[tuple[str, ...]] = PAIR_METRICS  # what a training step logs
     uses_reference: ClassVar[bool] = True
 
     def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
@@ -230,19 +209,6 @@ class KTOUnpaired(KTO):
 
     name = "kto_unpaired"
     chunks = ("completion", "mismatched")
-    metrics = (
-        "loss",
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/margins",
-        "rewards_sft/chosen",
-        "rewards_sft/rejected",
-        "rewards_sft/margins",
-        "logps/completion",
-        "ref/logps/completion",
-        "kl/policy_ref",
-        "data/padding_fraction",
-    )
 
     def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
         Objective.__init__(self, method_cfg, logps)
@@ -296,7 +262,6 @@ class SFT(Objective):
 
     name = "sft"
     chunks = ("chosen",)
-    metrics = ("sft/loss",)
     uses_reference = False
 
     def tokenize(self, split, tokenizer, dataset_cfg):

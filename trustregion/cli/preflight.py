@@ -7,7 +7,7 @@ import difflib
 import os
 from collections.abc import Sequence
 
-from trustregion.cli import CONF_DIR, compose, fail
+from trustregion.cli.app import CONF_DIR, compose, fail
 
 
 def first_values(argv: Sequence[str]) -> list[str] | None:
@@ -17,7 +17,9 @@ def first_values(argv: Sequence[str]) -> list[str] | None:
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return None
-    plain = [a for a in argv if a not in ("-m", "--multirun") and not a.startswith(("hydra.", "hydra/"))]
+    # Hydra's own settings do not change the config, except the search path (a user's config groups)
+    hydra_only = [a for a in argv if a.startswith(("hydra.", "hydra/")) and not a.startswith("hydra.searchpath=")]
+    plain = [a for a in argv if a not in ("-m", "--multirun", *hydra_only)]
     out = []
     for o in OverridesParser.create().parse_overrides(plain):
         if o.is_sweep_override():

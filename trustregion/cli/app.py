@@ -9,13 +9,13 @@ import functools
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from trustregion.errors import ConfigError, TrustRegionError
+from trustregion.errors import TrustRegionError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -27,7 +27,7 @@ def register() -> None:
 
     from trustregion import config
     from trustregion.data import sources
-    from trustregion.objectives import OBJECTIVES
+    from trustregion.objectives.objective import OBJECTIVES
 
     if not OmegaConf.has_resolver("run_time"):
         OmegaConf.register_new_resolver("run_time", config._run_time, use_cache=True)
@@ -75,21 +75,6 @@ def exit_on_error(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-def total_optimizer_steps(
-    trainer: Mapping[str, Any], num_rows: int, world_size: int, rows: str = "training pairs"
-) -> int:
-    """Optimizer steps of a run: ``max_steps``, else ``epochs`` passes over ``num_rows`` split across ranks."""
-    per_epoch = num_rows // (int(trainer["batch_size"]) * world_size)
-    if per_epoch == 0:
-        raise ConfigError(
-            f"trainer.batch_size={trainer['batch_size']} (x {world_size} processes) exceeds the {num_rows} {rows}; "
-            f"lower trainer.batch_size or use more data"
-        )
-    if trainer.get("max_steps") is not None:
-        return int(trainer["max_steps"])
-    return max(1, int(float(trainer.get("epochs", 1)) * per_epoch) // int(trainer.get("grad_accum", 1)))
-
-
 def hydra_run_dir() -> Path:
     """This Hydra job's output dir (one per job in a multirun)."""
     from hydra.core.hydra_config import HydraConfig
@@ -110,7 +95,7 @@ def prepare_launch(argv: Sequence[str]) -> list[str]:
         else:
             args.append(arg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from trustregion.distributed import agree_on_run_time
+        from trustregion.engines.launch import agree_on_run_time
 
         agree_on_run_time()
         if int(os.environ.get("RANK", "0")) > 0:
@@ -121,6 +106,6 @@ def prepare_launch(argv: Sequence[str]) -> list[str]:
 def shutdown_distributed() -> None:
     """Leave the process group of a multi-process launch (gloo aborts the process at exit otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from trustregion.distributed import shutdown
+        from trustregion.engines.launch import shutdown
 
         shutdown()

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trustregion.lora import ADAPTER, AdaptedLayer, adapted_layers, save_adapter, save_merged
-from trustregion.reference import ReferenceUpdater
+from trustregion.engines.zero_internals import shard
+from trustregion.models.lora import ADAPTER, AdaptedLayer, adapted_layers, save_adapter, save_merged
 
 KINDS = ("base", "exact", "factors")
 EXACT_BUDGET = 0.15  # peft.reference=auto: exact when its dense deltas take at most this share of the base's bytes
@@ -231,15 +231,18 @@ class _ScoredModule:
             return self.module(*args, **kwargs)
 
 
-class AdapterReferenceUpdater(ReferenceUpdater):
-    """The (alpha, tau) rule on an ``AdapterReference``: delta_ref <- alpha*s*B*A + (1-alpha)*delta_ref."""
+class AdapterApplier:
+    """The update of an ``AdapterReference`` (an ``Applier``): delta_ref <- alpha*s*B*A + (1-alpha)*delta_ref."""
 
-    def __init__(self, reference: AdapterReference, alpha: float, tau: int | None, sharded: bool = False) -> None:
-        """``sharded``: under ZeRO-3, where the factor lerp runs on each rank's own shards (``ds_tensor``)."""
-        super().__init__([], [], alpha, tau)
+    def __init__(self, reference: AdapterReference, sharded: bool = False) -> None:
+        """``sharded``: under ZeRO-3, where the factor lerp runs on each rank's own shards."""
+        if reference.kind == "base":
+            raise ValueError("a reference of kind 'base' (the frozen base) cannot move; build it as exact or factors")
         self.ref, self.sharded = reference, sharded
+        self.reference: list[torch.Tensor] = []
+        self.policy: list[torch.Tensor] = []
         if reference.kind == "factors":
-            local = (lambda p: p.ds_tensor) if sharded else (lambda p: p)
+            local = shard if sharded else (lambda p: p)
             pairs = [
                 (r, p)
                 for layer, (ra, rb) in zip(reference.layers, reference.ref_factors())
@@ -254,20 +257,17 @@ class AdapterReferenceUpdater(ReferenceUpdater):
         self.others = [p for p in reference.policy.parameters() if id(p) not in lora_or_base]
 
     @torch.no_grad()
-    def update(self) -> None:
-        ref, a = self.ref, self.alpha
-        if ref.kind == "base":
-            raise ValueError("a reference of kind 'base' (the frozen base) cannot move; build it as exact or factors")
+    def apply(self, alpha: float) -> None:
+        ref = self.ref
         if ref.kind == "factors":
-            if a == 1.0:
+            if alpha == 1.0:
                 torch._foreach_copy_(self.reference, self.policy)
             else:
-                torch._foreach_lerp_(self.reference, self.policy, a)
+                torch._foreach_lerp_(self.reference, self.policy, alpha)
         if ref.kind == "exact" or ref.track:
             for g in ref.groups:
                 A, B = ref._stacked(g)
-                ref.buffer("delta", g).baddbmm_(B, A, beta=1.0 - a, alpha=a * g.scale)
-        self.num_updates += 1
+                ref.buffer("delta", g).baddbmm_(B, A, beta=1.0 - alpha, alpha=alpha * g.scale)
 
     @torch.no_grad()
     def distance(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +289,7 @@ class AdapterReferenceUpdater(ReferenceUpdater):
                 diff += torch.linalg.vector_norm(ref.delta(i) - policy_delta).double().cpu() ** 2 / world
                 norm += torch.linalg.vector_norm(w0.float() + policy_delta).double().cpu() ** 2 / world
         for p in self.others:
-            local = p.ds_tensor if self.sharded else p
+            local = shard(p) if self.sharded else p
             norm += torch.linalg.vector_norm(local.float()).double().cpu() ** 2
         return diff, norm
 
@@ -312,7 +312,7 @@ class AdapterReferenceUpdater(ReferenceUpdater):
         return {"ref/factors_error": float((num / den.clamp(min=1e-300)).sqrt())}
 
     def state_dict(self) -> dict:
-        return {"num_updates": self.num_updates}  # the deltas are the reference's state (the engine saves it)
+        return {}  # the deltas are the reference's own state (the engine saves it)
 
     def load_state_dict(self, state: dict) -> None:
-        self.num_updates = int(state["num_updates"])
+        pass

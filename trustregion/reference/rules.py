@@ -1,0 +1,112 @@
+"""When the reference moves and by how much: the update rule that ``ref_update=<name>`` selects.
+
+After every optimizer step the loop asks the rule for that step's α (0: no update); how the mix
+θ_ref ← α·θ + (1 − α)·θ_ref is applied (dense, ZeRO-3 shard by shard, LoRA delta) is not the rule's
+business (``trustregion.reference.appliers``). A rule may keep state (saved in checkpoints) and read
+the step's metrics through ``StepStats``, so data-dependent rules fit. Write one as a subclass of
+``Rule`` and select it with ``ref_update._target_=<module>.<Class>`` or a YAML that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trustregion.config import RefUpdateConfig
+from trustregion.errors import ConfigError
+
+
+class StepStats(Protocol):
+    """What a rule may read after optimizer step ``step`` (1-based)."""
+
+    step: int
+
+    def mean(self, key: str) -> float:
+        """The step's mean of metric ``key`` (e.g. ``kl/policy_ref``) over every rank's micro-batches. A collective and
+        a host sync: every rank must ask the same keys in the same order, and only when the rule needs them."""
+
+
+class Rule:
+    """A reference-update rule. Override ``alpha``; ``moves = False`` marks a rule that never updates (the reference
+    is then frozen, and its log-probs may be cached). Range checks go in ``check`` (raise ``ConfigError``)."""
+
+    config_class: ClassVar[type] = RefUpdateConfig  # the schema of ``ref_update`` for this rule
+    moves: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` naming the ``ref_update.*`` field and the fix."""
+
+    def alpha(self, stats: StepStats) -> float:
+        """The α of the update after step ``stats.step``; 0 for none."""
+        return 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Extra fields for the log row (the rule's own state, e.g. an estimate it tracks)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Frozen(Rule):
+    """``ref_update=none``: the reference never moves (plain DPO / IPO / KTO)."""
+
+    moves = False
+
+
+class EveryTau(Rule):
+    """``ref_update=soft|hard``: every ``tau`` optimizer steps, mix by ``alpha`` (1: the hard update, a copy)."""
+
+    def check(self) -> None:
+        alpha, tau = self.cfg.alpha, self.cfg.tau
+        if not 0 < alpha <= 1:
+            raise ConfigError(
+                f"ref_update.alpha={alpha} is invalid: set ref_update.alpha to a number in (0, 1] (1 = hard update)"
+            )
+        if tau is None or tau < 1:
+            raise ConfigError(
+                f"ref_update.tau={tau} is invalid: set ref_update.tau to an integer >= 1 (optimizer steps between "
+                "updates), or ref_update=none for a frozen reference"
+            )
+
+    def alpha(self, stats: StepStats) -> float:
+        return float(self.cfg.alpha) if stats.step % int(self.cfg.tau) == 0 else 0.0
+
+
+def rule_class(target: str) -> type[Rule]:
+    """The ``Rule`` subclass that ``ref_update._target_`` names; one line when it is not one."""
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+        raise ConfigError(
+            f"ref_update._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of a Rule on the "
+            "Python path"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, Rule)):
+        raise ConfigError(f"ref_update._target_={target} is not a subclass of trustregion.reference.rules.Rule")
+    return cls
+
+
+def build_rule(ref_update: DictConfig) -> Rule:
+    """The rule ``ref_update`` selects, its settings checked against the rule's own schema (an unknown key fails)."""
+    cls = rule_class(str(ref_update._target_))
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        raise ConfigError(
+            f"ref_update.{key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
+            "remove it or pick the rule that has it"
+        ) from e
+    return cls(cfg)

@@ -1,0 +1,206 @@
+"""Step hooks: what is optional around the loop (timers, generation evaluation, export, a user's extensions).
+
+The loop itself (``trustregion.training.recipe``) calls forward, loss, step, reference update, log, evaluation
+and checkpoint; hooks are told, in order: ``on_train_start`` once, right before the first step (after the step-0
+evaluation, so timers start with the steps); per optimizer step ``on_step_end`` (after the reference update), then
+on log steps ``on_log`` (each hook adds its fields to the row), on evaluations ``on_eval`` (each adds its metrics),
+on checkpoints ``on_save`` (after the engine's state is written, before the checkpoint is committed);
+``on_train_end`` once. Each receives a ``HookContext``: what a hook may read, not the recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from trustregion.console import say
+from trustregion.data import PreferenceData
+from trustregion.data.batches import BatchStream
+from trustregion.engines.base import Engine
+from trustregion.errors import ConfigError
+from trustregion.reference.update import ReferenceUpdate
+from trustregion.training.logger import RunLogger
+from trustregion.training.state import TrainState
+
+
+@dataclass
+class HookContext:
+    """What hooks see of a run: its settings, where it writes, the engine and the loop's state."""
+
+    cfg: DictConfig
+    run_dir: Path
+    engine: Engine
+    state: TrainState
+    stream: BatchStream
+    logger: RunLogger
+    tokenizer: Any
+    data: PreferenceData
+    reference_update: ReferenceUpdate | None  # None: the reference never moves (or there is none)
+    reference_built: bool  # False where a frozen reference's log-probs are cached and no model was built
+    sft_model: Any = None  # the starting model, kept for generation evaluation
+
+
+class Hook(Protocol):
+    def on_train_start(self, ctx: HookContext) -> None: ...
+
+    def on_step_end(self, ctx: HookContext) -> None: ...
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None: ...
+
+    def on_eval(self, ctx: HookContext, metrics: dict[str, Any]) -> None: ...
+
+    def on_save(self, ctx: HookContext, directory: Path) -> None: ...
+
+    def on_train_end(self, ctx: HookContext) -> None: ...
+
+
+class BaseHook:
+    """A hook that does nothing at every event: subclass it and override the events you need."""
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        pass
+
+    def on_step_end(self, ctx: HookContext) -> None:
+        pass
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_eval(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_save(self, ctx: HookContext, directory: Path) -> None:
+        pass
+
+    def on_train_end(self, ctx: HookContext) -> None:
+        pass
+
+
+def user_hooks(paths: list[str]) -> list[Hook]:
+    """The hooks that ``hooks=[<module>.<Class>, ...]`` names, each built with no argument."""
+    found = []
+    for path in paths:
+        try:
+            cls = get_class(path)
+        except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
+            raise ConfigError(
+                f"hooks: {path} cannot be imported; name a class as <module>.<Class> on the Python path"
+            ) from e
+        if not (isinstance(cls, type) and issubclass(cls, BaseHook)):
+            raise ConfigError(f"hooks: {path} is not a subclass of trustregion.training.hooks.BaseHook")
+        found.append(cls())
+    return found
+
+
+class ThroughputHook(BaseHook):
+    """Response tokens per second since the last log (all ranks)."""
+
+    def __init__(self) -> None:
+        self.clock = time.perf_counter()
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        self.clock = time.perf_counter()
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.clock
+        metrics["tokens_per_s"] = float(ctx.engine.reduce_sum(ctx.state.tokens)) / max(elapsed, 1e-9)
+        ctx.state.tokens.zero_()
+        self.clock = time.perf_counter()
+
+
+class StepTimeHook(BaseHook):
+    """Seconds per optimizer step over the steps run since the last log."""
+
+    def __init__(self) -> None:
+        self.clock, self.since = time.perf_counter(), 0
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        self.clock, self.since = time.perf_counter(), ctx.state.step
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        steps = max(1, ctx.state.step - self.since)
+        metrics["s_per_step"] = (time.perf_counter() - self.clock) / steps
+        self.clock, self.since = time.perf_counter(), ctx.state.step
+
+
+class EpochHook(BaseHook):
+    """Fractional epochs of the training data consumed."""
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        stream = ctx.stream
+        metrics["epoch"] = stream.epoch + stream.position / max(1, stream.batches_per_epoch)
+
+
+class GenerationEvalHook(BaseHook):
+    """Samples from the policy at every evaluation and scores them with the task's gold judge (``eval/*``)."""
+
+    def on_eval(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        from trustregion.evaluation.generation import EvalContext, evaluate_generation
+
+        context = EvalContext(ctx.engine, ctx.cfg, ctx.data, ctx.tokenizer, ctx.sft_model, ctx.logger, ctx.run_dir)
+        metrics.update(evaluate_generation(context, ctx.state.step))
+
+
+class ExportHook(BaseHook):
+    """``save_pretrained`` of the given models (policy, reference) with the tokenizer beside each, at the end."""
+
+    def __init__(self, which: tuple[str, ...]) -> None:
+        self.which = which
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        # A frozen reference that was never built (its log-probs cached) is the starting policy: export it now.
+        if "reference" in self.which and not ctx.reference_built and not ctx.state.resumed:
+            self.export(ctx, "policy", ctx.run_dir / "reference")
+
+    def on_train_end(self, ctx: HookContext) -> None:
+        for which in self.which:
+            if which == "reference" and not ctx.reference_built:
+                if not (ctx.run_dir / which).exists():
+                    say(f"note: {which}/ not written: the frozen reference is the model this run started from")
+                continue
+            self.export(ctx, which, ctx.run_dir / which)
+
+    @staticmethod
+    def export(ctx: HookContext, which: str, directory: Path) -> None:
+        ctx.engine.export(which, directory)
+        if ctx.engine.is_main:
+            ctx.tokenizer.save_pretrained(directory)
+        ctx.engine.barrier()
+
+
+class AdapterExportHook(BaseHook):
+    """Under LoRA: the reference as a PEFT adapter (``reference/``; every rank takes part under ZeRO-3, where its
+    factors are gathered), ``base/`` when the base was built here (the tiny model) so the adapters load again, and
+    with ``peft.export_merged`` whole models ``policy_merged/``, ``reference_merged/`` (the last two not under ZeRO-3)."""
+
+    def __init__(self, which: tuple[str, ...]) -> None:
+        self.which = which
+
+    def on_train_end(self, ctx: HookContext) -> None:
+        from trustregion.models.lora import adapted_layers, save_merged
+
+        engine, cfg, run = ctx.engine, ctx.cfg, ctx.run_dir
+        written = []
+        if "reference" in self.which:
+            engine.unwrap("reference").save_pretrained(run / "reference", write=engine.is_main)
+            written.append("reference")
+        if engine.is_main and not engine.partitioned:
+            policy = engine.unwrap("policy")
+            if cfg.model.path is None:
+                save_merged(policy, run / "base", [])  # W0 alone
+                written.append("base")
+            if cfg.peft.export_merged:
+                save_merged(policy, run / "policy_merged", [x.delta() for x in adapted_layers(policy)])
+                written.append("policy_merged")
+                if "reference" in self.which:
+                    engine.unwrap("reference").save_pretrained(run / "reference_merged", merged=True)
+                    written.append("reference_merged")
+        if engine.is_main:
+            for name in written:
+                ctx.tokenizer.save_pretrained(run / name)
+        engine.barrier()

@@ -1,0 +1,50 @@
+"""What changes as the loop runs, and the step's metrics as an update rule reads them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from trustregion.engines.base import Engine
+from trustregion.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """The loop's state (a checkpoint restores it, with the batch stream and the reference update)."""
+
+    step: int = 0
+    sft_train: torch.Tensor | None = None  # cached SFT log-probs, [rows, chunks]
+    sft_eval: torch.Tensor | None = None
+    tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
+    last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
+    resumed: bool = False
+    preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
+
+
+class StepMetrics:
+    """The objective's metrics of one optimizer step's micro-batches (``trustregion.reference.rules.StepStats``):
+    nothing is reduced or synced unless a rule asks."""
+
+    def __init__(self, step: int, micro_batches: list[dict[str, torch.Tensor]], engine: Engine) -> None:
+        self.step, self.micro_batches, self.engine = step, micro_batches, engine
+
+    def mean(self, key: str) -> float:
+        if key not in self.micro_batches[0]:
+            raise ConfigError(
+                f"the reference-update rule asked for the step metric {key!r}, which this objective does not log; "
+                f"it logs {', '.join(sorted(self.micro_batches[0]))}"
+            )
+        local = torch.stack([m[key].detach().float() for m in self.micro_batches]).mean()
+        return float(self.engine.reduce_mean(local))
