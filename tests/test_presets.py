@@ -16,6 +16,8 @@ from trustregion.models.loading import load_policy
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PYTHIA_PRESETS = ["pythia-410m", "pythia-1.4b", "pythia-2.8b", "pythia-6.9b"]
+BF16 = "trainer.precision=bf16-mixed"  # the presets load bf16 weights: fp32 masters, bf16 compute
+
 SMALL_RUN = [
     "experiment=toy_overopt",
     "logger=none",
@@ -70,7 +72,7 @@ def test_pythia_preset_loads_gpt_neox_with_a_pad_token_and_right_padding(neox_di
 
 
 def test_pythia_preset_trains_a_tiny_gpt_neox_on_hh(neox_dir, tmp_path):
-    cfg = compose_cfg(["model=pythia-2.8b", f"model.path={neox_dir}", *hh_fixture(), *SMALL_RUN])
+    cfg = compose_cfg(["model=pythia-2.8b", f"model.path={neox_dir}", *hh_fixture(), *SMALL_RUN, BF16])
     from trustregion.train import train
 
     last = train(cfg, tmp_path)
@@ -89,7 +91,7 @@ def test_llama3_preset_loads_a_llama_with_eos_padding_and_its_chat_template(llam
 
 
 def test_llama3_preset_trains_a_tiny_llama_on_ultrafeedback(llama_dir, tmp_path):
-    cfg = compose_cfg(["model=llama3-8b", f"model.path={llama_dir}", *ultrafeedback_fixture(), *SMALL_RUN])
+    cfg = compose_cfg(["model=llama3-8b", f"model.path={llama_dir}", *ultrafeedback_fixture(), *SMALL_RUN, BF16])
     from trustregion.train import train
 
     last = train(cfg, tmp_path)

@@ -201,7 +201,7 @@ def test_bf16_reference_under_zero3_updates_the_whole_copy_parameters(tmp_path):
         *FAST,
         *TOY,
         "deepspeed=zero3",
-        "deepspeed.bf16=true",
+        "trainer.precision=bf16-mixed",
         "ref_update=soft",
         "ref_update.alpha=0.5",
         "ref_update.tau=1",

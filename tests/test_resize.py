@@ -57,7 +57,7 @@ def test_one_process_resumes_on_two_zero3_ranks_with_its_bf16_reference_and_fp32
     # The bf16 reference is mixed in fp32 masters, sharded like it: both are cut from 1 partition into 2.
     # bf16 training on 1 vs 2 ranks differs by ~1e-4 in the loss; masters lost in the resize (the reference
     # lerped from its start again) move the loss after the next update by ~6e-3.
-    options = ["deepspeed=zero3", "deepspeed.bf16=true", "trainer.lr=3e-3", "trainer.cache_reference=false"]
+    options = ["deepspeed=zero3", "trainer.precision=bf16-mixed", "trainer.lr=3e-3", "trainer.cache_reference=false"]
     kept, resized = continue_at_other_size(tmp_path, options, before=1, after=2)
     assert losses(resized) == pytest.approx(losses(kept)[2:], abs=3e-4)
 

@@ -125,6 +125,9 @@ class TrainerConfig:
     epochs: float = 1.0
     max_grad_norm: Optional[float] = 1.0
     fused_optimizer: bool = False  # AdamW(fused=True) instead of foreach=True (see scripts/bench.py --experiments)
+    # fp32 | bf16-mixed | fp16-mixed: mixed runs compute in 16 bits (autocast on one process, DeepSpeed's bf16/fp16
+    # sections under ZeRO) and keep fp32 master weights and optimizer state; fp16 adds loss scaling.
+    precision: str = "fp32"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
@@ -174,7 +177,6 @@ class DeepSpeedConfig:
     offload_params: bool = False
     # ZeRO-3 keeps parameters below this size whole on every rank; 0 shards them all (see reference.py).
     param_persistence_threshold: int = 0
-    bf16: bool = False
     backend: Optional[str] = None  # null: nccl on GPUs, gloo on CPU
     # How ZeRO-3 applies the reference update: sharded (each rank its own shards) or gathered (whole, on rank 0).
     reference_update: ZeroUpdate = ZeroUpdate.sharded
@@ -237,6 +239,7 @@ def schemas() -> dict[str, type]:
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 
 
 def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
@@ -252,6 +255,15 @@ def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
         m = cfg.method
         check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
     check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
+    check(t.precision in PRECISIONS, "trainer.precision", t.precision, ", ".join(PRECISIONS))
+    mixed = "bf16-mixed" if cfg.model.dtype == "bfloat16" else "fp16-mixed"
+    check(
+        cfg.model.dtype == "float32" or t.precision != "fp32",
+        "model.dtype",
+        cfg.model.dtype,
+        f"float32, or keep it and set trainer.precision={mixed}: 16-bit weights updated without fp32 masters round "
+        "small steps away (bf16's spacing is 0.0078 at 1.0) and AdamW's eps underflows in fp16",
+    )
     check(cfg.model.logps in ("chunked", "full"), "model.logps", cfg.model.logps, "chunked or full")
     check(
         cfg.model.logits_chunk_tokens >= 1,

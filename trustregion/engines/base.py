@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -38,6 +39,9 @@ class Engine(Protocol):
 
     def policy_bytes(self) -> int:
         """Bytes of the policy's weights, whole."""
+
+    def autocast(self) -> AbstractContextManager:
+        """The context every forward runs in: 16-bit compute under mixed precision on one process, else nothing."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -105,6 +109,7 @@ class OptimSettings:
     grad_accum: int = 1
     batch_size: int = 8  # rows per micro-batch per process
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16-mixed | fp16-mixed (fp32 masters and optimizer state either way)
 
 
 def make_optimizer(policy: nn.Module, s: OptimSettings):

@@ -8,6 +8,7 @@ Checkpoints and resizing are in ``trustregion.engines.zero_checkpoint``; DeepSpe
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,9 @@ class DeepSpeedEngine:
             engine.eval()
             return engine
         return model.to(self.device).eval()
+
+    def autocast(self) -> AbstractContextManager:
+        return nullcontext()  # DeepSpeed's bf16/fp16 sections cast the models themselves
 
     def policy_numel(self, trainable: bool = False) -> int:
         return sum(numel(p) for p in self.unwrap("policy").parameters() if p.requires_grad or not trainable)

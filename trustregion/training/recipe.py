@@ -59,13 +59,12 @@ def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
         grad_accum=t.grad_accum,
         batch_size=t.batch_size,
         device=t.device,
+        precision=t.precision,
     )
     if cfg.deepspeed.stage == 0:
         return LocalEngine(policy, reference, optim)
     ds = cfg.deepspeed
-    precision = (
-        "bf16" if ds.bf16 or cfg.model.dtype == "bfloat16" else "fp16" if cfg.model.dtype == "float16" else "fp32"
-    )
+    precision = {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(t.precision, "fp32")
     zero = ZeroSettings(
         stage=int(ds.stage),
         offload_optimizer=ds.offload_optimizer,
@@ -217,7 +216,7 @@ class Recipe:
             # the SFT model: the reference, or the policy itself before its first step when no reference is built
             model = self.engine.reference if self.reference is not None else self.engine.policy
             average, fn = self.objective.average, self.objective.logps
-            with evaluation_mode(model):
+            with evaluation_mode(model), self.engine.autocast():
                 self.state.sft_train = reference_logps(
                     self.engine, model, self.train_rows, self.collator, t.batch_size, average, fn
                 )
@@ -410,7 +409,8 @@ class Recipe:
             idx = self.stream.next()
             batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
             cached = state.sft_train[idx] if state.sft_train is not None else None
-            out = self.objective(engine, batch, cached)
+            with engine.autocast():
+                out = self.objective(engine, batch, cached)
             engine.backward(out.loss / t.grad_accum)
             self.buffer.add(out.metrics, 1.0 / t.grad_accum)
             metrics.append(out.metrics)
@@ -458,12 +458,18 @@ class Recipe:
         engine, state = self.engine, self.state
         engine.policy.eval()
         try:
-            metrics: dict[str, Any] = {}
-            if self.eval_rows is not None:
-                metrics = evaluate_objective(
-                    engine, self.objective, self.eval_rows, self.collator, state.sft_eval, self.cfg.trainer.batch_size
-                )
-            self.fire("on_eval", metrics)
+            with engine.autocast():
+                metrics: dict[str, Any] = {}
+                if self.eval_rows is not None:
+                    metrics = evaluate_objective(
+                        engine,
+                        self.objective,
+                        self.eval_rows,
+                        self.collator,
+                        state.sft_eval,
+                        self.cfg.trainer.batch_size,
+                    )
+                self.fire("on_eval", metrics)
         finally:
             engine.policy.train()
         if metrics:
