@@ -10,11 +10,13 @@ on checkpoints ``on_save`` (after the engine's state is written, before the chec
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
@@ -23,6 +25,7 @@ from trustregion.data import PreferenceData
 from trustregion.data.batches import BatchStream
 from trustregion.engines.base import Engine
 from trustregion.errors import ConfigError
+from trustregion.models.flops import matmul_peak
 from trustregion.reference.update import ReferenceUpdate
 from trustregion.training.logger import RunLogger
 from trustregion.training.state import TrainState
@@ -43,6 +46,7 @@ class HookContext:
     reference_update: ReferenceUpdate | None  # None: the reference never moves (or there is none)
     reference_built: bool  # False where a frozen reference's log-probs are cached and no model was built
     sft_model: Any = None  # the starting model, kept for generation evaluation
+    flops_per_token: tuple[float, float] = (0.0, 0.0)  # model FLOPs per (sequence token, scored token) of a step
 
 
 class Hook(Protocol):
@@ -98,19 +102,39 @@ def user_hooks(paths: list[str]) -> list[Hook]:
 
 
 class ThroughputHook(BaseHook):
-    """Response tokens per second since the last log (all ranks)."""
+    """Since the last log (all ranks): response tokens per second; model TFLOP/s and MFU against this machine's
+    matmul peak in the compute dtype (measured once, ``trustregion.models.flops``); this process's peak memory."""
 
     def __init__(self) -> None:
         self.clock = time.perf_counter()
+        self.peak = 0.0
 
     def on_train_start(self, ctx: HookContext) -> None:
+        dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(
+            ctx.cfg.trainer.precision, torch.float32
+        )
+        self.peak = matmul_peak(ctx.engine.device.type, dtype)
         self.clock = time.perf_counter()
 
     def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - self.clock
-        metrics["tokens_per_s"] = float(ctx.engine.reduce_sum(ctx.state.tokens)) / max(elapsed, 1e-9)
+        elapsed = max(time.perf_counter() - self.clock, 1e-9)
+        counts = ctx.engine.reduce_sum(torch.stack([ctx.state.tokens, ctx.state.seq_tokens]).float()).tolist()
+        per_seq, per_scored = ctx.flops_per_token
+        flops_per_s = (per_seq * counts[1] + per_scored * counts[0]) / elapsed / ctx.engine.world_size
+        metrics["tokens_per_s"] = counts[0] / elapsed
+        metrics["perf/tflops"] = flops_per_s / 1e12  # per process
+        metrics["perf/mfu"] = flops_per_s / self.peak
+        metrics["perf/peak_memory_mb"] = peak_memory_mb(ctx.engine.device)
         ctx.state.tokens.zero_()
+        ctx.state.seq_tokens.zero_()
         self.clock = time.perf_counter()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The high-water mark of this process: CUDA memory allocated on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class StepTimeHook(BaseHook):

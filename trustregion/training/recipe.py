@@ -28,6 +28,7 @@ from trustregion.engines.local import LocalEngine
 from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
 from trustregion.errors import ConfigError, TrainingError
 from trustregion.metrics import MetricBuffer
+from trustregion.models.flops import flops_per_token
 from trustregion.models.loading import load_policy, make_reference
 from trustregion.models.logps import logps_function
 from trustregion.models.lora import wrap_policy
@@ -264,6 +265,11 @@ class Recipe:
             reference_update=self.reference_update,
             reference_built=self.reference is not None,
             sft_model=self.sft_model,
+            flops_per_token=flops_per_token(
+                self.engine.policy_numel(),
+                self.engine.unwrap("policy").config,
+                reference_forward=self.reference is not None and not self.objective.reference_from_cache,
+            ),
         )
 
     def banner(self) -> str:
@@ -373,6 +379,7 @@ class Recipe:
         end evaluate, checkpoint and export. Returns the last logged metrics."""
         t, state, engine = self.cfg.trainer, self.state, self.engine
         state.tokens = state.tokens.to(engine.device)
+        state.seq_tokens = state.seq_tokens.to(engine.device)
         state.first_bad = state.first_bad.to(engine.device)
         if state.step == 0:
             self.log_data_report()
@@ -415,6 +422,7 @@ class Recipe:
             self.buffer.add(out.metrics, 1.0 / t.grad_accum)
             metrics.append(out.metrics)
             state.tokens = state.tokens + out.tokens
+            state.seq_tokens = state.seq_tokens + batch["attention_mask"].sum()
             bad = (state.first_bad < 0) & ~torch.isfinite(out.loss.detach())
             state.first_bad = torch.where(bad, state.step + 1, state.first_bad)
         return metrics

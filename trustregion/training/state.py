@@ -26,7 +26,10 @@ class TrainState:
     step: int = 0
     sft_train: torch.Tensor | None = None  # cached SFT log-probs, [rows, chunks]
     sft_eval: torch.Tensor | None = None
-    tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    tokens: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))  # response tokens
+    seq_tokens: torch.Tensor = field(
+        default_factory=lambda: torch.zeros((), dtype=torch.long)
+    )  # every token, for FLOPs
     first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
     last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
     resumed: bool = False
