@@ -128,6 +128,9 @@ class TrainerConfig:
     # fp32 | bf16-mixed | fp16-mixed: mixed runs compute in 16 bits (autocast on one process, DeepSpeed's bf16/fp16
     # sections under ZeRO) and keep fp32 master weights and optimizer state; fp16 adds loss scaling.
     precision: str = "fp32"
+    # Stop when a step's loss or gradient norm is non-finite or exceeds this many times its running median (the
+    # loss's never below its first value); null: only non-finite values stop the run.
+    divergence_factor: Optional[float] = 100.0
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
@@ -278,6 +281,12 @@ def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
         "false, or use model.logps=chunked without model.gradient_checkpointing (which turns the KV cache off)",
     )
     check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
+    check(
+        t.divergence_factor is None or t.divergence_factor > 1,
+        "trainer.divergence_factor",
+        t.divergence_factor,
+        "a number > 1 (how many times its running median a loss or gradient norm may reach), or null",
+    )
     check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
     check(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")
     check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "an integer >= 1 or null")

@@ -40,6 +40,9 @@ class Engine(Protocol):
     def policy_bytes(self) -> int:
         """Bytes of the policy's weights, whole."""
 
+    def weights_finite(self) -> bool:
+        """Whether every weight of the policy is finite (all ranks agree): checked before a checkpoint is written."""
+
     def autocast(self) -> AbstractContextManager:
         """The context every forward runs in: 16-bit compute under mixed precision on one process, else nothing."""
 

@@ -48,6 +48,10 @@ class LocalEngine:
     def policy_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.policy.parameters())
 
+    def weights_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.policy.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
     def autocast(self) -> AbstractContextManager:
         if self.compute_dtype is None:
             return nullcontext()
@@ -68,6 +72,8 @@ class LocalEngine:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skipped when the scaled gradient overflowed
             self.scaler.update()
+            # A skipped step changed nothing: it reports 0, not the overflow (the divergence guard would stop on it).
+            norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
         else:
             self.optimizer.step()
         self.scheduler.step()

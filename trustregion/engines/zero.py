@@ -19,7 +19,7 @@ from torch import nn
 from trustregion.engines import zero_checkpoint
 from trustregion.engines.base import OptimSettings, make_optimizer
 from trustregion.engines.launch import all_ranks_mean
-from trustregion.engines.zero_internals import consolidated_state_dict, numel
+from trustregion.engines.zero_internals import consolidated_state_dict, numel, shard
 from trustregion.errors import ConfigError
 
 
@@ -116,6 +116,11 @@ class DeepSpeedEngine:
             engine.eval()
             return engine
         return model.to(self.device).eval()
+
+    def weights_finite(self) -> bool:
+        local = [shard(p) if self.partitioned else p.detach() for p in self.unwrap("policy").parameters()]
+        bad = (~torch.isfinite(torch.stack(torch._foreach_norm(local)))).sum().float().to(self.device)
+        return float(self.reduce_sum(bad)) == 0.0
 
     def autocast(self) -> AbstractContextManager:
         return nullcontext()  # DeepSpeed's bf16/fp16 sections cast the models themselves

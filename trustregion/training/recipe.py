@@ -38,6 +38,7 @@ from trustregion.reference.rules import Frozen, Rule, build_rule
 from trustregion.reference.select import make_applier
 from trustregion.reference.update import ReferenceUpdate
 from trustregion.training import checkpoint, hooks
+from trustregion.training.guard import Diverged, DivergenceGuard
 from trustregion.training.logger import RunLogger
 from trustregion.training.preemption import Preempted, preemption_signals, requeue_on_slurm
 from trustregion.training.rundir import lock_run_dir
@@ -122,6 +123,7 @@ class Recipe:
         cfg, t = self.cfg, self.cfg.trainer
         self.rule = self.make_rule()
         validate(cfg, reference_moves=self.rule.moves)
+        self.guard = DivergenceGuard(t.divergence_factor)
         quiet_third_party(bool(cfg.verbose))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if launched_rank() == 0:  # one run's ranks share the dir; another run may not
@@ -323,6 +325,7 @@ class Recipe:
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(state shared by every rank, this rank's own state) for ``checkpoint.save``."""
         shared = {
+            "guard": self.guard.state_dict(),
             "stream": self.stream.state_dict(),
             "sft_train": self.state.sft_train,
             "sft_eval": self.state.sft_eval,
@@ -352,6 +355,8 @@ class Recipe:
     def load_state_dict(self, step: int, shared: dict[str, Any], mine: dict[str, Any]) -> None:
         self.state.step, self.state.resumed = step, True
         self.stream.load_state_dict(shared["stream"])
+        if "guard" in shared:  # checkpoints from before the guard have none
+            self.guard.load_state_dict(shared["guard"])
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         if self.reference_update is not None:
             self.reference_update.load_state_dict(mine["updater"])
@@ -380,7 +385,6 @@ class Recipe:
         t, state, engine = self.cfg.trainer, self.state, self.engine
         state.tokens = state.tokens.to(engine.device)
         state.seq_tokens = state.seq_tokens.to(engine.device)
-        state.first_bad = state.first_bad.to(engine.device)
         if state.step == 0:
             self.log_data_report()
             if t.eval_at_start:
@@ -388,9 +392,11 @@ class Recipe:
         self.fire("on_train_start")
         with preemption_signals(state):
             while state.step < self.total_steps:
-                micro_batches = self.forward_backward()
-                self.buffer.add({"grad_norm": engine.step()})
+                micro_batches, loss = self.forward_backward()
+                grad_norm = engine.step()
+                self.buffer.add({"grad_norm": grad_norm})
                 state.step += 1
+                self.guard.observe(state.step, loss, grad_norm)
                 if self.reference_update is not None:
                     self.reference_update.after_step(StepMetrics(state.step, micro_batches, engine))
                 self.fire("on_step_end")
@@ -408,10 +414,11 @@ class Recipe:
         self.logger.summary(state.last)
         return state.last
 
-    def forward_backward(self) -> list[dict[str, torch.Tensor]]:
-        """``trainer.grad_accum`` micro-batches: forward, loss, backward; metrics stay on the device."""
+    def forward_backward(self) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """``trainer.grad_accum`` micro-batches: forward, loss, backward. Returns each micro-batch's metrics and the
+        step's mean loss, on the device."""
         t, state, engine = self.cfg.trainer, self.state, self.engine
-        metrics = []
+        metrics, loss = [], torch.zeros((), device=engine.device)
         for _ in range(t.grad_accum):
             idx = self.stream.next()
             batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
@@ -423,9 +430,8 @@ class Recipe:
             metrics.append(out.metrics)
             state.tokens = state.tokens + out.tokens
             state.seq_tokens = state.seq_tokens + batch["attention_mask"].sum()
-            bad = (state.first_bad < 0) & ~torch.isfinite(out.loss.detach())
-            state.first_bad = torch.where(bad, state.step + 1, state.first_bad)
-        return metrics
+            loss = loss + out.loss.detach().float() / t.grad_accum
+        return metrics, loss
 
     def log_data_report(self) -> None:
         """The step-0 row of a fresh run: world size, training rows, skipped and truncated rows."""
@@ -445,7 +451,7 @@ class Recipe:
 
     def log(self) -> None:
         metrics = self.buffer.drain(self.engine)
-        self.check_finite()
+        self.check_divergence()
         metrics["lr"] = self.engine.lr()
         if self.reference_update is not None:
             metrics.update(self.reference_update.log_fields())
@@ -453,13 +459,15 @@ class Recipe:
         self.logger.log(self.state.step, metrics)
         self.state.last = metrics
 
-    def check_finite(self) -> None:
-        if int(self.state.first_bad) >= 0:
+    def check_divergence(self) -> None:
+        """Stop with one line when a step since the last check diverged, naming the checkpoint to resume from."""
+        try:
+            self.guard.check(self.engine)
+        except Diverged as e:
             hint = "trainer.lr" if isinstance(self.objective, SFT) else "trainer.lr or method.beta"
-            raise TrainingError(
-                f"non-finite loss at step {int(self.state.first_bad)}; lower {hint} "
-                f"(checkpoints and metrics up to the last good step are kept in {self.run_dir})"
-            )
+            kept = checkpoint.complete_checkpoints(self.run_dir)
+            where = f"resume from {kept[-1].name} (trainer.resume=latest)" if kept else "start again"
+            raise TrainingError(f"{e}; lower {hint} and {where}; metrics so far are in {self.run_dir}") from e
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the objective, plus what the hooks add (generation); logged as one row."""
@@ -485,8 +493,14 @@ class Recipe:
         return metrics
 
     def save(self) -> None:
-        """A checkpoint of this step (``trustregion.training.checkpoint``); hooks may add to it (``on_save``)."""
-        self.check_finite()
+        """A checkpoint of this step (``trustregion.training.checkpoint``), written only when every step so far passed
+        the divergence guard and the weights are finite; hooks may add to it (``on_save``)."""
+        self.check_divergence()
+        if not self.engine.weights_finite():
+            raise TrainingError(
+                f"the policy's weights are not finite after step {self.state.step}: no checkpoint written; lower "
+                f"trainer.lr and resume from the last checkpoint (trainer.resume=latest) in {self.run_dir}"
+            )
         step = self.state.step
         shared, mine = self.state_dict()
         checkpoint.save(

@@ -30,7 +30,6 @@ class TrainState:
     seq_tokens: torch.Tensor = field(
         default_factory=lambda: torch.zeros((), dtype=torch.long)
     )  # every token, for FLOPs
-    first_bad: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first step with a non-finite loss
     last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
     resumed: bool = False
     preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
