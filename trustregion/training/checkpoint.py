@@ -9,6 +9,7 @@ the resolved config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from trustregion.errors import ConfigError
 
 PREFIX = "step_"
 COMPLETE = "COMPLETE"
+CHECKSUMS = "CHECKSUMS.json"  # sha256 of every file, written last (before COMPLETE) and checked at load
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -114,6 +116,10 @@ class DamagedCheckpoint(ConfigError):
     """A checkpoint whose files are missing or cannot be read (a truncated ``.pt``, a lost shard)."""
 
 
+class SeenByAllRanks(DamagedCheckpoint):
+    """Damage every rank learns of alike (a checksum, ``meta.json``), so all ranks may fall back together."""
+
+
 def resume_candidates(resume: str | None, run_dir: Path) -> list[Path]:
     """The checkpoints to try, best first: with ``latest`` every complete one of this run dir, newest first
     (a damaged one falls back to the one before); else the one ``trainer.resume`` names."""
@@ -138,7 +144,38 @@ def read_meta(path: Path) -> dict:
     try:
         return json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"trainer.resume={path}: unreadable meta.json ({e}); pick another checkpoint") from e
+        raise SeenByAllRanks(f"trainer.resume={path}: meta.json is unreadable ({e}); resume from an earlier one") from e
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """The sha256 of every file under ``directory`` (a checkpoint being written), in ``CHECKSUMS.json``."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, COMPLETE))
+    sums = {str(p.relative_to(directory)): sha256(p) for p in files}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+def verify_checksums(path: Path) -> str | None:
+    """The first file of checkpoint ``path`` that is missing or differs from its checksum; None when all match (or
+    the checkpoint predates checksums)."""
+    listed = path / CHECKSUMS
+    if not listed.exists():
+        return None
+    try:
+        sums = json.loads(listed.read_text())
+    except (OSError, ValueError):
+        return CHECKSUMS
+    for name, digest in sums.items():
+        if not (path / name).is_file() or sha256(path / name) != digest:
+            return name
+    return None
 
 
 # How the model is run, not what it computes: a resume may change these (e.g. gradient checkpointing after an
@@ -237,6 +274,7 @@ def save(
         OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
     engine.barrier()
     if engine.is_main:
+        write_checksums(tmp)
         commit(tmp, int(cfg.trainer.keep_last))
     engine.barrier()
 
@@ -247,6 +285,13 @@ def load(
     """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
     returns (step, shared state, this rank's state). Written at another world size, this rank's state is
     ``merge_ranks`` of every saved rank's (the engine re-shards its own)."""
+    # Rank 0 reads every file once; the verdict reaches every rank, so all fall back (or stop) together.
+    bad = verify_checksums(path) if engine.is_main else None
+    if float(engine.reduce_sum(torch.tensor(0.0 if bad is None else 1.0, device=engine.device))) > 0:
+        raise SeenByAllRanks(
+            f"trainer.resume={path}: {bad or 'a file'} does not match its checksum (changed or cut after it was "
+            "written); resume from an earlier checkpoint"
+        )
     meta = read_meta(path)
     for change in check_compatible(meta, identity, path):
         if engine.is_main:

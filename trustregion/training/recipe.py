@@ -228,17 +228,20 @@ class Recipe:
                 )
 
     def resume(self, candidates: list[Path]) -> bool:
-        """Load the first readable checkpoint of ``candidates``; a damaged one (on one process) falls back to the
-        next with a note. False when there is none to resume."""
+        """Load the first sound checkpoint of ``candidates``; a damaged one falls back to the next with a warning (on
+        several ranks, when every rank saw the damage alike). False when there is none to resume."""
         for i, path in enumerate(candidates):
             try:
                 step, shared, mine = checkpoint.load(path, self.engine, self.identity(), self.merge_rank_states)
             except checkpoint.DamagedCheckpoint as e:
-                if i + 1 == len(candidates) or self.engine.world_size > 1:
+                alike = isinstance(e, checkpoint.SeenByAllRanks) or self.engine.world_size == 1
+                if i + 1 == len(candidates) or not alike:
                     raise
                 say(f"warning: {e}; trying {candidates[i + 1].name}")
                 continue
             self.load_state_dict(step, shared, mine)
+            if self.engine.is_main:
+                say(f"resuming {path} at step {step}")
             return True
         return False
 
