@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test test-fast bench bench-logps sweep-toy sweep-lora clean
+.PHONY: install train train-smollm2 test test-fast gpu-check bench bench-logps sweep-toy sweep-lora clean
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ test-fast: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -m unit
+
+# On a machine with a CUDA GPU (not part of make test): bf16-mixed ZeRO-3 at the real-vocabulary shape, ours vs TRL.
+gpu-check: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python scripts/gpu_check.py
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'

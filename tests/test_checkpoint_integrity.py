@@ -57,3 +57,28 @@ def test_garbage_in_meta_json_falls_back_to_the_checkpoint_before(fast_cfg, two_
     train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest"), run)
     said = capsys.readouterr().out + caplog.text
     assert "meta.json is unreadable" in said and "trying step_000002" in said
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["trainer.lr=1e-3"], r"trainer.lr: 0.0003 -> 0.001"),
+        (["method.beta=0.9"], r"method.beta: 0.1 -> 0.9"),
+        (["ref_update=none"], r"ref_update._target_: trustregion.reference.rules.EveryTau -> .*Frozen"),
+        (["ref_update.alpha=0.9"], r"ref_update.alpha: 0.6 -> 0.9"),
+    ],
+)
+def test_a_resume_that_changes_the_runs_identity_is_refused_naming_the_key(fast_cfg, two_checkpoints, change, named):
+    run, _ = two_checkpoints
+    with pytest.raises(ConfigError, match=named + ".*resume with the checkpoint's values or start a new run"):
+        train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest", *change), run)
+    assert "trainer.lr: 0.0003" not in (run / "config.yaml").read_text()  # the record is the run's
+
+
+def test_a_resume_may_run_longer_and_says_so(fast_cfg, two_checkpoints, capsys, caplog):
+    run, _ = two_checkpoints
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.max_steps=6", "trainer.log_every=2", "trainer.resume=latest"), run)
+    said = capsys.readouterr().out + caplog.text
+    assert "note: resuming step_000004 with trainer.max_steps: 4 -> 6" in said
+    assert "note: resuming step_000004 with trainer.log_every: 1 -> 2" in said

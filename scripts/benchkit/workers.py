@@ -280,7 +280,7 @@ def run_trl(spec: dict, cfg, policy, reference, tokenizer, train_dataset, batch:
             loss_type=["sigmoid"],
             max_length=cfg.dataset.max_length,
             gradient_checkpointing=False,
-            bf16=False,
+            bf16=bool(spec.get("bf16", False)),  # gpu_check.py: TRL in bf16 beside our bf16-mixed
             fp16=False,
             use_cpu=not torch.cuda.is_available(),
             logging_steps=t.log_every,

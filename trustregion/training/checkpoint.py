@@ -183,6 +183,40 @@ def verify_checksums(path: Path) -> str | None:
 EXECUTION_ONLY = ("gradient_checkpointing", "logps", "logits_chunk_tokens", "share_prompt", "attn_implementation")
 
 
+# What a resumed run may change (each change is named in a note): how long and how often it runs, where and how it
+# logs, how the model is executed. Every other setting is the run's identity: a change is refused, naming it.
+MAY_CHANGE = (
+    *(
+        f"trainer.{k}"
+        for k in (
+            "max_steps", "epochs", "log_every", "eval_every", "eval_at_start", "save_every", "keep_last",
+            "final_optimizer_state", "resume", "save_models", "device", "num_threads", "divergence_factor",
+            "batch_size",  # only with the checkpoint's global batch (check_compatible)
+        )
+    ),
+    *(f"model.{k}" for k in EXECUTION_ONLY),
+    "logger.", "eval.", "verbose", "hooks", "run_name",
+    "deepspeed.offload_optimizer", "deepspeed.offload_params", "deepspeed.backend", "dataset.num_proc", "dataset.cache_dir",
+)  # fmt: skip
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed) changes between a checkpoint's resolved config and this run's, as ``key: old -> new``.
+    Settings the checkpoint's config does not have (added to the project since) are not compared."""
+    old, new = _flat(saved), _flat(current)
+    refused, allowed = [], []
+    for key in sorted(k for k in old if k in new and old[k] != new[k]):
+        change = f"{key}: {_short(old[key])} -> {_short(new[key])}"
+        (allowed if key.startswith(MAY_CHANGE) else refused).append(change)
+    return refused, allowed
+
+
 def _short(value: Any) -> str:
     text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -279,8 +313,26 @@ def save(
     engine.barrier()
 
 
+def check_config(path: Path, cfg: DictConfig, engine) -> None:
+    """Refuse a resume that changes the run's identity (naming each key, its old and new value); note the rest."""
+    saved_file = path / "config.yaml"
+    if not saved_file.exists():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False)
+    current = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    refused, allowed = config_changes(saved, current)
+    if refused:
+        raise ConfigError(
+            f"trainer.resume={path}: this run changes {'; '.join(refused)}; these settings are the run's identity: "
+            "resume with the checkpoint's values or start a new run"
+        )
+    for change in allowed:
+        if engine.is_main and not change.startswith(("trainer.resume:", "model.")):  # model notes: check_compatible
+            say(f"note: resuming {path.name} with {change}")
+
+
 def load(
-    path: Path, engine, identity: dict, merge_ranks: Callable[[list[dict]], dict]
+    path: Path, engine, identity: dict, merge_ranks: Callable[[list[dict]], dict], cfg: DictConfig | None = None
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Restore the engine and this rank's RNG from checkpoint ``path``, after checking it matches ``identity``;
     returns (step, shared state, this rank's state). Written at another world size, this rank's state is
@@ -296,6 +348,8 @@ def load(
     for change in check_compatible(meta, identity, path):
         if engine.is_main:
             say(f"note: resuming {path.name} with {change} (an execution setting; results do not depend on it)")
+    if cfg is not None:
+        check_config(path, cfg, engine)
     if not meta.get("optimizer_state", True):
         raise ConfigError(
             f"trainer.resume={path}: this final checkpoint holds no optimizer state (trainer.final_optimizer_state="

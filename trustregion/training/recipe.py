@@ -232,7 +232,9 @@ class Recipe:
         several ranks, when every rank saw the damage alike). False when there is none to resume."""
         for i, path in enumerate(candidates):
             try:
-                step, shared, mine = checkpoint.load(path, self.engine, self.identity(), self.merge_rank_states)
+                step, shared, mine = checkpoint.load(
+                    path, self.engine, self.identity(), self.merge_rank_states, self.cfg
+                )
             except checkpoint.DamagedCheckpoint as e:
                 alike = isinstance(e, checkpoint.SeenByAllRanks) or self.engine.world_size == 1
                 if i + 1 == len(candidates) or not alike:
