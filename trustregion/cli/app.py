@@ -5,6 +5,7 @@ Nothing here runs at import time: ``register()`` is called by the entry points a
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.util
 import os
@@ -60,17 +61,28 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+# Faults of the disk, not of the program: one line naming the path, never a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def exit_on_error(fn: F) -> F:
-    """Turn a TrustRegionError into ``fail`` (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+    """Turn a TrustRegionError, a disk fault or Ctrl-C outside a training step into ``fail`` (HYDRA_FULL_ERROR=1
+    keeps the traceback)."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TrustRegionError as e:
+        except (TrustRegionError, OSError, KeyboardInterrupt) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            fail(str(e))
+            if isinstance(e, TrustRegionError):
+                fail(str(e))
+            if isinstance(e, KeyboardInterrupt):
+                fail("interrupted (Ctrl-C) outside a training step; checkpoints already written are kept")
+            if e.errno not in DISK_ERRORS:
+                raise
+            fail(f"{e.strerror}: {e.filename or 'a file of the run'}; free space or fix the permissions, then rerun")
 
     return wrapped  # type: ignore[return-value]
 

@@ -9,6 +9,7 @@ the resolved config.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion.console import say
-from trustregion.errors import ConfigError
+from trustregion.errors import ConfigError, TrainingError
 
 PREFIX = "step_"
 COMPLETE = "COMPLETE"
@@ -284,6 +285,27 @@ class Snapshot:
     meta: dict[str, Any]
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def write_failure(tmp: Path, error: Exception) -> TrainingError:
+    """One line for a checkpoint that could not be written (a full disk, a read-only dir); the partial one removed,
+    the complete ones before it untouched."""
+    free = shutil.disk_usage(tmp.parent).free
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = complete_checkpoints(tmp.parent.parent)
+    need = f"the last one took {_tree_bytes(kept[-1]) / 2**20:.1f} MiB" if kept else "its size is in the start-up line"
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or "unexpected pos" in str(
+        error
+    )
+    reason = "no space left on the device" if full else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return TrainingError(
+        f"cannot write checkpoint {tmp.name.removeprefix('.tmp-')} in {tmp.parent}: {reason} ({free / 2**20:.1f} MiB "
+        f"free; {need}); free space (or lower trainer.keep_last), then continue with trainer.resume=latest"
+    )
+
+
 def save(
     run_dir: Path,
     engine,
@@ -298,18 +320,24 @@ def save(
     step = snapshot.step
     tmp = begin(run_dir, step) if engine.is_main else None
     tmp = engine.broadcast_path(tmp)
-    engine.save(tmp, optimizer=optimizer)
-    if after_engine is not None:
-        after_engine(tmp)
-    torch.save({**snapshot.mine, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
-    if engine.is_main:
-        torch.save({"step": step, **snapshot.shared}, tmp / "loop.pt")
-        write_meta(tmp, {**snapshot.meta, "step": step, "optimizer_state": optimizer})
-        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+    try:
+        engine.save(tmp, optimizer=optimizer)
+        if after_engine is not None:
+            after_engine(tmp)
+        torch.save({**snapshot.mine, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
+        if engine.is_main:
+            torch.save({"step": step, **snapshot.shared}, tmp / "loop.pt")
+            write_meta(tmp, {**snapshot.meta, "step": step, "optimizer_state": optimizer})
+            OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+        raise write_failure(tmp, e) from e
     engine.barrier()
     if engine.is_main:
-        write_checksums(tmp)
-        commit(tmp, int(cfg.trainer.keep_last))
+        try:
+            write_checksums(tmp)
+            commit(tmp, int(cfg.trainer.keep_last))
+        except OSError as e:
+            raise write_failure(tmp, e) from e
     engine.barrier()
 
 

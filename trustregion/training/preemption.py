@@ -1,5 +1,6 @@
-"""Stopping cleanly when a cluster asks: SIGTERM (preemption) or SIGUSR1 (Slurm's warning before the time
-limit, ``--signal=USR1@<seconds>``) marks the run; the recipe checkpoints at the end of the step and stops."""
+"""Stopping cleanly when asked: SIGTERM (preemption), SIGUSR1 (Slurm's warning before the time limit,
+``--signal=USR1@<seconds>``) or SIGINT (Ctrl-C) marks the run; the recipe checkpoints at the end of the step and
+stops with one line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 
 from trustregion.errors import TrainingError
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(TrainingError):
