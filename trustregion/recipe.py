@@ -459,11 +459,9 @@ class Recipe:
     def stop_for_preemption(self) -> dict[str, Any]:
         """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it."""
         self.save()
-        requeued = requeue_on_slurm() if self.engine.is_main else ""
-        raise Preempted(
-            f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped{requeued}; "
-            "continue with trainer.resume=latest"
-        )
+        stopped = f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped"
+        requeued = requeue_on_slurm(self.state.preempted, stopped) if self.engine.is_main else ""
+        raise Preempted(f"{stopped}{requeued}; continue with trainer.resume=latest")
 
     def fire(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
