@@ -135,20 +135,20 @@ class RunLogger:
         self._mirror(lambda run: run.log(metrics, step=step), step)
 
     def _mirror(self, call: Callable[[Any], Any], step: int | None = None) -> None:
-        """Send to wandb. Its service is a child process, and Slurm signals every process of a job step: after a
-        preemption or requeue it is gone and each call raises ConnectionResetError. Then mirroring stops with one
-        line; metrics.jsonl carries on and the run's next start (same run dir) continues the wandb run."""
+        """Send to wandb, a mirror of metrics.jsonl that must never decide the run's outcome. Its service is a child
+        process, and Slurm signals every process of a job step: after a preemption, requeue or time-limit warning
+        it is gone and calls raise (ConnectionResetError, MailboxClosedError), which would replace the stop's own
+        exit and lose the checkpoint. Then mirroring stops with one line; metrics.jsonl carries on, and the run's
+        next start (same run dir) continues the wandb run."""
         if self.wandb is None:
             return
         try:
             call(self.wandb)
-        except OSError as e:
+        except Exception as e:  # whatever wandb raises once its service is gone
             import wandb
 
             at = "" if step is None else f" at step {step}"
-            say(
-                f"wandb's service process is gone ({e!r}){at}: run {self.wandb.id} is no longer mirrored; metrics.jsonl carries on"
-            )
+            say(f"wandb failed{at} ({e!r}): run {self.wandb.id} is no longer mirrored; metrics.jsonl carries on")
             self.wandb = None
             try:
                 wandb.teardown()  # unregisters wandb's exit hook, which would raise the same error at exit
