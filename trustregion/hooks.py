@@ -62,8 +62,11 @@ class BaseHook:
 
 def fault(point: str, step: int) -> None:
     """Testing hook: TRUSTREGION_FAULT=step:N (or save:N) SIGKILLs this process there, as a crash would;
-    TRUSTREGION_FAULT=term:N sends it SIGTERM after step N, as a cluster's preemption would."""
+    TRUSTREGION_FAULT=term:N sends it SIGTERM after step N, as a cluster's preemption would;
+    TRUSTREGION_FAULT=slow:S sleeps S seconds after every step, so a test can time Slurm's signals against steps."""
     wanted = os.environ.get("TRUSTREGION_FAULT")
+    if point == "step" and wanted and wanted.startswith("slow:"):
+        time.sleep(float(wanted.split(":", 1)[1]))
     if wanted == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
     if point == "step" and wanted == f"term:{step}":
