@@ -49,7 +49,7 @@ def requeue_on_slurm(signum: int, stopped: str) -> str:
         return f"; job {job} does not requeue itself on SIGTERM (Slurm requeues a preempted job, not a cancelled one)"
     handler = _displaced.get(signum)
     if callable(handler):
-        say(f"{stopped}; the time limit is near: submitit requeues job {job} (at most max_num_timeout times)")
+        say(f"{stopped}; the time limit is near: submitit requeues job {job} unless it timed out max_num_timeout times")
         handler(signum, None)  # submitit: requeue with its countdown, then sys.exit
         return ""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
