@@ -61,6 +61,21 @@ def requeue_on_slurm(signum: int, stopped: str) -> str:
     return f"; Slurm job {job} requeued" if done else f"; scontrol requeue {job} failed"
 
 
+def agreed_signal(state, engine) -> int:
+    """The signal every rank stops for at this step, 0 for none (``state.preempted`` is set to it). Slurm signals
+    the ranks of a job one by one, so they can notice it at different steps, and a rank that stopped alone would
+    leave the others waiting in the next step's collectives (the checkpoint is collective too). Across ranks one
+    all-reduce per step, so every rank sees the same answer; a SIGTERM anywhere wins (the job is being ended)."""
+    if engine.world_size == 1:
+        return state.preempted
+    import torch
+
+    order = (signal.SIGTERM, signal.SIGUSR2, signal.SIGUSR1)
+    seen = engine.reduce_sum(torch.tensor([float(state.preempted == s) for s in order], device=engine.device))
+    state.preempted = next((int(s) for s, n in zip(order, seen.tolist()) if n > 0), 0)
+    return state.preempted
+
+
 @contextlib.contextmanager
 def preemption_signals(state):
     """While the loop runs, SIGTERM, SIGUSR1 and SIGUSR2 set ``state.preempted`` (``state``: the recipe's

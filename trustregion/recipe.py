@@ -39,7 +39,7 @@ from trustregion.lora import wrap_policy
 from trustregion.metrics import MetricBuffer
 from trustregion.models import load_policy, make_reference
 from trustregion.objectives import SFT, Objective, build_objective, evaluate_objective, reference_logps
-from trustregion.preemption import Preempted, preemption_signals, requeue_on_slurm
+from trustregion.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
 from trustregion.reference import ReferenceUpdater
 from trustregion.rundir import lock_run_dir
 
@@ -377,7 +377,7 @@ class Recipe:
                 self.fire("on_step_end")
                 if state.step % t.log_every == 0 or state.step == self.total_steps:
                     self.log(buffer)
-                if state.preempted and state.step < self.total_steps:
+                if agreed_signal(state, engine) and state.step < self.total_steps:
                     return self.stop_for_preemption()
                 if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
                     state.last.update(self.evaluate())
