@@ -173,30 +173,35 @@ def test_scontrol_requeue_checkpoints_on_the_signal_and_the_requeued_job_ends_as
     assert len(wandb_ids(run)) == 1  # the requeued start continued the same wandb run
 
 
+WARNED = r"signal 12 at step (\d+): checkpoint written, run stopped; the time limit is near: submitit requeues"
+
+
 def test_time_limit_warning_checkpoints_requeues_the_job_and_it_finishes(tmp_path):
     # A 1-minute job warned 10 s ahead: Slurm checks time limits every 30 s, so the warning comes 20-50 s into the
-    # job, after at most ~380 of the 450 steps (0.1 s each). The job checkpoints, requeues itself through submitit
-    # and stops. Once it is requeued the test gives it 5 minutes, so its next start surely finishes; the bound on
-    # requeues is the next test's.
+    # job, after at most ~380 of the 450 steps (0.1 s each). In the loop, the warning checkpoints the step and hands
+    # over to submitit, which requeues the job; while the job is still starting (a loaded machine) it is submitit's
+    # alone, which requeues with nothing to save. Once a start has checkpointed on the warning, the test gives the
+    # job 5 minutes, so its next start surely finishes; the bound on requeues is the next test's.
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10", "hydra.launcher.max_num_timeout=3"]
     proc = sweep(tmp_path, *LONG, "trainer.max_steps=450", "trainer.log_every=50", *limit, background=True, slow=0.1)
-    job = job_of(tmp_path)
-    deadline = time.time() + 200
-    while job_field(job, "Restarts") == "0" and time.time() < deadline:
+    job, log = job_of(tmp_path), tmp_path / "0" / "train.log"
+    deadline = time.time() + 400
+    while not (log.exists() and re.search(WARNED, log.read_text())) and proc.poll() is None:
+        assert time.time() < deadline, "no start of the job checkpointed on the time-limit warning"
         time.sleep(1)
-    assert job_field(job, "Restarts") == "1", "the job did not requeue itself at its time limit"
+    while job_field(job, "JobState") != "PENDING" and proc.poll() is None:
+        assert time.time() < deadline, "the job did not requeue itself after checkpointing"
+        time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], check=True)
     code, out = finish(proc)
     assert code == 0, out[-3000:]
-    log = (tmp_path / "0" / "train.log").read_text()
-    stop = re.search(
-        r"signal 12 at step (\d+): checkpoint written, run stopped; the time limit is near: submitit requeues", log
-    )
-    assert stop and "Requeued job" in log, log[-3000:]
+    text = log.read_text()
+    stop = re.search(WARNED, text)
+    assert stop and "Requeued job" in text, text[-3000:]
     assert checkpoints(tmp_path / "0") == [f"step_{int(stop.group(1)):06d}", "step_000450"]
     steps = [r["step"] for r in rows(tmp_path / "0") if "loss" in r]
-    assert steps == list(range(50, 451, 50))  # the second start continued from the checkpoint
-    assert job_field(job, "Restarts") == "1"
+    assert steps == list(range(50, 451, 50))  # the next start continued from the checkpoint
+    assert 1 <= int(job_field(job, "Restarts")) <= 3
 
 
 def test_time_limit_requeues_are_bounded_by_max_num_timeout(tmp_path):
@@ -207,7 +212,8 @@ def test_time_limit_requeues_are_bounded_by_max_num_timeout(tmp_path):
     job = job_of(tmp_path)
     assert job_field(job, "Restarts") == "0"
     stop = re.search(r"signal 12 at step (\d+): checkpoint written", (tmp_path / "0" / "train.log").read_text())
-    assert stop and checkpoints(tmp_path / "0") == [f"step_{int(stop.group(1)):06d}"]
+    if stop:  # the warning reached the loop (not the job's start-up): the step was saved before the job ended
+        assert checkpoints(tmp_path / "0") == [f"step_{int(stop.group(1)):06d}"]
 
 
 def test_scancel_stops_the_job_without_requeue_and_leaves_its_last_checkpoint_whole(tmp_path):
