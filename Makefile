@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test test-fast gpu-check bench bench-logps sweep-toy sweep-lora clean
+.PHONY: install train train-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora clean
 
 install: $(STAMP)
 
@@ -52,7 +52,19 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slurm"
+
+# The Slurm path on a one-node cluster of this machine (root: apt installs slurm and munge where missing).
+# If the cluster cannot start, the tests are skipped and pytest prints why (-rs).
+slurm-up:
+	scripts/slurm/cluster.sh up
+
+slurm-down:
+	scripts/slurm/cluster.sh down
+
+test-slurm: install
+	scripts/slurm/cluster.sh up || echo "test-slurm: the cluster did not start; the Slurm tests will be skipped"
+	$(BIN)/python -m pytest tests -m slurm -rs
 
 # The unit tier: lint, the layer contract and the tests that train nothing (about a minute).
 test-fast: install

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from trustregion.training.hooks import BaseHook
@@ -105,10 +106,13 @@ def torchrun(
 
 class FaultHook(BaseHook):
     """TRUSTREGION_FAULT=step:N SIGKILLs the process after optimizer step N, as a crash would; save:N once the engine's
-    part of step N's checkpoint is written; term:N sends SIGTERM after step N, as a cluster's preemption would."""
+    part of step N's checkpoint is written; term:N sends SIGTERM after step N, as a cluster's preemption would;
+    slow:S sleeps S seconds after every step, so a test can time Slurm's signals against steps."""
 
     def on_step_end(self, ctx) -> None:
         wanted, step = os.environ.get("TRUSTREGION_FAULT"), ctx.state.step
+        if wanted and wanted.startswith("slow:"):
+            time.sleep(float(wanted.split(":", 1)[1]))
         if wanted == f"step:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
         if wanted == f"term:{step}":

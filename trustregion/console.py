@@ -32,5 +32,7 @@ def quiet_third_party(verbose: bool) -> None:
     datasets.disable_progress_bars()
     # transformers 5 renamed generate's cache argument; the old name still works on every version we support
     warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
+    # DeepSpeed's op builders probe the C compiler (``gcc ... -laio``); setuptools logs each command line at INFO
+    logging.getLogger("compilers").setLevel(logging.WARNING)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed announces, on import, that it fell back to it

@@ -96,12 +96,17 @@ def hydra_run_dir() -> Path:
 
 def prepare_launch(argv: Sequence[str]) -> list[str]:
     """Adapt a multi-process launch to Hydra: take the deepspeed launcher's ``--local_rank``, agree on
-    one run dir across ranks, and let only rank 0 write ``.hydra/``."""
+    one run dir across ranks, and let only rank 0 write ``.hydra/``; a Slurm sweep's launcher reads job states
+    from squeue where sacct cannot answer (``trustregion.cli.slurm_status``)."""
     args = []
     for arg in argv:
-        if arg.startswith("hydra/launcher=") and arg.split("=", 1)[1] in ("slurm", "local"):
+        if arg.startswith("hydra/launcher=") and arg.split("=", 1)[1] in ("slurm", "slurm_cpu", "local"):
             if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
                 fail(f"{arg} needs hydra-submitit-launcher: pip install hydra-submitit-launcher")
+            if arg.split("=", 1)[1] != "local":  # job states from squeue where sacct cannot answer
+                from trustregion.cli import slurm_status
+
+                slurm_status.install()
         if arg.startswith("--local_rank"):
             os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
         else:

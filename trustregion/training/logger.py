@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion.config import AdapterReferenceMode
+from trustregion.console import say
 
 
 def family(cfg: DictConfig) -> str:
@@ -130,29 +132,48 @@ class RunLogger:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        self._mirror(lambda run: run.log(metrics, step=step), step)
+
+    def _mirror(self, call: Callable[[Any], Any], step: int | None = None) -> None:
+        """Send to wandb, a mirror of metrics.jsonl that must never decide the run's outcome. Its service is a child
+        process, and Slurm signals every process of a job step: after a preemption, requeue or time-limit warning
+        it is gone and calls raise (ConnectionResetError, MailboxClosedError), which would replace the stop's own
+        exit and lose the checkpoint. Then mirroring stops with one line; metrics.jsonl carries on, and the run's
+        next start (same run dir) continues the wandb run."""
+        if self.wandb is None:
+            return
+        try:
+            call(self.wandb)
+        except Exception as e:  # whatever wandb raises once its service is gone
+            import wandb
+
+            at = "" if step is None else f" at step {step}"
+            say(f"wandb failed{at} ({e!r}): run {self.wandb.id} is no longer mirrored; metrics.jsonl carries on")
+            self.wandb = None
+            try:
+                wandb.teardown()  # unregisters wandb's exit hook, which would raise the same error at exit
+            except Exception:  # the connection is already broken; nothing more to release
+                pass
 
     def log_artifact_image(self, key: str, path: Path, step: int) -> None:
-        if self.enabled and self.wandb is not None and path.exists():
+        if self.enabled and path.exists():
             import wandb
 
-            self.wandb.log({key: wandb.Image(str(path))}, step=step)
+            self._mirror(lambda run: run.log({key: wandb.Image(str(path))}, step=step), step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list], step: int) -> None:
-        if self.enabled and self.wandb is not None:
+        if self.enabled:
             import wandb
 
-            self.wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            self._mirror(lambda run: run.log({key: wandb.Table(columns=columns, data=rows)}, step=step), step)
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.enabled and self.wandb is not None:
-            self.wandb.summary.update(values)
+        if self.enabled:
+            self._mirror(lambda run: run.summary.update(values))
 
     def finish(self, exit_code: int = 0) -> None:
         if not self.enabled:
             return
         self.file.close()
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=exit_code)
-            self.wandb = None
+        self._mirror(lambda run: run.finish(exit_code=exit_code))
+        self.wandb = None

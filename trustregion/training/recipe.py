@@ -40,7 +40,7 @@ from trustregion.reference.update import ReferenceUpdate
 from trustregion.training import checkpoint, hooks
 from trustregion.training.guard import Diverged, DivergenceGuard
 from trustregion.training.logger import RunLogger
-from trustregion.training.preemption import Preempted, preemption_signals, requeue_on_slurm
+from trustregion.training.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
 from trustregion.training.rundir import lock_run_dir
 from trustregion.training.state import StepMetrics, TrainState, seed_everything
 from trustregion.training.steps import total_optimizer_steps
@@ -407,7 +407,7 @@ class Recipe:
                 self.fire("on_step_end")
                 if state.step % t.log_every == 0 or state.step == self.total_steps:
                     self.log()
-                if state.preempted and state.step < self.total_steps:
+                if agreed_signal(state, engine) and state.step < self.total_steps:
                     return self.stop_for_preemption()
                 if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
                     state.last.update(self.evaluate())
@@ -520,11 +520,9 @@ class Recipe:
     def stop_for_preemption(self) -> dict[str, Any]:
         """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it."""
         self.save()
-        requeued = requeue_on_slurm() if self.engine.is_main else ""
-        raise Preempted(
-            f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped{requeued}; "
-            "continue with trainer.resume=latest"
-        )
+        stopped = f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped"
+        requeued = requeue_on_slurm(self.state.preempted, stopped) if self.engine.is_main else ""
+        raise Preempted(f"{stopped}{requeued}; continue with trainer.resume=latest")
 
     def fire(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
