@@ -29,6 +29,7 @@ from trustregion.errors import ConfigError
 from trustregion.evaluation.sentiment_gold import SentimentGold
 
 HELD_OUT_PAIR_SEED = 1_000  # the held-out pairs do not follow the run's seed
+REVIEWER = "You write film reviews."
 
 
 @dataclass
@@ -133,9 +134,9 @@ class Sampler:
         for i in range(n):
             request = REVIEW_REQUESTS[i % len(REVIEW_REQUESTS)]
             if getattr(tokenizer, "chat_template", None):
-                text = tokenizer.apply_chat_template(
-                    [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=False
-                )
+                # A short system turn of our own: templates that add a default one add 20-odd tokens to every request.
+                messages = [{"role": "system", "content": REVIEWER}, {"role": "user", "content": request}]
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
                 out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
             else:
                 out.append(tokenizer(request + "\n", add_special_tokens=True)["input_ids"])
@@ -179,7 +180,7 @@ def write_prompts(cfg, sampler: Sampler, cache: Cache) -> list[str]:
         "words": cfg.prompt_words,
         "tokens": cfg.prompt_max_new_tokens,
         "seed": cfg.seed,
-        "requests": REVIEW_REQUESTS,
+        "requests": [REVIEWER, *REVIEW_REQUESTS],
     }
     cached = cache.get("prompts", settings)
     if cached is not None:
