@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,lora]'
+	$(BIN)/pip install -q -e '.[test,lora,sentiment]'
 	touch $(STAMP)
 
 # The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
