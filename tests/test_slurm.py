@@ -67,7 +67,7 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def untimed(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows(run_dir)]
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("perf/")} for r in rows(run_dir)]
 
 
 def weights(run_dir: Path, which: str) -> dict[str, torch.Tensor]:

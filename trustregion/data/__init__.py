@@ -58,7 +58,7 @@ class Source:
 
 
 # Modules that define data sources, each with a ``SOURCES`` tuple.
-SOURCE_MODULES = ("toy_source", "files", "hh", "tldr", "ultrafeedback", "kto_unpaired")
+SOURCE_MODULES = ("toy_source", "files", "hh", "tldr", "ultrafeedback", "kto_unpaired", "sentiment_source")
 
 
 def sources() -> dict[str, Source]:

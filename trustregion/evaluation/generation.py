@@ -23,10 +23,11 @@ import torch
 from omegaconf import DictConfig
 
 from trustregion.config import check_eval_config
-from trustregion.evaluation.text_metrics import distinct_n, self_bleu
+from trustregion.evaluation.text_metrics import distinct_n, repetition_rate, self_bleu
 from trustregion.models.sampling import Samples, encode_prompts, response_logps, sample
 
 PLOT_NAME = "gold_vs_kl.png"
+SAMPLES_NAME = "eval_samples.jsonl"  # the wandb table's rows of every evaluation
 TABLE_ROWS = 16
 GENERATION_BATCH_FACTOR = 4  # sequences per generation batch, in training micro-batches (pairs)
 # Gold reward of the SFT model's own samples, computed once per SFT model object (it never changes).
@@ -114,8 +115,10 @@ def _records(gen: Generated, prompt_texts: list[str], k: int, tokenizer, task) -
         text = tokenizer.decode(body, skip_special_tokens=False) if body else ""
         prompt = prompt_texts[idx // k]
         reward, in_domain = task.score_text(prompt, text)
+        parts = task.score_parts(prompt, text) if hasattr(task, "score_parts") else {}  # a judge with parts
         out.append(
             {
+                "parts": parts,
                 "index": idx,
                 "prompt": prompt,
                 "response": text,
@@ -154,9 +157,16 @@ def summarize(records: list[dict], k: int) -> dict[str, float]:
         "eval/entropy": sum(r["entropy"] for r in records) / max(1, tokens),
         "eval/distinct_1": distinct_n([r["ids"] for r in records], 1),
         "eval/distinct_2": distinct_n([r["ids"] for r in records], 2),
+        "eval/repetition": repetition_rate([r["ids"] for r in records], 2),
         "eval/self_bleu": self_bleu(list(groups.values())),
         "eval/sft_perplexity": math.exp(min(sft_nll, 50.0)),
+        **{f"eval/gold/{part}": mean_of(records, part) for part in records[0].get("parts", {})},
     }
+
+
+def mean_of(records: list[dict], part: str) -> float:
+    """Mean of one part of the gold judge's verdict over the records (``eval/gold/<part>``)."""
+    return sum(float(r["parts"][part]) for r in records) / len(records)
 
 
 @dataclass
@@ -205,9 +215,10 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
             [step, r["prompt"], r["response"], round(r["gold"], 3), r["in_domain"], round(r["logp"] - r["logp_sft"], 3)]
             for r in records[:TABLE_ROWS]
         ]
-        logger.log_table(
-            "eval/samples", ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"], table, step
-        )
+        columns = ["step", "prompt", "response", "gold_reward", "in_domain", "log_ratio_sft"]
+        logger.log_table("eval/samples", columns, table, step)
+        with open(run_dir / SAMPLES_NAME, "a", encoding="utf-8") as f:  # the same rows, readable without wandb
+            f.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in table)
         if ev.plot:
             points = history(run_dir / "metrics.jsonl") + [(step, metrics["eval/kl_sft"], metrics["eval/gold_reward"])]
             path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"])

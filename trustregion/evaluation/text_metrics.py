@@ -61,3 +61,17 @@ def self_bleu(groups: Sequence[Sequence[Sequence[int]]], max_n: int = 4) -> floa
             if others:
                 scores.append(bleu(hyp, others, max_n))
     return sum(scores) / len(scores) if scores else math.nan
+
+
+def repetition_rate(responses: Sequence[Sequence[int]], n: int = 2) -> float:
+    """Mean over responses of the fraction of their n-grams that repeat an earlier n-gram of the same response.
+
+    0 for responses that never repeat themselves, near 1 for a token looped; nan if no response has an n-gram.
+    Unlike distinct-n, pooled over all responses, it sees a loop within one response, however varied the rest.
+    """
+    rates = []
+    for r in responses:
+        grams = ngrams(r, n)
+        if grams:
+            rates.append((len(grams) - len(set(grams))) / len(grams))
+    return sum(rates) / len(rates) if rates else math.nan

