@@ -49,13 +49,21 @@ class Family:
     tau: int | None = None
     alpha: float | None = None
     peft: str = ""  # "" (full fine-tuning) or "LoRA", plus a moving reference's mode ("LoRA exact", "LoRA factors")
+    spec: str = ""  # a rule beyond a fixed (alpha, tau): its name and own settings ("kl_budget budget=0.1"); "" if none
 
     @property
     def frozen(self) -> bool:
-        return self.tau is None
+        return self.tau is None and not self.spec
+
+    @property
+    def fixed(self) -> bool:
+        """A fixed (alpha, tau) rule: soft or hard."""
+        return not self.frozen and not self.spec
 
     @property
     def rule(self) -> str:
+        if self.spec:
+            return f"{self.spec} α={self.alpha:g} τ={self.tau}"
         if self.tau is None:
             return "frozen"
         if self.alpha == 1.0:
@@ -83,7 +91,16 @@ class Family:
 
     def sort_key(self) -> tuple:
         tuning = self.peft.split(" ")[0]
-        return (self.method, self.beta, tuning, not self.frozen, self.alpha != 1.0, self.tau or 0, self.alpha or 0.0)
+        return (
+            self.method,
+            self.beta,
+            tuning,
+            not self.frozen,
+            self.spec,
+            self.alpha != 1.0,
+            self.tau or 0,
+            self.alpha or 0.0,
+        )
 
 
 @dataclass
@@ -196,6 +213,21 @@ def _peft_label(peft: dict, moving: bool) -> str:
     return f"LoRA {peft.get('reference', 'auto')}" if moving else "LoRA"
 
 
+_FIXED_RULES = ("trustregion.reference.rules.EveryTau", "trustregion.reference.rules.Frozen")
+
+
+def _rule_spec(r: dict) -> str:
+    """ "" for the frozen and fixed (alpha, tau) rules; otherwise the rule's name and its own settings."""
+    if r.get("_target_", _FIXED_RULES[0]) in _FIXED_RULES:
+        return ""
+    own = {k: v for k, v in r.items() if k not in ("_target_", "name", "alpha", "tau")}
+    return " ".join([str(r.get("name", r["_target_"]))] + [f"{k}={_short(v)}" for k, v in sorted(own.items())])
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def load_run(path: Path) -> Run | str:
     """The run in ``path``, or a string saying why it is skipped."""
     cfg_path, metrics_path = path / "config.yaml", path / "metrics.jsonl"
@@ -210,13 +242,14 @@ def load_run(path: Path) -> Run | str:
         return "an SFT run"
     try:
         m, r = cfg["method"], cfg["ref_update"]
-        tau = r.get("tau")
+        tau, spec = r.get("tau"), _rule_spec(r)
         family = Family(
             str(m["name"]),
             float(m["beta"]),
             None if tau is None else int(tau),
-            None if tau is None else float(r.get("alpha", 1.0)),
-            _peft_label(cfg.get("peft") or {}, moving=tau is not None),
+            None if tau is None and not spec else float(r.get("alpha", 1.0)),
+            _peft_label(cfg.get("peft") or {}, moving=tau is not None or bool(spec)),
+            spec,
         )
         run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
     except (KeyError, TypeError, ValueError) as e:
@@ -606,7 +639,7 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
     """Paired TR − frozen (mean over seeds) over α (rows) and τ (columns), one panel per method and β: gold at
     the matched KL, or (``peak``) peak gold."""
 
-    comps = study.comparisons()
+    comps = [c for c in study.comparisons() if c.family.fixed]  # the (alpha, tau) grid; other rules are off it
     panels = sorted({(c.family.method, c.family.beta, c.family.peft) for c in comps})
     if not panels:
         return
