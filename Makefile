@@ -49,6 +49,7 @@ train-smollm2: install
 	@echo "models: $(SMOL)/sft/policy, $(SMOL)/tr-dpo/policy, $(SMOL)/tr-dpo/reference (from_pretrained dirs)"
 
 test: install
+	$(BIN)/pip install -q -e '.[search]'  # the search test runs Hydra's Optuna sweeper
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
