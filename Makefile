@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 study-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora clean
+.PHONY: install train train-smollm2 study-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,lora,sentiment]'
+	$(BIN)/pip install -q -e '.[test,lora,sentiment,search]'
 	touch $(STAMP)
 
 # The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
@@ -97,6 +97,12 @@ bench-logps: install
 
 sweep-toy: install
 	bash scripts/sweep_toy.sh
+
+# A search over the update schedule (Optuna TPE over soft (alpha, tau) and kl_budget (budget, alpha), DPO beta 0.5),
+# then the winners and the grid's best on held-out seeds, paired (scripts/search_toy.sh; TRIALS=, OUT= to resume).
+search-toy: install
+	$(BIN)/pip install -q -e '.[search]'
+	bash scripts/search_toy.sh
 
 # The toy study with LoRA (frozen, soft exact, soft factors over 3 seeds); SFT=<policy dir> FT=<sweep-toy dir> to
 # reuse a sweep's SFT model and put its full fine-tuning runs beside these in the report.

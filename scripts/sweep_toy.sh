@@ -4,14 +4,16 @@
 # --multirun, one sweep dir per method, beta and update rule), then `trustregion.report` over all of it:
 # per-family means with 95 % intervals over seeds and paired differences against the frozen reference.
 #
-#   bash scripts/sweep_toy.sh                    # or: make sweep-toy   (96 runs, 3 seeds)
+#   bash scripts/sweep_toy.sh                    # or: make sweep-toy   (96 fixed-rule runs + 27 adaptive, 3 seeds)
 #   GRID=large bash scripts/sweep_toy.sh         # 5 seeds and more betas (about 3x longer)
 #   SEEDS=1,2 METHODS="dpo" bash scripts/sweep_toy.sh -- trainer.max_steps=100   # after --: every alignment run
 #
 # Settings (environment): OUT (default outputs/sweep_toy/<date>/<time>), JOBS (multiruns at once, default 2,
 # each with OMP_NUM_THREADS=$THREADS, default 1), SEEDS, METHODS, DPO_BETAS, IPO_BETAS, KTO_BETAS,
 # SOFT_ALPHAS (at tau 1), HARD_TAUS, PAPER_ALPHA and PAPER_TAU (the paper's soft reading: a few updates per
-# run), SFT (an existing SFT policy dir: skips the SFT stage). A failed group is named and the rest go on;
+# run), SFT (an existing SFT policy dir: skips the SFT stage), ADAPTIVE_AT (method:beta points where the rules beyond a
+# fixed (alpha, tau) run, default "dpo:0.1 dpo:0.5 ipo:0.1"; "" for none), KL_BUDGETS (kl_budget's budgets, alpha 1,
+# at most every 8 steps) and SCHEDULE (the schedule rule's settings). A failed group is named and the rest go on;
 # the report covers whatever finished (partial runs included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,9 @@ SOFT_ALPHAS=${SOFT_ALPHAS:-0.003,0.01,0.03,0.1}   # soft updates after every opt
 HARD_TAUS=${HARD_TAUS:-32,128}                     # hard updates (alpha = 1)
 PAPER_ALPHA=${PAPER_ALPHA:-0.6}                    # the paper's alpha, applied every PAPER_TAU steps
 PAPER_TAU=${PAPER_TAU:-128}                        # 3 updates in the 480-step run
+ADAPTIVE_AT=${ADAPTIVE_AT-"dpo:0.1 dpo:0.5 ipo:0.1"}  # where kl_budget and schedule join the study
+KL_BUDGETS=${KL_BUDGETS:-0.05,0.2}                  # nats per response token; alpha 1, tau 8 (the preset)
+SCHEDULE=${SCHEDULE:-"ref_update.alpha=0.1 ref_update.alpha_end=0.01 ref_update.shape=cosine ref_update.tau=1"}
 EXTRA=()
 if [[ "${1:-}" == "--" ]]; then shift; EXTRA=("$@"); fi
 
@@ -85,6 +90,13 @@ for m in $METHODS; do
     groups+=("$m-b$b-frozen method=$m method.beta=$b ref_update=none")
     groups+=("$m-b$b-paper method=$m method.beta=$b ref_update=soft ref_update.alpha=$PAPER_ALPHA ref_update.tau=$PAPER_TAU")
   done
+done
+for point in $ADAPTIVE_AT; do
+  m=${point%%:*}; b=${point##*:}
+  if [[ " $METHODS " == *" $m "* ]]; then
+    groups+=("$m-b$b-kl_budget method=$m method.beta=$b ref_update=kl_budget ref_update.budget=$KL_BUDGETS")
+    groups+=("$m-b$b-schedule method=$m method.beta=$b ref_update=schedule $SCHEDULE")
+  fi
 done
 for g in "${groups[@]}"; do
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done

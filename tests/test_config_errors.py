@@ -46,7 +46,7 @@ def test_a_sweep_is_checked_at_its_first_values():
 
 def test_the_command_line_prints_one_line_and_exits_2_for_training_and_sft():
     assert one_line("ref_update=sofft") == (
-        "error: ref_update=sofft is not an option: set ref_update to one of hard, none, soft "
+        "error: ref_update=sofft is not an option: set ref_update to one of hard, kl_budget, none, schedule, soft "
         "(did you mean ref_update=soft?)"
     )
     assert one_line("trainer.lrr=3", module="trustregion.sft") == (

@@ -270,3 +270,26 @@ def test_a_lora_trust_region_family_is_paired_with_the_lora_frozen_family():
     assert lora.baseline == Family("dpo", 0.5, peft="LoRA") != Family("dpo", 0.5)
     assert Family("dpo", 0.5, 1, 0.03).baseline == Family("dpo", 0.5)
     assert lora.name == "dpo β=0.5 LoRA exact soft α=0.03 τ=1"
+
+
+def test_a_rule_beyond_fixed_alpha_tau_is_its_own_family_paired_with_frozen_and_the_best_fixed_rule(sweep):
+    for seed, e in SEED_OFFSET.items():
+        gold = [frozen_curve(k) + (0.2 if k > 0 else 0.0) + e for k in TR_KL]
+        path = write_run(sweep / f"budget-{seed}", "dpo", 8, 1.0, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        cfg["ref_update"] = {
+            "_target_": "trustregion.reference.kl_budget.KLBudget",
+            "name": "kl_budget",
+            "alpha": 1.0,
+            "tau": 8,
+            "budget": 0.1,
+            "smoothing": 0.2,
+        }
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = report_json(sweep)
+    name = "dpo β=0.1 kl_budget budget=0.1 smoothing=0.2 α=1 τ=8"
+    assert out["families"][name]["seeds"] == [1, 2, 3]
+    assert out["paired"][name]["at_kl_verdict"] == "better"  # against frozen
+    versus = out["versus_best_fixed"][name]
+    assert versus["best_fixed"] == "dpo β=0.1 soft α=0.01 τ=1"  # the highest mean peak of the soft families
+    assert versus["peak"]["mean"] == pytest.approx(0.2 - 0.12)  # lifts 0.2 vs 0.12, 0.09, 0.15 (mean 0.12)

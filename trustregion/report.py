@@ -49,13 +49,21 @@ class Family:
     tau: int | None = None
     alpha: float | None = None
     peft: str = ""  # "" (full fine-tuning) or "LoRA", plus a moving reference's mode ("LoRA exact", "LoRA factors")
+    spec: str = ""  # a rule beyond a fixed (alpha, tau): its name and own settings ("kl_budget budget=0.1"); "" if none
 
     @property
     def frozen(self) -> bool:
-        return self.tau is None
+        return self.tau is None and not self.spec
+
+    @property
+    def fixed(self) -> bool:
+        """A fixed (alpha, tau) rule: soft or hard."""
+        return not self.frozen and not self.spec
 
     @property
     def rule(self) -> str:
+        if self.spec:
+            return f"{self.spec} α={self.alpha:g} τ={self.tau}"
         if self.tau is None:
             return "frozen"
         if self.alpha == 1.0:
@@ -83,7 +91,16 @@ class Family:
 
     def sort_key(self) -> tuple:
         tuning = self.peft.split(" ")[0]
-        return (self.method, self.beta, tuning, not self.frozen, self.alpha != 1.0, self.tau or 0, self.alpha or 0.0)
+        return (
+            self.method,
+            self.beta,
+            tuning,
+            not self.frozen,
+            self.spec,
+            self.alpha != 1.0,
+            self.tau or 0,
+            self.alpha or 0.0,
+        )
 
 
 @dataclass
@@ -196,6 +213,21 @@ def _peft_label(peft: dict, moving: bool) -> str:
     return f"LoRA {peft.get('reference', 'auto')}" if moving else "LoRA"
 
 
+_FIXED_RULES = ("trustregion.reference.rules.EveryTau", "trustregion.reference.rules.Frozen")
+
+
+def _rule_spec(r: dict) -> str:
+    """ "" for the frozen and fixed (alpha, tau) rules; otherwise the rule's name and its own settings."""
+    if r.get("_target_", _FIXED_RULES[0]) in _FIXED_RULES:
+        return ""
+    own = {k: v for k, v in r.items() if k not in ("_target_", "name", "alpha", "tau")}
+    return " ".join([str(r.get("name", r["_target_"]))] + [f"{k}={_short(v)}" for k, v in sorted(own.items())])
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def load_run(path: Path) -> Run | str:
     """The run in ``path``, or a string saying why it is skipped."""
     cfg_path, metrics_path = path / "config.yaml", path / "metrics.jsonl"
@@ -210,13 +242,14 @@ def load_run(path: Path) -> Run | str:
         return "an SFT run"
     try:
         m, r = cfg["method"], cfg["ref_update"]
-        tau = r.get("tau")
+        tau, spec = r.get("tau"), _rule_spec(r)
         family = Family(
             str(m["name"]),
             float(m["beta"]),
             None if tau is None else int(tau),
-            None if tau is None else float(r.get("alpha", 1.0)),
-            _peft_label(cfg.get("peft") or {}, moving=tau is not None),
+            None if tau is None and not spec else float(r.get("alpha", 1.0)),
+            _peft_label(cfg.get("peft") or {}, moving=tau is not None or bool(spec)),
+            spec,
         )
         run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
     except (KeyError, TypeError, ValueError) as e:
@@ -372,6 +405,36 @@ class Study:
             )
         return out
 
+    def versus_best_fixed(self) -> list[dict]:
+        """Each rule beyond a fixed (alpha, tau) against the fixed rule with the highest mean peak gold at its method,
+        beta and tuning, paired by seed: peak gold and gold at the frozen runs' peak KL."""
+        out = []
+        for fam in self.families:
+            if not fam.spec:
+                continue
+
+            def mean_peak(f: Family) -> float:
+                return float(np.mean([r.peak_gold for r in self.families[f]]))
+
+            same = [
+                f for f in self.families if f.fixed and (f.method, f.beta, f.peft) == (fam.method, fam.beta, fam.peft)
+            ]
+            if not same:
+                continue
+            best = max(same, key=mean_peak)
+            by_seed = {r.seed: r for r in self.families[best]}
+            kl = self.matched_kl(fam)
+            peak, at_kl = [], []
+            for r in self.families[fam]:
+                if r.seed in by_seed:
+                    peak.append(r.peak_gold - by_seed[r.seed].peak_gold)
+                    a, b = (gold_at_kl(r, kl), gold_at_kl(by_seed[r.seed], kl)) if kl is not None else (None, None)
+                    at_kl.append(None if a is None or b is None else a - b)
+            out.append(
+                {"family": fam, "best_fixed": best, "kl": kl, "peak": t_interval(peak), "at_kl": t_interval(at_kl)}
+            )
+        return out
+
     def eval_noise(self, family: Family) -> float:
         """The typical standard error of one gold estimate (its prompts x samples), at each run's peak evaluation."""
         values = [r.gold_sem[r.best] for r in self.families[family] if math.isfinite(r.gold_sem[r.best])]
@@ -401,6 +464,20 @@ def paired_table(study: Study) -> list[str]:
         lines.append(
             f"| {c.family.name} | {c.at_kl.n} | {c.kl:.2f} | {c.at_kl.text()} | {c.at_kl.verdict()} | "
             f"{c.peak.text()} | {c.peak.verdict()} |"
+        )
+    return lines
+
+
+def versus_fixed_table(study: Study) -> list[str]:
+    lines = [
+        "| rule | best fixed rule | seeds | Δ gold at matched KL | verdict | Δ peak gold | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in study.versus_best_fixed():
+        kl = "-" if v["kl"] is None else f"{v['kl']:.2f}"
+        lines.append(
+            f"| {v['family'].name} | {v['best_fixed'].rule} | {v['peak'].n} | {v['at_kl'].text()} (KL {kl}) | "
+            f"{v['at_kl'].verdict()} | {v['peak'].text()} | {v['peak'].verdict()} |"
         )
     return lines
 
@@ -474,6 +551,19 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "",
         *best_table(study),
         "",
+        *(
+            [
+                "## Rules beyond a fixed (α, τ) vs the best fixed rule, paired by seed",
+                "",
+                "Each adaptive or scheduled rule against the soft/hard family with the highest mean peak gold at its "
+                "method and β, chosen on these same seeds (which favours the fixed side).",
+                "",
+                *versus_fixed_table(study),
+                "",
+            ]
+            if study.versus_best_fixed()
+            else []
+        ),
         "## Families",
         "",
         "Mean [95 % interval] over seeds. *eval SE*: the standard error of one gold estimate from its prompts × "
@@ -519,6 +609,7 @@ def summary_json(study: Study) -> dict:
             "beta": fam.beta,
             "alpha": fam.alpha,
             "tau": fam.tau,
+            "rule": fam.spec or fam.rule,
             "seeds": [r.seed for r in members],
             "gold_at_kl": {f"{x:g}": _iv(study.over_seeds(fam, lambda r, x=x: gold_at_kl(r, x))) for x in KL_LEVELS},
             "peak_gold": _iv(study.over_seeds(fam, lambda r: r.peak_gold)),
@@ -546,7 +637,17 @@ def summary_json(study: Study) -> dict:
         }
         for b in study.best_per_method()
     ]
-    return {"families": fams, "paired": paired, "best": best}
+    versus_fixed = {
+        v["family"].name: {
+            "best_fixed": v["best_fixed"].name,
+            "matched_kl": v["kl"],
+            "at_kl": _iv(v["at_kl"]),
+            "peak": _iv(v["peak"]),
+            "peak_verdict": v["peak"].verdict(),
+        }
+        for v in study.versus_best_fixed()
+    }
+    return {"families": fams, "paired": paired, "best": best, "versus_best_fixed": versus_fixed}
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -606,7 +707,7 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
     """Paired TR − frozen (mean over seeds) over α (rows) and τ (columns), one panel per method and β: gold at
     the matched KL, or (``peak``) peak gold."""
 
-    comps = study.comparisons()
+    comps = [c for c in study.comparisons() if c.family.fixed]  # the (alpha, tau) grid; other rules are off it
     panels = sorted({(c.family.method, c.family.beta, c.family.peft) for c in comps})
     if not panels:
         return

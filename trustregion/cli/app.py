@@ -29,6 +29,7 @@ def register() -> None:
     from trustregion import config
     from trustregion.data import sources
     from trustregion.objectives.objective import OBJECTIVES
+    from trustregion.reference.registry import RULES
 
     if not OmegaConf.has_resolver("run_time"):
         OmegaConf.register_new_resolver("run_time", config._run_time, use_cache=True)
@@ -41,6 +42,8 @@ def register() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, objective in OBJECTIVES.items():
         cs.store(group="schema/method", name=name, node=objective.config_class)
+    for name, rule in RULES.items():
+        cs.store(group="schema/ref_update", name=name, node=rule.config_class)
     for name, source in sources().items():
         cs.store(group="schema/dataset", name=name, node=source.schema)
 

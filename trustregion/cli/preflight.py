@@ -11,7 +11,7 @@ from trustregion.cli.app import CONF_DIR, compose, fail
 
 
 def first_values(argv: Sequence[str]) -> list[str] | None:
-    """The overrides of ``argv`` with each sweep (``a=1,2``) at its first value; None when a flag (``--cfg``,
+    """The overrides of ``argv`` with each sweep (``a=1,2``, ``a=interval(0, 1)``) at its first value; None when a flag (``--cfg``,
     ``--help``) asks Hydra for something other than a run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -22,7 +22,9 @@ def first_values(argv: Sequence[str]) -> list[str] | None:
     plain = [a for a in argv if a not in ("-m", "--multirun", *hydra_only)]
     out = []
     for o in OverridesParser.create().parse_overrides(plain):
-        if o.is_sweep_override():
+        if o.is_interval_sweep():  # an Optuna sweeper's interval(a, b): checked at its lower end
+            out.append(f"{o.get_key_element()}={o.value().start}")
+        elif o.is_sweep_override():
             value = next(iter(o.sweep_string_iterator()))
             out.append(f"{o.get_key_element()}={value}")
         else:

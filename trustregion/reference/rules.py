@@ -20,9 +20,10 @@ from trustregion.errors import ConfigError
 
 
 class StepStats(Protocol):
-    """What a rule may read after optimizer step ``step`` (1-based)."""
+    """What a rule may read after optimizer step ``step`` (1-based) of a run of ``total_steps``."""
 
     step: int
+    total_steps: int
 
     def mean(self, key: str) -> float:
         """The step's mean of metric ``key`` (e.g. ``kl/policy_ref``) over every rank's micro-batches. A collective and

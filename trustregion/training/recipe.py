@@ -403,7 +403,8 @@ class Recipe:
                 state.step += 1
                 self.guard.observe(state.step, loss, grad_norm)
                 if self.reference_update is not None:
-                    self.reference_update.after_step(StepMetrics(state.step, micro_batches, engine))
+                    stats = StepMetrics(state.step, micro_batches, engine, self.total_steps)
+                    self.reference_update.after_step(stats)
                 self.fire("on_step_end")
                 if state.step % t.log_every == 0 or state.step == self.total_steps:
                     self.log()

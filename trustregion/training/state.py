@@ -39,8 +39,10 @@ class StepMetrics:
     """The objective's metrics of one optimizer step's micro-batches (``trustregion.reference.rules.StepStats``):
     nothing is reduced or synced unless a rule asks."""
 
-    def __init__(self, step: int, micro_batches: list[dict[str, torch.Tensor]], engine: Engine) -> None:
-        self.step, self.micro_batches, self.engine = step, micro_batches, engine
+    def __init__(
+        self, step: int, micro_batches: list[dict[str, torch.Tensor]], engine: Engine, total_steps: int = 0
+    ) -> None:
+        self.step, self.micro_batches, self.engine, self.total_steps = step, micro_batches, engine, total_steps
 
     def mean(self, key: str) -> float:
         if key not in self.micro_batches[0]:

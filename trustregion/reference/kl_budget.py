@@ -1,0 +1,102 @@
+"""``ref_update=kl_budget``: move the reference when the policy has drifted a budget away from it, not on a clock.
+
+The drift is read from the training batches. Per optimizer step the objective logs ``kl/policy_ref``, the per-token
+mean of log π(y|x) − log π_ref(y|x) over the batch's chosen and rejected responses; the rule's estimate is
+
+    D̂ = bias-corrected EMA, since the last update, of −kl/policy_ref        (nats per response token)
+
+What it estimates, and its bias: when the responses are samples of π_ref, E[log π_ref − log π] = KL(π_ref‖π), the
+reverse of KL(π‖π_ref), which it matches to second order for nearby policies. The preference responses are samples of
+another model (the SFT model, or people), and chosen/rejected are selected by a judge, so D̂ is biased in an unknown
+direction and can be negative; once the reference has moved away from the model that wrote the data the bias grows
+(README, *Rules beyond a fixed (α, τ)*, compares it with the sampled KL on the toy task). The step's metrics are
+measured before the step's optimizer update, so D̂ lags the policy by one step. Measurements taken against an earlier
+reference are dropped at an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from trustregion.config import RefUpdateConfig
+from trustregion.errors import ConfigError
+from trustregion.reference.rules import Rule, StepStats
+
+ESTIMATE_KEY = "kl/policy_ref"
+
+
+@dataclass
+class KLBudgetConfig(RefUpdateConfig):
+    """``alpha``: the update's α (1: reset the reference to the policy); ``tau``: the minimum spacing, in optimizer
+    steps, between two updates; ``budget``: δ, in nats per response token; ``smoothing``: the EMA's weight of the
+    newest step (1: the step's value alone)."""
+
+    _target_: str = "trustregion.reference.kl_budget.KLBudget"
+    name: str = "kl_budget"
+    alpha: float = 1.0
+    tau: Optional[int] = 8
+    budget: float = 0.1
+    smoothing: float = 0.2
+
+
+class KLBudget(Rule):
+    """Update by ``alpha`` after a step whose running estimate of the policy–reference KL is at least ``budget``,
+    provided ``tau`` steps have passed since the last update. Every rank reads the same all-reduced metric, so every
+    rank decides alike."""
+
+    config_class = KLBudgetConfig
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.ema = 0.0  # the EMA's running sum, not yet bias-corrected
+        self.weight = 0.0  # 1 − (1 − smoothing)^n after n measurements since the last update
+        self.last_update = 0  # the step of the last update (0: the start)
+
+    def check(self) -> None:
+        c = self.cfg
+        if not 0 < c.alpha <= 1:
+            raise ConfigError(f"ref_update.alpha={c.alpha} is invalid: set ref_update.alpha to a number in (0, 1]")
+        if c.tau is None or c.tau < 1:
+            raise ConfigError(
+                f"ref_update.tau={c.tau} is invalid: set ref_update.tau to an integer >= 1 (the fewest optimizer steps "
+                "between two updates)"
+            )
+        if not c.budget > 0:
+            raise ConfigError(
+                f"ref_update.budget={c.budget} is invalid: set ref_update.budget to a number > 0 (nats per token)"
+            )
+        if not 0 < c.smoothing <= 1:
+            raise ConfigError(
+                f"ref_update.smoothing={c.smoothing} is invalid: set ref_update.smoothing to a number in (0, 1] "
+                "(1: no smoothing)"
+            )
+
+    @property
+    def estimate(self) -> float:
+        """D̂: the bias-corrected EMA of −kl/policy_ref since the last update (0 before the first measurement)."""
+        return self.ema / self.weight if self.weight > 0 else 0.0
+
+    def observe(self, value: float) -> None:
+        """Fold one step's −kl/policy_ref into the EMA."""
+        w = float(self.cfg.smoothing)
+        self.ema = (1 - w) * self.ema + w * value
+        self.weight = (1 - w) * self.weight + w
+
+    def alpha(self, stats: StepStats) -> float:
+        self.observe(-stats.mean(ESTIMATE_KEY))
+        if self.estimate < self.cfg.budget or stats.step - self.last_update < self.cfg.tau:
+            return 0.0
+        self.last_update = stats.step
+        self.ema = self.weight = 0.0  # what was measured against the old reference no longer applies
+        return float(self.cfg.alpha)
+
+    def metrics(self) -> dict[str, float]:
+        return {"ref/kl_estimate": self.estimate, "ref/last_update_step": float(self.last_update)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema, "weight": self.weight, "last_update": self.last_update}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema, self.weight = float(state["ema"]), float(state["weight"])
+        self.last_update = int(state["last_update"])
