@@ -43,6 +43,14 @@ def compose(*overrides: str, config_name: str = "config"):
     return cli_compose(*overrides, config_name=config_name)
 
 
+TIMING = {"tokens_per_s", "ref/update_ms", "eval/generation_s"}  # differ between any two runs, as perf/* do
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    """Rows without their timing fields (``TIMING`` and ``perf/*``): what two runs of the same work must share."""
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("perf/")} for r in rows]
+
+
 def metrics(run_dir: Path) -> list[dict]:
     """Every row of a run's ``metrics.jsonl``."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

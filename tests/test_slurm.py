@@ -19,14 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import FAST, FAULTS, REPO, TOY, compose
+from tests.helpers import FAST, FAULTS, REPO, TOY, compose, untimed
 from trustregion.train import train
 
 pytestmark = pytest.mark.slurm
 
 # FAST with wandb (offline): the Slurm path must carry the wandb run across requeues.
 SMALL = [o for o in FAST if o != "logger=none"] + TOY + ["trainer.num_threads=1"]
-TIMING = {"tokens_per_s", "ref/update_ms", "eval/generation_s"}  # differ between any two runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,8 +65,8 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def untimed(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("perf/")} for r in rows(run_dir)]
+def untimed_rows(run_dir: Path) -> list[dict]:
+    return untimed(rows(run_dir))
 
 
 def weights(run_dir: Path, which: str) -> dict[str, torch.Tensor]:
@@ -168,7 +167,7 @@ def test_scontrol_requeue_checkpoints_on_the_signal_and_the_requeued_job_ends_as
     assert job_field(job, "Restarts") == "1"
     full = tmp_path / "full"
     train(compose(*LONG, "logger=none"), full)
-    assert untimed(run) == untimed(full)
+    assert untimed_rows(run) == untimed_rows(full)
     assert same_weights(run, full)
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2  # one per start
     assert len(wandb_ids(run)) == 1  # the requeued start continued the same wandb run
