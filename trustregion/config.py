@@ -245,41 +245,47 @@ _DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 
 
+def check(ok: bool, key: str, value: Any, want: str) -> None:
+    """Raise one ConfigError line naming ``key``, its value and what to set it to, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!s} is invalid: set {key} to {want}")
+
+
+def check_model_config(model: DictConfig, precision: str) -> None:
+    """The model's dtype against the trainer's precision, and how its log-probs are computed."""
+    check(model.dtype in _DTYPES, "model.dtype", model.dtype, f"one of {', '.join(_DTYPES)}")
+    check(precision in PRECISIONS, "trainer.precision", precision, ", ".join(PRECISIONS))
+    mixed = "bf16-mixed" if model.dtype == "bfloat16" else "fp16-mixed"
+    check(
+        model.dtype == "float32" or precision != "fp32",
+        "model.dtype",
+        model.dtype,
+        f"float32, or keep it and set trainer.precision={mixed}: 16-bit weights updated without fp32 masters round "
+        "small steps away (bf16's spacing is 0.0078 at 1.0) and AdamW's eps underflows in fp16",
+    )
+    check(model.logps in ("chunked", "full"), "model.logps", model.logps, "chunked or full")
+    check(
+        model.logits_chunk_tokens >= 1,
+        "model.logits_chunk_tokens",
+        model.logits_chunk_tokens,
+        "an integer >= 1",
+    )
+    check(
+        not (model.share_prompt and (model.logps == "full" or model.gradient_checkpointing)),
+        "model.share_prompt",
+        model.share_prompt,
+        "false, or use model.logps=chunked without model.gradient_checkpointing (which turns the KV cache off)",
+    )
+
+
 def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
     """Range checks the schema types cannot express; raises ConfigError naming the field and the fix. The rule's own
     settings are checked by the rule (``trustregion.reference.rules``); ``reference_moves``: whether it ever updates."""
-
-    def check(ok: bool, key: str, value: Any, want: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={value!s} is invalid: set {key} to {want}")
-
     t, d = cfg.trainer, cfg.dataset
     if "method" in cfg:
         m = cfg.method
         check(m.beta > 0 and math.isfinite(m.beta), "method.beta", m.beta, "a number > 0")
-    check(cfg.model.dtype in _DTYPES, "model.dtype", cfg.model.dtype, f"one of {', '.join(_DTYPES)}")
-    check(t.precision in PRECISIONS, "trainer.precision", t.precision, ", ".join(PRECISIONS))
-    mixed = "bf16-mixed" if cfg.model.dtype == "bfloat16" else "fp16-mixed"
-    check(
-        cfg.model.dtype == "float32" or t.precision != "fp32",
-        "model.dtype",
-        cfg.model.dtype,
-        f"float32, or keep it and set trainer.precision={mixed}: 16-bit weights updated without fp32 masters round "
-        "small steps away (bf16's spacing is 0.0078 at 1.0) and AdamW's eps underflows in fp16",
-    )
-    check(cfg.model.logps in ("chunked", "full"), "model.logps", cfg.model.logps, "chunked or full")
-    check(
-        cfg.model.logits_chunk_tokens >= 1,
-        "model.logits_chunk_tokens",
-        cfg.model.logits_chunk_tokens,
-        "an integer >= 1",
-    )
-    check(
-        not (cfg.model.share_prompt and (cfg.model.logps == "full" or cfg.model.gradient_checkpointing)),
-        "model.share_prompt",
-        cfg.model.share_prompt,
-        "false, or use model.logps=chunked without model.gradient_checkpointing (which turns the KV cache off)",
-    )
+    check_model_config(cfg.model, t.precision)
     check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
     check(
         t.divergence_factor is None or t.divergence_factor > 1,
