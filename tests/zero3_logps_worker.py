@@ -82,4 +82,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # gloo aborts the process at exit ("terminate called without an active exception") if the group is left open.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
