@@ -115,7 +115,8 @@ def torchrun(
 class FaultHook(BaseHook):
     """TRUSTREGION_FAULT=step:N SIGKILLs the process after optimizer step N, as a crash would; save:N once the engine's
     part of step N's checkpoint is written; term:N sends SIGTERM after step N, as a cluster's preemption would;
-    slow:S sleeps S seconds after every step, so a test can time Slurm's signals against steps."""
+    term-eval:N sends two SIGTERMs once step N's evaluation is computed (as a job's end may come during the final
+    evaluation); slow:S sleeps S seconds after every step, so a test can time Slurm's signals against steps."""
 
     def on_step_end(self, ctx) -> None:
         wanted, step = os.environ.get("TRUSTREGION_FAULT"), ctx.state.step
@@ -124,6 +125,11 @@ class FaultHook(BaseHook):
         if wanted == f"step:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
         if wanted == f"term:{step}":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_eval(self, ctx, metrics: dict) -> None:
+        if os.environ.get("TRUSTREGION_FAULT") == f"term-eval:{ctx.state.step}":
+            os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_save(self, ctx, directory: Path) -> None:

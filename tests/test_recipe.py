@@ -290,15 +290,33 @@ def test_the_final_checkpoint_can_leave_the_optimizer_state_out(fast_cfg, tmp_pa
 
 
 def test_a_second_run_in_a_run_dir_in_use_stops_with_one_line(fast_cfg, tmp_path):
-    from trustregion.errors import ConfigError
-    from trustregion.training.rundir import lock_run_dir
+    import fcntl
 
-    tmp_path.mkdir(exist_ok=True)
-    held = lock_run_dir(tmp_path)  # as a running process holds it
-    with pytest.raises(ConfigError, match=rf"the run dir {tmp_path} is in use by pid \d+; wait for it to end"):
+    from trustregion.errors import ConfigError
+
+    held = open(tmp_path / ".lock", "a+")  # as another process holds it (the lock is per open file)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 4242")
+    held.flush()
+    with pytest.raises(ConfigError, match=rf"the run dir {tmp_path} is in use by pid 4242; wait for it to end"):
         train(fast_cfg(), tmp_path)
     held.close()
     train(fast_cfg("trainer.max_steps=1"), tmp_path)  # free again
+
+
+def test_the_run_dir_lock_is_shared_within_a_process_and_released_by_its_last_holder(tmp_path):
+    import fcntl
+
+    from trustregion.training.rundir import lock_run_dir
+
+    first, second = lock_run_dir(tmp_path), lock_run_dir(tmp_path)
+    other = open(tmp_path / ".lock", "a+")
+    first.close()
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    second.close()
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    other.close()
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_cfg, tmp_path, capsys, caplog):

@@ -17,3 +17,8 @@ class DataError(TrustRegionError):
 
 class TrainingError(TrustRegionError):
     """Training cannot go on (a non-finite loss, say); what was written so far is kept."""
+
+
+class StopRequested(Exception):
+    """A stop signal arrived while work that checks between batches (an evaluation) was running: its partial
+    results are dropped and the run checkpoints what is done. Control flow, not an error of the user's."""

@@ -31,7 +31,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     try:
-        cli.exit_on_error(run_sft)(cfg, cli.hydra_run_dir())
+        cli.exit_on_error(cli.run_locked)(run_sft, cfg)
     finally:
         cli.shutdown_distributed()
 

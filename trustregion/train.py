@@ -26,7 +26,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     try:
-        cli.exit_on_error(train)(cfg, cli.hydra_run_dir())
+        cli.exit_on_error(cli.run_locked)(train, cfg)
     finally:
         cli.shutdown_distributed()
 

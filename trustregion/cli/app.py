@@ -90,6 +90,33 @@ def exit_on_error(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
+def run_locked(fn: Callable[[Any, Path], Any], cfg: Any) -> Any:
+    """``fn(cfg, run_dir)`` for this Hydra job, holding the run dir's lock from before Hydra's records
+    (``.hydra/``) are written: a run refused because another holds the dir leaves that run's records alone
+    (the configs set ``hydra.output_subdir: null``, so Hydra itself writes none). Rank 0 alone writes them."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from trustregion.engines.launch import launched_rank
+    from trustregion.training.rundir import lock_run_dir
+
+    run_dir = hydra_run_dir()
+    if launched_rank() > 0:
+        return fn(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        records = run_dir / ".hydra"
+        records.mkdir(exist_ok=True)
+        hydra_cfg = HydraConfig.get()
+        OmegaConf.save(cfg, records / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, records / "overrides.yaml")
+        return fn(cfg, run_dir)
+    finally:
+        lock.close()
+
+
 def hydra_run_dir() -> Path:
     """This Hydra job's output dir (one per job in a multirun)."""
     from hydra.core.hydra_config import HydraConfig

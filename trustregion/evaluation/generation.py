@@ -14,7 +14,7 @@ import json
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from trustregion.config import check_eval_config
+from trustregion.errors import StopRequested
 from trustregion.evaluation.text_metrics import distinct_n, repetition_rate, self_bleu
 from trustregion.models.sampling import Samples, encode_prompts, response_logps, sample
 
@@ -58,12 +59,20 @@ class Generated:
 
 
 def generate_and_score(
-    engine, model, prompt_ids: list[list[int]], cfg: DictConfig, tokenizer, scorers: Sequence[Any], seed: int
+    engine,
+    model,
+    prompt_ids: list[list[int]],
+    cfg: DictConfig,
+    tokenizer,
+    scorers: Sequence[Any],
+    seed: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Generated:
     """Sample ``samples_per_prompt`` responses per prompt from ``model`` (this rank's share) and score them.
 
     Every rank gets the same number of rows (padded with copies of the first), so all ranks run the
     same forwards; ``scorers`` are the models whose log-probs we want (policy, reference, SFT).
+    ``should_stop`` is asked before each generation batch; True raises ``StopRequested``.
     """
     ev = cfg.eval
     k = 1 if ev.greedy else int(ev.samples_per_prompt)
@@ -80,6 +89,8 @@ def generate_and_score(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     responses, ended, entropy = [], [], []
     for s in range(0, len(prompts), batch_size):
+        if should_stop():
+            raise StopRequested("generation evaluation")
         out = sample(
             model,
             prompts[s : s + batch_size],
@@ -180,6 +191,7 @@ class EvalContext:
     sft_model: Any  # the frozen starting model, kept even when the reference moves
     logger: Any
     run_dir: Path
+    should_stop: Callable[[], bool] = lambda: False  # asked between generation batches, on every rank alike
 
 
 def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
@@ -205,10 +217,12 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     # A frozen reference whose log-probs are cached is never built: it is the SFT model.
     reference = engine.reference if engine.reference is not None else sft_model
     scorers = (engine.policy, reference, sft_model)
-    gen = generate_and_score(engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, int(cfg.trainer.seed))
+    gen = generate_and_score(
+        engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, int(cfg.trainer.seed), ctx.should_stop
+    )
     records = sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"])
     metrics = summarize(records, k)
-    metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task))
+    metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task, ctx.should_stop))
     metrics["eval/generation_s"] = time.perf_counter() - clock
     if engine.is_main:
         table = [
@@ -227,11 +241,14 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     return metrics
 
 
-def sft_baseline(engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenizer, task) -> dict[str, float]:
+def sft_baseline(
+    engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenizer, task, should_stop: Callable[[], bool]
+) -> dict[str, float]:
     """Gold reward and in-domain rate of the SFT model's own samples (the KL = 0 point), computed once."""
     if sft_model not in _SFT_BASELINE:
         k = 1 if cfg.eval.greedy else int(cfg.eval.samples_per_prompt)
-        gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, int(cfg.trainer.seed))
+        seed = int(cfg.trainer.seed)
+        gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, seed, should_stop)
         m = summarize(sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"]), k)
         _SFT_BASELINE[sft_model] = {
             "eval/sft_gold_reward": m["eval/gold_reward"],

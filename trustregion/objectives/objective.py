@@ -10,6 +10,7 @@ entry in ``OBJECTIVES``, plus ``conf/method/<name>.yaml``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from trustregion.data.tokenize import (
     tokenize_sft,
     tokenize_unpaired,
 )
-from trustregion.errors import ConfigError
+from trustregion.errors import ConfigError, StopRequested
 from trustregion.metrics import MetricBuffer
 from trustregion.models.loading import sequence_logps
 from trustregion.models.logps import LogpsFn
@@ -333,15 +334,24 @@ def reference_logps(
 
 @torch.no_grad()
 def evaluate_objective(
-    engine, objective: Objective, rows, collator, cached: Tensor, batch_size: int
+    engine,
+    objective: Objective,
+    rows,
+    collator,
+    cached: Tensor,
+    batch_size: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, float]:
-    """Loss, margins and accuracies on held-out rows, against the current reference and against SFT."""
+    """Loss, margins and accuracies on held-out rows, against the current reference and against SFT.
+    ``should_stop`` is asked between batches (on every rank alike); True raises ``StopRequested``."""
     if len(rows) < engine.world_size:
         return {}
     batch_size = max(1, min(batch_size, len(rows) // engine.world_size))
     stream = BatchStream(len(rows), batch_size, engine.world_size, engine.rank, shuffle=False)
     buffer = MetricBuffer()
     for _ in range(stream.batches_per_epoch):
+        if should_stop():
+            raise StopRequested("held-out evaluation")
         idx = stream.next()
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
         buffer.add(objective(engine, batch, cached[idx], grad=False).metrics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,9 @@ class HookContext:
     reference_built: bool  # False where a frozen reference's log-probs are cached and no model was built
     sft_model: Any = None  # the starting model, kept for generation evaluation
     flops_per_token: tuple[float, float] = (0.0, 0.0)  # model FLOPs per (sequence token, scored token) of a step
+    # Whether every rank agrees a stop signal arrived (collective: ask on every rank at the same point). Work that
+    # runs long (an evaluation) asks between batches and raises errors.StopRequested; the run then checkpoints.
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 class Hook(Protocol):
@@ -166,7 +170,9 @@ class GenerationEvalHook(BaseHook):
     def on_eval(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
         from trustregion.evaluation.generation import EvalContext, evaluate_generation
 
-        context = EvalContext(ctx.engine, ctx.cfg, ctx.data, ctx.tokenizer, ctx.sft_model, ctx.logger, ctx.run_dir)
+        context = EvalContext(
+            ctx.engine, ctx.cfg, ctx.data, ctx.tokenizer, ctx.sft_model, ctx.logger, ctx.run_dir, ctx.stop_requested
+        )
         metrics.update(evaluate_generation(context, ctx.state.step))
 
 

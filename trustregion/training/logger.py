@@ -82,8 +82,8 @@ class RunLogger:
         self.wandb = None
         if not enabled:
             return
-        if resume_step is not None:
-            self._set_aside_after(resume_step)
+        # A fresh start in a dir with rows (an attempt that died before its first checkpoint) sets them all aside.
+        self._set_aside_after(resume_step if resume_step is not None else -1)
         self.file = open(self.path, "a", encoding="utf-8")
         if cfg.logger.backend == "wandb" and cfg.logger.mode != "disabled":
             import wandb
@@ -108,8 +108,8 @@ class RunLogger:
             self.wandb.define_metric("eval/gold_reward", step_metric="eval/kl_sft", summary="max")
 
     def _set_aside_after(self, step: int) -> None:
-        """On resume in the same run dir, move rows logged after the checkpoint to metrics.superseded.jsonl:
-        the resumed run logs those steps again, and the file then reads as one uninterrupted run."""
+        """Move rows logged after ``step`` to metrics.superseded.jsonl (on resume, those after the checkpoint): the
+        run logs those steps again, and the file then reads as one uninterrupted run."""
         if not self.path.exists():
             return
         keep, later = [], []

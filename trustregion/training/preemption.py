@@ -78,10 +78,15 @@ def agreed_signal(state, engine) -> int:
 
 @contextlib.contextmanager
 def preemption_signals(state):
-    """While the loop runs, SIGTERM, SIGUSR1 and SIGUSR2 set ``state.preempted`` (``state``: the recipe's
-    TrainState); the loop then checkpoints at the end of the step and stops."""
+    """While a run runs, SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 set ``state.preempted`` (``state``: the recipe's
+    TrainState); the loop then checkpoints at the end of the step, or between evaluation batches, and stops. During
+    setup (``state.in_setup``) nothing is trained yet: a signal stops the run at once. Later signals change
+    nothing: the first decides, and the run still ends with its checkpoint and exit code 2."""
 
     def note(signum, frame) -> None:
+        if state.in_setup and not state.preempted:
+            state.preempted = signum
+            raise Preempted(f"signal {signum} during setup: no step taken, nothing new to checkpoint; rerun to go on")
         state.preempted = state.preempted or signum  # the first signal decides (a SIGTERM may follow a warning)
 
     if threading.current_thread() is not threading.main_thread():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +26,7 @@ from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
 from trustregion.engines.local import LocalEngine
 from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
-from trustregion.errors import ConfigError, TrainingError
+from trustregion.errors import ConfigError, StopRequested, TrainingError
 from trustregion.metrics import MetricBuffer
 from trustregion.models.flops import flops_per_token
 from trustregion.models.loading import load_policy, make_reference
@@ -334,6 +334,8 @@ class Recipe:
             "stream": self.stream.state_dict(),
             "sft_train": self.state.sft_train,
             "sft_eval": self.state.sft_eval,
+            "finished": self.state.finished,
+            "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
         }
         mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
         if self.reference_update is not None:
@@ -363,6 +365,7 @@ class Recipe:
         if "guard" in shared:  # checkpoints from before the guard have none
             self.guard.load_state_dict(shared["guard"])
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
+        self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
         if self.reference_update is not None:
             self.reference_update.load_state_dict(mine["updater"])
         if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)
@@ -371,15 +374,17 @@ class Recipe:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Setup, train, cleanup, with stop signals noted throughout (``preemption_signals``)."""
         try:
-            self.setup()
-            try:
-                last = self.train()
-            except BaseException:
-                self.logger.finish(exit_code=1)
-                raise
-            self.cleanup()
-            return last
+            with preemption_signals(self.state):
+                self.setup()
+                try:
+                    last = self.train()
+                except BaseException:
+                    self.logger.finish(exit_code=1)
+                    raise
+                self.cleanup()
+                return last
         finally:
             if self.run_dir_lock is not None:
                 self.run_dir_lock.close()
@@ -390,35 +395,57 @@ class Recipe:
         t, state, engine = self.cfg.trainer, self.state, self.engine
         state.tokens = state.tokens.to(engine.device)
         state.seq_tokens = state.seq_tokens.to(engine.device)
+        state.in_setup = False
+        if self.stop_requested():  # arrived between setup's end and here
+            raise Preempted(f"signal {state.preempted} before step {state.step + 1}: nothing new to checkpoint")
+        if state.finished and state.step >= self.total_steps:
+            return self.finish_again()
         if state.step == 0:
             self.log_data_report()
             if t.eval_at_start:
                 state.last = self.evaluate()
         self.fire("on_train_start")
-        with preemption_signals(state):
-            while state.step < self.total_steps:
-                micro_batches, loss = self.forward_backward()
-                grad_norm = engine.step()
-                self.buffer.add({"grad_norm": grad_norm})
-                state.step += 1
-                self.guard.observe(state.step, loss, grad_norm)
-                if self.reference_update is not None:
-                    stats = StepMetrics(state.step, micro_batches, engine, self.total_steps)
-                    self.reference_update.after_step(stats)
-                self.fire("on_step_end")
-                if state.step % t.log_every == 0 or state.step == self.total_steps:
-                    self.log()
-                if agreed_signal(state, engine) and state.step < self.total_steps:
-                    return self.stop_for_preemption()
-                if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
-                    state.last.update(self.evaluate())
-                if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
-                    self.save()
+        while state.step < self.total_steps:
+            micro_batches, loss = self.forward_backward()
+            grad_norm = engine.step()
+            self.buffer.add({"grad_norm": grad_norm})
+            state.step += 1
+            self.guard.observe(state.step, loss, grad_norm)
+            if self.reference_update is not None:
+                stats = StepMetrics(state.step, micro_batches, engine, self.total_steps)
+                self.reference_update.after_step(stats)
+            self.fire("on_step_end")
+            if state.step % t.log_every == 0 or state.step == self.total_steps:
+                self.log()
+            if self.stop_requested() and state.step < self.total_steps:
+                self.stop_for_preemption()
+            if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
+                state.last.update(self.evaluate())
+            if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
+                self.save()
         state.last.update(self.evaluate())
+        state.finished = True
         self.save()
+        if self.stop_requested():
+            self.stop_for_preemption(phase="before the export (trainer.resume=latest exports)")
         self.fire("on_train_end")
         self.logger.summary(state.last)
         return state.last
+
+    def finish_again(self) -> dict[str, Any]:
+        """A resume of a run whose final evaluation is checkpointed: no new rows; the models are exported again."""
+        if self.engine.is_main:
+            say(
+                f"the run finished at step {self.state.step} (final evaluation logged): exporting again, nothing to train"
+            )
+        self.fire("on_train_end")
+        self.logger.summary(self.state.last)
+        return self.state.last
+
+    def stop_requested(self) -> bool:
+        """Whether every rank agrees that a stop signal arrived (one all-reduce on several ranks: call it on every
+        rank at the same point of the run)."""
+        return bool(agreed_signal(self.state, self.engine))
 
     def forward_backward(self) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
         """``trainer.grad_accum`` micro-batches: forward, loss, backward. Returns each micro-batch's metrics and the
@@ -490,8 +517,11 @@ class Recipe:
                         self.collator,
                         state.sft_eval,
                         self.cfg.trainer.batch_size,
+                        self.stop_requested,
                     )
                 self.fire("on_eval", metrics)
+        except StopRequested as e:  # a signal between batches: drop the partial evaluation, keep the steps
+            self.stop_for_preemption(phase=f"during the {e} (not logged)")
         finally:
             engine.policy.train()
         if metrics:
@@ -518,10 +548,15 @@ class Recipe:
             optimizer=self.cfg.trainer.final_optimizer_state or step < self.total_steps,
         )
 
-    def stop_for_preemption(self) -> dict[str, Any]:
-        """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it."""
-        self.save()
-        stopped = f"signal {self.state.preempted} at step {self.state.step}: checkpoint written, run stopped"
+    def stop_for_preemption(self, phase: str = "") -> NoReturn:
+        """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it.
+        ``phase`` says what was running when the signal came, where it was not a training step."""
+        at = f"at step {self.state.step}" + (f", {phase}" if phase else "")
+        if self.state.step == 0:  # nothing trained: the step-0 evaluation runs again on the next start
+            raise Preempted(f"signal {self.state.preempted} {at}: nothing trained yet, nothing to checkpoint")
+        if not self.state.finished:  # the final checkpoint is already written
+            self.save()
+        stopped = f"signal {self.state.preempted} {at}: checkpoint written, run stopped"
         requeued = requeue_on_slurm(self.state.preempted, stopped) if self.engine.is_main else ""
         raise Preempted(f"{stopped}{requeued}; continue with trainer.resume=latest")
 

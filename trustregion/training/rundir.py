@@ -1,5 +1,8 @@
 """One writer per run dir: rank 0 of a run holds an exclusive lock on ``<run dir>/.lock`` while it runs, so a
-second run pointed at the same dir stops with one line instead of interleaving checkpoints and metrics."""
+second run pointed at the same dir stops with one line instead of interleaving checkpoints and metrics.
+
+The lock is re-entrant within a process: the command line takes it before Hydra's records are written, and the
+recipe, which takes it too (for runs started from Python), shares it."""
 
 from __future__ import annotations
 
@@ -10,9 +13,33 @@ from typing import IO
 
 from trustregion.errors import ConfigError
 
+_held: dict[Path, tuple[IO[str], int]] = {}  # run dir -> (lock file, holders in this process)
 
-def lock_run_dir(run_dir: Path) -> IO[str]:
-    """Take the run dir's lock (released when the returned file is closed or the process ends)."""
+
+class RunDirLock:
+    """One holder's share of a run dir's lock; the lock is released when the last holder closes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.key, self.open = run_dir.resolve(), True
+
+    def close(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        handle, holders = _held.pop(self.key)
+        if holders > 1:
+            _held[self.key] = (handle, holders - 1)
+        else:
+            handle.close()
+
+
+def lock_run_dir(run_dir: Path) -> RunDirLock:
+    """Take the run dir's lock (released when every returned lock is closed, or the process ends)."""
+    key = run_dir.resolve()
+    if key in _held:
+        handle, holders = _held[key]
+        _held[key] = (handle, holders + 1)
+        return RunDirLock(run_dir)
     handle = open(run_dir / ".lock", "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -27,4 +54,5 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
     handle.truncate()
     handle.write(f"pid {os.getpid()}")
     handle.flush()
-    return handle
+    _held[key] = (handle, 1)
+    return RunDirLock(run_dir)

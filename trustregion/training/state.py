@@ -33,6 +33,8 @@ class TrainState:
     last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
     resumed: bool = False
     preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
+    finished: bool = False  # the final evaluation is logged and checkpointed (a resume only exports again)
+    in_setup: bool = True  # a stop signal now ends the run at once: nothing is trained, nothing to checkpoint
 
 
 class StepMetrics:
