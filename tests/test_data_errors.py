@@ -296,6 +296,15 @@ def test_a_row_with_a_duplicated_key_is_skipped_with_on_bad_row_skip(tmp_path):
     )
 
 
+def test_an_empty_chosen_dialogue_of_hh_says_the_field_is_empty(tmp_path):
+    lines = open(FIX / "hh/train.jsonl").read().splitlines()[:3]
+    lines.append(json.dumps({"chosen": "", "rejected": "\n\nHuman: Hi?\n\nAssistant: Hello."}))
+    (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    assert load_error("dataset=hh", f"dataset.path={tmp_path}/hh.jsonl", "dataset.eval_split=null") == (
+        f"{tmp_path}/hh.jsonl line 4: field 'chosen' is empty {SKIP_HINT}"
+    )
+
+
 def test_data_files_beside_the_split_files_of_a_directory_are_named_in_a_warning(tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="trustregion")
     for name in ("train.jsonl", "test.jsonl", "bad_rows.jsonl"):
