@@ -108,7 +108,7 @@ def test_hh_dialogues_differing_before_the_last_turn_fail_naming_file_and_row(tm
     with pytest.raises(DataError) as e:
         load_preferences(dataset_cfg("hh", f"dataset.path={tmp_path}/hh.jsonl", "dataset.eval_split=null"))
     assert str(e.value) == (
-        f"{tmp_path}/hh.jsonl, row 2: the dialogues differ before the last assistant turn "
+        f"{tmp_path}/hh.jsonl line 3: the dialogues differ before the last assistant turn "
         "(a response holds a further turn) (fix the row, or set dataset.on_bad_row=skip "
         "to drop bad rows)"
     )
@@ -209,7 +209,7 @@ def test_kto_unpaired_conversational_rows_keep_prompt_messages_and_the_assistant
 
 def test_kto_unpaired_label_that_is_not_boolean_is_a_bad_row(tmp_path):
     (tmp_path / "kto.jsonl").write_text('{"prompt": "Hi?", "completion": " Hello.", "label": "yes"}\n')
-    with pytest.raises(DataError, match=r"kto.jsonl, row 0: field 'label' is 'yes', expected true or false"):
+    with pytest.raises(DataError, match=r"kto.jsonl line 1: field 'label' is 'yes', expected true or false"):
         load_preferences(dataset_cfg("kto_unpaired", f"dataset.path={tmp_path}/kto.jsonl", "dataset.eval_split=null"))
 
 

@@ -174,7 +174,7 @@ GOOD = [{"prompt": f"q{i} what is {i}?", "chosen": f" it is {i}", "rejected": f"
 def test_row_missing_a_field_names_file_and_row(fast_cfg, tmp_path):
     bad = GOOD[:5] + [{"prompt": "x", "chosen": "y"}] + GOOD[5:]
     path = write_jsonl(tmp_path / "pairs.jsonl", bad)
-    with pytest.raises(DataError, match=r"pairs\.jsonl.*row 5: missing field 'rejected'"):
+    with pytest.raises(DataError, match=r"pairs\.jsonl line 6: missing field 'rejected'"):
         train(fast_cfg("dataset=jsonl", f"dataset.path={path}"), tmp_path)
 
 

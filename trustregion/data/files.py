@@ -1,6 +1,11 @@
 """Preference pairs from files or the hub (``dataset=local``, alias ``jsonl``), and the loading helpers
 every file-backed source shares: one split from a path, hub name or ``save_to_disk`` dir; schema checks;
 seeded shuffling, ``max_samples`` and the held-out eval rows.
+
+Local JSON-lines files are scanned before ``datasets`` reads them (``jsonl_scan``): bad lines are reported
+with the bad rows, by file and 1-based line, and ``on_bad_row=skip`` loads only the good lines. Every bad
+row the run reads is reported at once, in file order; a directory's data files that no split reads are
+named in a warning.
 """
 
 from __future__ import annotations
@@ -8,8 +13,9 @@ from __future__ import annotations
 import glob
 import os
 import random
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +26,17 @@ from omegaconf import OmegaConf
 from trustregion.config import DatasetConfig
 from trustregion.console import say
 from trustregion.data import PreferenceData, Source
-from trustregion.data.rows import FIELDS, BadRow, RowReport, clean_rows, text_field
+from trustregion.data.jsonl_scan import ScannedFile, is_json_lines, scan, write_good_lines
+from trustregion.data.rows import (
+    FIELDS,
+    BadRow,
+    Places,
+    Problem,
+    RowReport,
+    bad_rows_error,
+    clean_rows,
+    text_field,
+)
 from trustregion.errors import ConfigError, DataError
 
 
@@ -98,6 +114,21 @@ class MissingSplit(DataError):
     """The source has no split of that name (a single file has only ``train``)."""
 
 
+@dataclass
+class Split:
+    """One split as read: its rows (None where no line was good), where each row is in the files, the bad
+    lines the scan found, and a note naming a directory's data files that no split reads."""
+
+    ds: Optional[Dataset]
+    places: Places
+    problems: list[Problem] = field(default_factory=list)
+    ignored_note: Optional[str] = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.ds is None else len(self.ds)
+
+
 def load_split(
     path: str | None,
     data_files: Any,
@@ -108,7 +139,29 @@ def load_split(
 ) -> Dataset:
     """One split from a local file, a directory of files, a ``save_to_disk`` directory, or a hub name.
 
-    Every failure is one ``DataError``/``ConfigError`` line naming the file or split and the fix.
+    Every failure is one ``DataError``/``ConfigError`` line naming the file or split and the fix; bad lines
+    of a JSON-lines file fail too (``read_split`` gives them, with the good rows).
+    """
+    read = read_split(path, data_files, split, fmt, field_name, subset)
+    if read.problems:
+        raise bad_rows_error(read.problems)
+    return read.ds
+
+
+def read_split(
+    path: str | None,
+    data_files: Any,
+    split: str,
+    fmt: str | None,
+    field_name: str = "dataset.path",
+    subset: str | None = None,
+    source: str | None = None,
+    rank: int = 0,
+) -> Split:
+    """One split with the bad lines of its local JSON-lines files set aside (see ``load_split``).
+
+    ``source`` names the split where rows have no file line (``rank`` orders its problems after another
+    split's). Files that are empty or hold only blank lines are a ``DataError``, not a bad row.
     """
     if not path and not data_files:
         raise ConfigError(
@@ -119,40 +172,28 @@ def load_split(
         data_files = OmegaConf.to_container(data_files)
     local = os.path.expanduser(path) if path else None
     what = path or data_files
+    if data_files:
+        field_name, what = "dataset.data_files", data_files
+        if isinstance(data_files, dict) and split in data_files:
+            what = data_files[split]
+    places = Places(source or f"{field_name}={what}", rank=rank)
     try:
-        if data_files:
-            field_name, what = "dataset.data_files", data_files
-            _check_files_exist(data_files, field_name)
-            if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
-                if split not in data_files:
-                    raise MissingSplit(
-                        f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
-                        f"set dataset.split / dataset.eval_split to one it has"
-                    )
-                data_files, what = data_files[split], data_files[split]
-                first = _local_files(data_files)[0]
-                return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split="train")
-            first = _local_files(data_files)[0]
-            return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split=split)
-        if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
-            saved = datasets.load_from_disk(local)
-            if split not in saved:
-                raise MissingSplit(
-                    f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
-                    f"set dataset.split / dataset.eval_split to one it has"
-                )
-            return saved[split]
-        if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
-            return datasets.load_from_disk(local)
-        if os.path.isfile(local):
-            return datasets.load_dataset(_format_of(local, fmt), data_files=local, split=split)
-        if os.path.isdir(local):
-            return datasets.load_dataset(local, subset, split=split)
-        if path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS:
-            raise DataError(
-                f"{field_name}={path}: no such file or directory; set {field_name} to an existing data file"
-            )
-        return datasets.load_dataset(path, subset, split=split)
+        located, ignored_note = _split_files(path, local, data_files, split, subset, field_name)
+        scans = _scan_split(located, fmt, field_name) if located else None
+        if scans is None:
+            return Split(_load(path, local, data_files, split, fmt, subset, field_name), places, [], ignored_note)
+        problems = [
+            Problem(s.name, f"line {b.line}", (rank, i, b.line), b.reason, b.detail)
+            for i, s in enumerate(scans)
+            for b in s.bad
+        ]
+        files = [s.path for s in scans]
+        # Each split from its own files (a directory's other splits may hold bad lines), the bad lines left out
+        ds = _load_good_lines(scans) if problems else datasets.load_dataset("json", data_files=files, split="train")
+        lines = [(i, line) for i, s in enumerate(scans) for line in s.rows]
+        if ds is not None and len(lines) == len(ds):  # else name rows by number: never a wrong line
+            places = Places(places.source, tuple(s.name for s in scans), lines, rank)
+        return Split(ds, places, problems, ignored_note)
     except (ConfigError, DataError):
         raise
     except (KeyError, ValueError) as e:
@@ -171,11 +212,136 @@ def load_split(
         cause = e.__cause__ or e
         if isinstance(cause, UnicodeDecodeError):
             bad = _first_non_utf8(_local_files(data_files or local))
-            where = f"{bad[0]}, line {bad[1]}" if bad else f"{field_name}={what}"
+            where = f"{bad[0]} line {bad[1]}" if bad else f"{field_name}={what}"
             raise DataError(
                 f"{where}: bytes that are not UTF-8 ({_first_line(cause)}); re-save the file as UTF-8"
             ) from e
         raise DataError(f"{field_name}={what}: cannot read it ({type(cause).__name__}: {_first_line(cause)})") from e
+
+
+def _load(
+    path: str | None, local: str | None, data_files: Any, split: str, fmt: str | None, subset: str | None, field_name
+) -> Dataset:
+    """The split as ``datasets`` reads it (load_dataset / load_from_disk), with no scan."""
+    if data_files:  # the files exist and the split is there: _split_files checked
+        if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
+            data_files = data_files[split]
+            first = _local_files(data_files)[0]
+            return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split="train")
+        first = _local_files(data_files)[0]
+        return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split=split)
+    if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
+        saved = datasets.load_from_disk(local)
+        if split not in saved:
+            raise MissingSplit(
+                f"{field_name}={path}: no split '{split}' (it has {', '.join(saved)}); "
+                f"set dataset.split / dataset.eval_split to one it has"
+            )
+        return saved[split]
+    if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
+        return datasets.load_from_disk(local)
+    if os.path.isfile(local):
+        return datasets.load_dataset(_format_of(local, fmt), data_files=local, split=split)
+    if os.path.isdir(local):
+        return datasets.load_dataset(local, subset, split=split)
+    if path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS:
+        raise DataError(f"{field_name}={path}: no such file or directory; set {field_name} to an existing data file")
+    return datasets.load_dataset(path, subset, split=split)
+
+
+def _split_files(
+    path: str | None, local: str | None, data_files: Any, split: str, subset: str | None, field_name: str
+) -> tuple[Optional[list[tuple[str, str]]], Optional[str]]:
+    """(file to open, name for messages) of each local file the split reads, or None where that is not known
+    here (hub names, ``save_to_disk`` dirs, globs, a split the source lacks); and the ignored-files note."""
+    if data_files:
+        _check_files_exist(data_files, field_name)
+        if isinstance(data_files, dict):
+            if split not in data_files:
+                raise MissingSplit(
+                    f"dataset.data_files has no split '{split}' (it has {', '.join(data_files)}); "
+                    f"set dataset.split / dataset.eval_split to one it has"
+                )
+            chosen = data_files[split]
+        elif split == "train":
+            chosen = data_files
+        else:
+            return None, None
+        names = _local_files(chosen)
+        if any("://" in f or glob.has_magic(f) for f in names):
+            return None, None
+        return [(os.path.expanduser(f), f) for f in names], None
+    if os.path.isfile(local):
+        return ([(local, path)] if split == "train" else None), None
+    if not os.path.isdir(local) or any((Path(local) / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
+        return None, None
+    resolved = datasets.load_dataset_builder(local, subset).config.data_files or {}
+    by_split = {str(k): list(v) for k, v in resolved.items()}
+    note = _ignored_note(path, local, by_split, field_name)
+    if split not in by_split:
+        return None, note
+    return [(f, os.path.join(path, os.path.relpath(f, local))) for f in by_split[split]], note
+
+
+def _ignored_note(path: str, local: str, by_split: dict[str, list[str]], field_name: str) -> Optional[str]:
+    """A line naming the data files in directory ``path`` that no split reads, or None."""
+    read = {os.path.realpath(f) for files in by_split.values() for f in files}
+    ignored = []
+    for root, dirs, names in os.walk(local):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            if name.startswith((".", "__")) or name in datasets.data_files.FILES_TO_IGNORE:
+                continue
+            if any(s in _FORMATS for s in Path(name).suffixes) and os.path.realpath(full) not in read:
+                ignored.append(os.path.relpath(full, local))
+    if not ignored:
+        return None
+    shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+    splits = "; ".join(
+        f"{split}: {', '.join(os.path.relpath(f, local) for f in files)}" for split, files in by_split.items()
+    )
+    verb = "is" if len(ignored) == 1 else "are"
+    return (
+        f"{field_name}={path}: {shown} {verb} not read, as no split is named in the file name (read: {splits}); "
+        f"put the split in the name (e.g. train-extra.jsonl) to read it, or move it out of the directory"
+    )
+
+
+def _scan_split(files: list[tuple[str, str]], fmt: str | None, field_name: str) -> Optional[list[ScannedFile]]:
+    """The scans of the split's files where all are local JSON lines, else None; an empty file, or files of
+    blank lines only, are a ``DataError`` (``datasets`` says "StopIteration" or "corresponds to no data")."""
+    for opened, name in files:
+        if os.path.isfile(opened) and os.path.getsize(opened) == 0:
+            raise DataError(
+                f"{name}: the file is empty (0 bytes); write the rows into it, or set {field_name} to the "
+                f"file that holds them"
+            )
+    if not all(_format_of(opened, fmt) == "json" and is_json_lines(opened) for opened, _ in files):
+        return None
+    scans = [scan(opened, name) for opened, name in files]
+    if not any(s.rows or s.bad for s in scans):
+        names = ", ".join(name for _, name in files)
+        raise DataError(
+            f"{names}: only blank lines, no rows; write one JSON object per line into it, or set {field_name} "
+            f"to the file that holds the rows"
+        )
+    return scans
+
+
+def _load_good_lines(scans: list[ScannedFile]) -> Optional[Dataset]:
+    """The good lines of the files, read by ``datasets`` from filtered copies (None where no line is good)."""
+    if not any(s.rows for s in scans):
+        return None
+    with tempfile.TemporaryDirectory(prefix="trustregion-good-lines-") as tmp:
+        copies = []
+        for i, s in enumerate(scans):
+            if s.rows:
+                copies.append(os.path.join(tmp, f"{i}.jsonl"))
+                write_good_lines(s, copies[-1])
+        return datasets.load_dataset(
+            "json", data_files=copies, split="train", cache_dir=os.path.join(tmp, "cache"), keep_in_memory=True
+        )
 
 
 def source_name(cfg, split: str) -> str:
@@ -215,34 +381,46 @@ def load_rows(
     Rows are visited in a seeded shuffle (``dataset.seed``): ``max_samples`` takes the first good ones
     (the same subset every run) and rows past it are not read. With no ``eval_split``, the first
     ``min(eval_samples, rows // 5)`` rows of the shuffle are held out for evaluation. ``columns(ds)``
-    names the columns the split must have, each with the fix to suggest.
+    names the columns the split must have, each with the fix to suggest. The bad rows read (and every
+    bad line of a JSON-lines file) are reported together in file order: one ``DataError`` with
+    ``on_bad_row=error``, else skipped and counted in the report.
     """
     source = source_name(cfg, cfg.split)
-    train = load_split(cfg.path, cfg.data_files, cfg.split, cfg.format, subset=cfg.subset)
-    require_columns(train, columns(train), source)
-    order = _shuffled(len(train), cfg.seed)
+    train = read_split(cfg.path, cfg.data_files, cfg.split, cfg.format, subset=cfg.subset, source=source)
+    if train.ds is not None:
+        require_columns(train.ds, columns(train.ds), source)
+    order = _shuffled(train.rows, cfg.seed)
     held, note = None, None
     if cfg.eval_split:
         try:
-            held = load_split(cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset)
+            held_name = source_name(cfg, cfg.eval_split)
+            held = read_split(
+                cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset, source=held_name, rank=1
+            )
         except MissingSplit as e:
             note = (
                 f"dataset.eval_split={cfg.eval_split} is not in the data ({e}): holding out rows of "
                 f"'{cfg.split}' for evaluation instead; set dataset.eval_split=null to say so"
             )
     if held is not None:
-        held_name = source_name(cfg, cfg.eval_split)
-        require_columns(held, columns(held), held_name)
-        held_source, held_order = held, _shuffled(len(held), cfg.seed + 1)
-        train_order = order
+        if held.ds is not None:
+            require_columns(held.ds, columns(held.ds), held_name)
+        held_source, held_order, train_order = held, _shuffled(held.rows, cfg.seed + 1), order
     else:
-        n_eval = min(cfg.eval_samples, len(train) // 5)
-        held_name, held_source, held_order, train_order = source, train, order[:n_eval], order[n_eval:]
-    rows, report = clean_rows(train, source, cfg.on_bad_row, fields, convert, train_order, cfg.max_samples)
-    eval_rows, eval_report = clean_rows(
-        held_source, held_name, cfg.on_bad_row, fields, convert, held_order, cfg.eval_samples
+        n_eval = min(cfg.eval_samples, train.rows // 5)
+        held_source, held_order, train_order = train, order[:n_eval], order[n_eval:]
+    rows, problems = clean_rows(train.ds, train.places, fields, convert, train_order, cfg.max_samples)
+    eval_rows, eval_problems = clean_rows(
+        held_source.ds, held_source.places, fields, convert, held_order, cfg.eval_samples
     )
-    report.add_eval(eval_report)
+    problems += train.problems  # a bad line of a file that also gives eval rows counts as a train row
+    eval_problems += held.problems if held is not None else []
+    if str(getattr(cfg.on_bad_row, "value", cfg.on_bad_row)) == "error" and (problems or eval_problems):
+        raise bad_rows_error(problems + eval_problems)
+    report = RowReport.of(len(rows), len(eval_rows), problems, eval_problems)
+    for warning in dict.fromkeys(s.ignored_note for s in (train, held) if s is not None and s.ignored_note):
+        report.notes.append(warning)
+        say(f"warning: {warning}")
     if note:
         report.notes.append(note)
         say(f"note: {note}")
@@ -296,7 +474,9 @@ def load(cfg) -> PreferenceData:
 __all__ = [
     "FileDatasetConfig",
     "MissingSplit",
+    "Split",
     "load_split",
+    "read_split",
     "load_rows",
     "require_columns",
     "pairs_data",

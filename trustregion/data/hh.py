@@ -56,7 +56,11 @@ def hh_converter(cfg) -> Callable[[dict], dict]:
     """Splits the dialogues in the columns ``dataset.chosen_field`` / ``rejected_field`` name."""
 
     def convert(row: dict) -> dict:
-        return split_dialogues(text_field(row, cfg.chosen_field), text_field(row, cfg.rejected_field))
+        chosen, rejected = text_field(row, cfg.chosen_field), text_field(row, cfg.rejected_field)
+        for column, text in ((cfg.chosen_field, chosen), (cfg.rejected_field, rejected)):
+            if not text.strip():  # else split_dialogues would call it a dialogue without turns
+                raise BadRow(f"field '{column}' is empty")
+        return split_dialogues(chosen, rejected)
 
     return convert
 

@@ -37,7 +37,9 @@ class KTOUnpairedDatasetConfig(FileDatasetConfig):
 def _completion(value: Any, column: str) -> str:
     if isinstance(value, list):
         messages = check_messages(value, column)
-        if not messages or messages[-1]["role"] != "assistant":
+        if not messages:
+            raise BadRow(f"field '{column}' is empty")
+        if messages[-1]["role"] != "assistant":
             raise BadRow(f"field '{column}' does not end with an assistant message")
         return messages[-1]["content"]
     return text_field({column: value}, column)
@@ -50,7 +52,7 @@ def unpaired_row(prompt: Any, completion: Any, label: Any, columns: tuple[str, s
     if isinstance(prompt, list):
         messages = check_messages(prompt, columns[0])
         if not messages:
-            raise BadRow(f"field '{columns[0]}' is an empty conversation")
+            raise BadRow(f"field '{columns[0]}' is empty")
         text = plain_prompt(messages)
     else:
         text, messages = text_field({columns[0]: prompt}, columns[0]), None

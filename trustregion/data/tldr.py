@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, field_mapper, load_rows, mapped_columns, pairs_data
-from trustregion.data.rows import BadRow, as_text
+from trustregion.data.rows import BadRow, a_kind, as_text
 from trustregion.errors import ConfigError
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
@@ -43,7 +43,7 @@ def comparison_to_pair(row: dict) -> dict[str, str]:
     """{prompt, chosen, rejected} of one OpenAI comparison, or ``BadRow`` naming the bad field."""
     info = row.get("info")
     if not isinstance(info, dict):
-        raise BadRow(f"field 'info' is a {type(info).__name__}, expected a struct with post, title, subreddit")
+        raise BadRow(f"field 'info' is {a_kind(info)}, expected a struct with post, title, subreddit")
     if info.get("post") is None and info.get("article") is not None:
         raise BadRow("not a Reddit post (a news article row: info.post is missing)")
     post, title, subreddit = (as_text(info.get(k), f"info.{k}") for k in ("post", "title", "subreddit"))

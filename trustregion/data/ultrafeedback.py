@@ -17,7 +17,7 @@ from datasets import Dataset
 
 from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
-from trustregion.data.rows import FIELDS, BadRow
+from trustregion.data.rows import FIELDS, BadRow, a_kind
 
 MESSAGE_FIELDS = (*FIELDS, "prompt_messages")
 
@@ -37,7 +37,7 @@ class UltraFeedbackDatasetConfig(FileDatasetConfig):
 def check_messages(value: Any, column: str) -> list[dict[str, str]]:
     """``value`` as a list of {role, content} string messages, or ``BadRow`` naming what is wrong."""
     if not isinstance(value, list):
-        raise BadRow(f"field '{column}' is a {type(value).__name__}, expected a list of {{role, content}} messages")
+        raise BadRow(f"field '{column}' is {a_kind(value)}, expected a list of {{role, content}} messages")
     messages = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
@@ -57,7 +57,9 @@ def split_conversations(
     """{prompt, chosen, rejected, prompt_messages} of one pair of conversations, or ``BadRow``."""
     c, r = check_messages(chosen, columns[0]), check_messages(rejected, columns[1])
     for column, conv in zip(columns, (c, r)):
-        if not conv or conv[-1]["role"] != "assistant":
+        if not conv:
+            raise BadRow(f"field '{column}' is empty")
+        if conv[-1]["role"] != "assistant":
             raise BadRow(f"field '{column}' does not end with an assistant message")
     if c[:-1] != r[:-1]:
         raise BadRow("the conversations differ before the final assistant message")
