@@ -1,4 +1,4 @@
-"""wandb naming: runs of one family (method, beta, update rule) share a group across seeds."""
+"""wandb naming: runs of one model, dataset and family (method, beta, update rule) share a group across seeds."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ from trustregion.training.logger import run_group, run_name
 
 def test_runs_that_differ_only_in_seed_share_a_wandb_group(fast_cfg):
     one, two = fast_cfg("trainer.seed=1"), fast_cfg("trainer.seed=2")
-    assert run_group(one) == run_group(two) == "dpo-b0.1-soft-a0.6-t1"
+    assert run_group(one) == run_group(two) == "tiny_toy_dpo-b0.1-soft-a0.6-t1"
     assert run_name(one) != run_name(two)
 
 
 def test_beta_and_the_update_rule_make_different_groups(fast_cfg):
     groups = {run_group(fast_cfg(*o)) for o in [(), ("method.beta=0.5",), ("ref_update=none",), ("ref_update=hard",)]}
-    assert groups == {"dpo-b0.1-soft-a0.6-t1", "dpo-b0.5-soft-a0.6-t1", "dpo-b0.1-frozen", "dpo-b0.1-hard-a1-t512"}
+    assert groups == {
+        "tiny_toy_dpo-b0.1-soft-a0.6-t1",
+        "tiny_toy_dpo-b0.5-soft-a0.6-t1",
+        "tiny_toy_dpo-b0.1-frozen",
+        "tiny_toy_dpo-b0.1-hard-a1-t512",
+    }
 
 
 def test_lora_runs_group_apart_from_full_fine_tuning_and_by_reference_mode(fast_cfg):
@@ -25,7 +30,27 @@ def test_lora_runs_group_apart_from_full_fine_tuning_and_by_reference_mode(fast_
             ("peft=lora", "peft.reference=factors"),
         ]
     ]
-    assert groups == ["dpo-b0.1-lora-frozen", "dpo-b0.1-lora-exact-soft-a0.6-t1", "dpo-b0.1-lora-factors-soft-a0.6-t1"]
+    assert groups == [
+        "tiny_toy_dpo-b0.1-lora-frozen",
+        "tiny_toy_dpo-b0.1-lora-exact-soft-a0.6-t1",
+        "tiny_toy_dpo-b0.1-lora-factors-soft-a0.6-t1",
+    ]
+
+
+def test_runs_on_two_models_and_datasets_carry_them_in_wandb_name_group_and_tags(tmp_path, monkeypatch):
+    from tests.helpers import compose
+    from trustregion.training.logger import wandb_init_args
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config's own mode: offline
+    toy = wandb_init_args(compose("experiment=toy_overopt", "ref_update=none"), tmp_path / "toy")
+    real = wandb_init_args(compose("experiment=smollm2_align", "method.beta=0.1", "ref_update=none"), tmp_path / "hh")
+    assert (toy["name"], toy["group"]) == ("tiny_toy_dpo-b0.1-frozen-s0", "tiny_toy_dpo-b0.1-frozen")
+    assert (real["name"], real["group"]) == ("smollm2-135m_hh_dpo-b0.1-frozen-s0", "smollm2-135m_hh_dpo-b0.1-frozen")
+    assert {"model=tiny", "dataset=toy"} <= set(toy["tags"]) and {"model=smollm2-135m", "dataset=hh"} <= set(
+        real["tags"]
+    )
+    assert (real["config"]["model"]["name"], real["config"]["dataset"]["name"]) == ("smollm2-135m", "hh")
+    assert toy["mode"] == real["mode"] == "offline" and real["dir"] == str(tmp_path / "hh")  # <dir>/wandb/offline-run-*
 
 
 def test_an_explicit_group_wins(fast_cfg):

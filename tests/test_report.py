@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import FAST, cli, metrics
 from trustregion.report import Family, build_report, compare, gold_at_kl, load_run, t_interval
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
@@ -293,3 +295,92 @@ def test_a_rule_beyond_fixed_alpha_tau_is_its_own_family_paired_with_frozen_and_
     versus = out["versus_best_fixed"][name]
     assert versus["best_fixed"] == "dpo β=0.1 soft α=0.01 τ=1"  # the highest mean peak of the soft families
     assert versus["peak"]["mean"] == pytest.approx(0.2 - 0.12)  # lifts 0.2 vs 0.12, 0.09, 0.15 (mean 0.12)
+
+
+# --- a sweep without a gold reward ----------------------------------------------------------------
+HH = Path(__file__).parent / "fixtures" / "hh"
+NO_GOLD = "no gold reward: dataset=hh has no gold judge; gold columns omitted"
+
+
+@pytest.fixture(scope="module")
+def hh_sweep(tmp_path_factory):
+    """A real sweep on data without a gold judge, trained through the CLI (one Hydra multirun): frozen and soft
+    DPO, seeds 1 and 2, the tiny model on the hh fixture pairs, eval.generate=false."""
+    root = tmp_path_factory.mktemp("hh_sweep")
+    proc = cli(
+        "-m",
+        *FAST,
+        "dataset=hh",
+        "dataset.path=null",
+        f"dataset.data_files={{train:{HH}/train.jsonl,test:{HH}/test.jsonl}}",
+        "dataset.eval_samples=4",
+        "trainer.batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.save_models=false",
+        "ref_update=none,soft",
+        "trainer.seed=1,2",
+        f"hydra.sweep.dir={root}",
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_a_sweep_without_gold_reward_reports_held_out_preference_metrics_per_family_over_seeds(hh_sweep):
+    proc = cli(str(hh_sweep), "--no-wandb", module="trustregion.report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {"none": "dpo β=0.1 frozen", "soft": "dpo β=0.1 soft α=0.6 τ=1"}
+    finals: dict[str, list[dict]] = {}  # family -> each seed's final evaluation row, read from metrics.jsonl
+    for run in sorted(d for d in hh_sweep.iterdir() if (d / "metrics.jsonl").exists()):
+        rule = yaml.safe_load((run / "config.yaml").read_text())["ref_update"]["name"]
+        finals.setdefault(names[rule], []).append([r for r in metrics(run) if "eval/loss" in r][-1])
+    families = json.loads((hh_sweep / "report.json").read_text())["families"]
+    assert set(families) == set(names.values())
+    for name, rows in finals.items():
+        assert families[name]["seeds"] == [1, 2] and families[name]["final_step"] == [2, 2]
+        for key in ("rewards_sft/accuracies", "rewards_sft/margins", "rewards/margins", "kl/policy_ref", "loss"):
+            expected, got = t_interval([r[f"eval/{key}"] for r in rows]), families[name]["preference"][key]
+            assert (got["mean"], got["lo"], got["hi"]) == (
+                pytest.approx(expected.mean),
+                pytest.approx(expected.lo, nan_ok=True),
+                pytest.approx(expected.hi, nan_ok=True),
+            ), (name, key)
+    lines = (hh_sweep / "report.md").read_text().splitlines()
+    assert lines.count(NO_GOLD) == 1
+    assert not [line for line in lines if line.startswith("|") and "gold" in line]  # no gold column in any table
+
+
+def test_a_report_without_gold_reward_goes_to_wandb_with_only_the_files_it_wrote(hh_sweep, monkeypatch):
+    from trustregion.report import Study, load_runs, log_to_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for stale in hh_sweep.glob("*.png"):
+        stale.unlink()
+    build_report([str(hh_sweep)])
+    artifact = log_to_wandb(hh_sweep, Study.of(load_runs([str(hh_sweep)])[0]), "trustregion-test")
+    assert set(artifact.manifest.entries) == {"report.md", "report.json"}
+
+
+@pytest.fixture
+def tr_only(tmp_path):
+    """A gold sweep with a soft rule over three seeds and no frozen run."""
+    for seed, e in SEED_OFFSET.items():
+        gold = [frozen_curve(k) + e for k in TR_KL]
+        write_run(tmp_path / f"soft-{seed}", "dpo", 1, 0.1, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
+    return tmp_path
+
+
+def test_a_sweep_without_a_frozen_run_says_in_one_line_there_is_no_baseline(tr_only):
+    text = build_report([str(tr_only)])[0].read_text()
+    line = "No frozen baseline: no run in this sweep has ref_update=none, so there is nothing to compare against."
+    assert text.splitlines().count(line) == 2  # in place of the paired table and of the best-per-method table
+    assert "| family | seeds | matched KL |" not in text
+
+
+def test_the_report_lists_only_the_files_it_wrote(tr_only):
+    text = build_report([str(tr_only)])[0].read_text()
+    on_disk = sorted(p.name for p in tr_only.iterdir() if p.is_file())
+    assert on_disk == ["bands.png", "gold_vs_kl.png", "report.json", "report.md"]  # no pair, so no heat map
+    listed = next(line for line in text.splitlines() if line.startswith("Written:"))
+    assert re.findall(r"`([^`]+)`", listed) == ["report.md", "report.json", "bands.png", "gold_vs_kl.png"]

@@ -297,7 +297,7 @@ def test_wandb_offline_run_lands_in_the_run_dir_named_by_alpha_and_tau(fast_cfg,
     assert len(runs) == 1 and any(runs[0].glob("run-*.wandb"))
     from trustregion.training.logger import run_name
 
-    assert run_name(cfg) == "dpo-b0.1-soft-a0.3-t4-s0"
+    assert run_name(cfg) == "tiny_toy_dpo-b0.1-soft-a0.3-t4-s0"
 
 
 def test_resume_from_a_missing_dir_is_an_error(fast_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""Sweep report: how much a moving reference changes gold reward at matched KL, with intervals over seeds.
+"""Sweep report: moving vs frozen reference in gold reward at matched KL (else held-out preference metrics), over seeds.
 
     python -m trustregion.report outputs/sweep_toy/<date>/<time>          # a sweep dir, or globs of run dirs
     python -m trustregion.report --compare RUN_FROZEN RUN_TR --out DIR     # two runs side by side
@@ -11,8 +11,16 @@ evaluation) and its peak (best evaluation and the KL there); per family, the mea
 the frozen reference of the same method and beta *paired by seed* (same training pairs, same evaluation
 samples), at the KL where the frozen runs peak on average and in peak gold: the verdict is ``better``/``worse``
 when the paired interval excludes 0, ``identical`` when every seed gives exactly 0 (no update happened yet),
-else ``within noise``. Writes ``report.md``, ``report.json``, ``bands.png``, ``heatmap.png``,
-``heatmap_peak.png`` and ``gold_vs_kl.png``, and logs them to wandb as an artifact (offline unless asked).
+else ``within noise``. Without a frozen family the comparison sections say so in one line. Writes
+``report.md``, ``report.json``, ``bands.png``, ``gold_vs_kl.png`` and, where a fixed (alpha, tau) rule has a frozen
+family to pair with, ``heatmap.png`` and ``heatmap_peak.png``; report.md lists what was written, and the same files
+go to wandb as an artifact (offline unless asked).
+
+Without a gold reward (no run has generation evaluations: data without a gold judge such as dataset=hh, or
+eval.generate=false) the report says why in one line and summarises each family's held-out preference metrics
+(the objective's ``eval/*`` rows: accuracy and margin against SFT and against the reference, log-ratio to the
+reference, loss, log-probs) at each run's final evaluation, with the same intervals over seeds and the same
+pairing by seed against frozen; it writes report.md and report.json only.
 """
 
 from __future__ import annotations
@@ -34,6 +42,21 @@ from trustregion.errors import ConfigError, DataError
 from trustregion.training.steps import total_optimizer_steps
 
 KL_LEVELS = (2.0, 5.0, 10.0)
+# The objective's held-out metrics (``eval/*`` rows of metrics.jsonl, every evaluation, with or without a gold
+# judge) as the report names them; the vs-SFT ones first: they share one yardstick across update rules.
+PREFERENCE = {
+    "eval/rewards_sft/accuracies": "accuracy vs SFT",
+    "eval/rewards_sft/margins": "margin vs SFT",
+    "eval/rewards/accuracies": "accuracy vs reference",
+    "eval/rewards/margins": "margin vs reference",
+    "eval/kl/policy_ref": "log π/π_ref per token",
+    "eval/loss": "loss",
+    "eval/logps/chosen": "logp chosen",
+    "eval/logps/rejected": "logp rejected",
+}
+# Datasets whose loader attaches a gold judge (PreferenceData.task in trustregion.data); other data has none.
+GOLD_JUDGED = ("toy", "sentiment")
+NO_GENERATION = "no generation evaluations in metrics.jsonl (eval.generate=false, or not evaluated yet)"
 CONFIDENCE = 0.95
 FEW_SEEDS = 3  # below this many seeds an interval is reported but flagged
 FROZEN_COLOR = "#222222"
@@ -117,6 +140,16 @@ class Run:
     in_domain: list[float] = field(default_factory=list)
     sft_gold: float | None = None
     finished: bool = False
+    model: str = ""
+    dataset: str = ""
+    generate: bool = True  # eval.generate: whether the run asked for generation evaluations
+    preference: dict[str, float] = field(default_factory=dict)  # the final held-out preference evaluation
+    preference_step: int | None = None  # the step of that evaluation
+
+    @property
+    def has_gold(self) -> bool:
+        """Whether the run logged a generation evaluation (gold reward and KL to SFT)."""
+        return bool(self.steps)
 
     def path_from_sft(self) -> tuple[list[float], list[float]]:
         """(KL, gold) along the run, starting at the KL = 0 point: its step-0 evaluation, else the SFT gold."""
@@ -251,7 +284,14 @@ def load_run(path: Path) -> Run | str:
             _peft_label(cfg.get("peft") or {}, moving=tau is not None or bool(spec)),
             spec,
         )
-        run = Run(path, family, int(cfg.get("trainer", {}).get("seed", 0)))
+        run = Run(
+            path,
+            family,
+            int(cfg.get("trainer", {}).get("seed", 0)),
+            model=str((cfg.get("model") or {}).get("name", "")),
+            dataset=str((cfg.get("dataset") or {}).get("name", "")),
+            generate=bool((cfg.get("eval") or {}).get("generate", True)),
+        )
     except (KeyError, TypeError, ValueError) as e:
         return f"config.yaml lacks {e}"
     for row in rows:
@@ -264,10 +304,14 @@ def load_run(path: Path) -> Run | str:
             run.in_domain.append(_num(row.get("eval/in_domain_rate")))
         if run.sft_gold is None and math.isfinite(_num(row.get("eval/sft_gold_reward"))):
             run.sft_gold = float(row["eval/sft_gold_reward"])
-    if not run.steps:
-        return "no generation evaluations in metrics.jsonl (eval.generate=false, or not evaluated yet)"
+        if any(k in row for k in PREFERENCE):
+            run.preference = {k: _num(row[k]) for k in PREFERENCE if k in row}
+            run.preference_step = int(row["step"])
+    if not run.steps and run.preference_step is None:
+        return "no evaluations in metrics.jsonl (not evaluated yet)"
     total = _total_steps(cfg, rows)
-    run.finished = total is not None and run.steps[-1] >= total
+    last = run.steps[-1] if run.steps else run.preference_step
+    run.finished = total is not None and last >= total
     return run
 
 
@@ -344,6 +388,42 @@ class Study:
         for members in ordered.values():
             members.sort(key=lambda r: r.seed)
         return cls(runs, ordered)
+
+    @property
+    def gold(self) -> bool:
+        """Whether the runs have gold-reward evaluations (else the report is on held-out preference metrics)."""
+        return all(r.has_gold for r in self.runs)
+
+    def no_gold_reason(self) -> str:
+        """One line saying why a report has no gold columns."""
+        datasets = sorted({r.dataset for r in self.runs})
+        judgeless = [d for d in datasets if d not in GOLD_JUDGED]
+        if judgeless:
+            verb = "has" if len(judgeless) == 1 else "have"
+            return f"no gold reward: {', '.join(f'dataset={d}' for d in judgeless)} {verb} no gold judge; gold columns omitted"
+        if not any(r.generate for r in self.runs):
+            return (
+                f"no gold reward: eval.generate=false in every run ({', '.join(f'dataset={d}' for d in datasets)} "
+                "has a gold judge: set eval.generate=true to score samples); gold columns omitted"
+            )
+        return "no gold reward: no generation evaluation logged yet; gold columns omitted"
+
+    def unpaired(self) -> list[Family]:
+        """The moving-reference families with no frozen family of their method, beta and tuning to pair with."""
+        return [f for f in self.families if not f.frozen and f.baseline not in self.families]
+
+    def no_baseline_line(self) -> str | None:
+        """One line where moving-reference families have no frozen baseline in the sweep; None where all do."""
+        missing = self.unpaired()
+        if not missing:
+            return None
+        if not any(f.frozen for f in self.families):
+            return (
+                "No frozen baseline: no run in this sweep has ref_update=none, so there is nothing to compare against."
+            )
+        return "No frozen baseline (ref_update=none at the same method, β and tuning) for: " + ", ".join(
+            f.name for f in missing
+        )
 
     def over_seeds(self, family: Family, reading: Callable[[Run], float | None]) -> Interval:
         return t_interval([reading(r) for r in self.families[family]])
@@ -517,7 +597,30 @@ def best_table(study: Study) -> list[str]:
     return lines
 
 
-def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
+def _or_why(table: list[str], rows: list, study: Study, note: bool = True) -> list[str]:
+    """A comparison table, with (``note``) a line under it naming the families left out for want of a frozen
+    baseline; in its place that line alone (or that there is no moving reference) when the table would be empty."""
+    why = study.no_baseline_line()
+    if rows:
+        return table + ([] if why is None or not note else ["", why])
+    return [why or "No Trust-Region family: every run has ref_update=none, so there is nothing to compare."]
+
+
+FIGURES = {
+    "bands.png": "gold vs KL, mean and 95 % band over seeds, one panel per method and β",
+    "heatmap.png": "paired Δ gold at matched KL over α and τ",
+    "heatmap_peak.png": "paired Δ peak gold over α and τ",
+    "gold_vs_kl.png": "every run",
+}
+
+
+def _written_line(written: Sequence[str]) -> str:
+    figures = [f"`{f}` ({FIGURES[f]})" for f in written if f in FIGURES]
+    others = [f"`{f}`" for f in written if f not in FIGURES]
+    return "Written: " + ", ".join(["`report.md`", "`report.json`", *others, *figures]) + "."
+
+
+def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path, written: Sequence[str] = ()) -> str:
     seeds = sorted({r.seed for r in study.runs})
     counts = sorted({len(m) for m in study.families.values()})
     few = counts[0] < FEW_SEEDS
@@ -525,7 +628,7 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "# Sweep report",
         "",
         f"{len(study.runs)} runs in {len(study.families)} families from `{root}`; seeds {seeds} "
-        f"({'/'.join(map(str, counts))} per family).",
+        f"({'/'.join(map(str, counts))} per family). {_setting(study)}",
         "",
         f"Intervals: mean over seeds ± a two-sided {CONFIDENCE:.0%} t-interval (n − 1 degrees of freedom). "
         "None with one seed; † marks fewer than 3 seeds, where the interval is very wide."
@@ -541,7 +644,7 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "paired interval excludes 0, *identical* when every seed gives exactly 0 (no update before that point), "
         "else *within noise*.",
         "",
-        *paired_table(study),
+        *_or_why(paired_table(study), study.comparisons(), study),
         "",
         "## Best per method, β tuned too",
         "",
@@ -549,7 +652,7 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         "(any β, α, τ), paired by seed. Picking the best of many families on the same seeds favours the side "
         "with more candidates: treat a *better* here as a lead to confirm on new seeds.",
         "",
-        *best_table(study),
+        *_or_why(best_table(study), study.best_per_method(), study, note=False),
         "",
         *(
             [
@@ -586,13 +689,7 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
         )
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
-    lines += [
-        "",
-        "Figures: `bands.png` (gold vs KL, mean and 95 % band over seeds, one panel per method and β), "
-        "`heatmap.png` / `heatmap_peak.png` (paired Δ gold at matched KL / Δ peak gold over α and τ), "
-        "`gold_vs_kl.png` (every run).",
-        "",
-    ]
+    lines += ["", _written_line(written), ""]
     return "\n".join(lines)
 
 
@@ -647,7 +744,160 @@ def summary_json(study: Study) -> dict:
         }
         for v in study.versus_best_fixed()
     }
-    return {"families": fams, "paired": paired, "best": best, "versus_best_fixed": versus_fixed}
+    return {
+        "gold": True,
+        "no_baseline": study.no_baseline_line(),
+        "families": fams,
+        "paired": paired,
+        "best": best,
+        "versus_best_fixed": versus_fixed,
+    }
+
+
+# --- without a gold reward: held-out preference metrics -----------------------------------------------
+PAIRED_PREFERENCE = ("eval/rewards_sft/accuracies", "eval/rewards_sft/margins")
+
+
+def _final(key: str) -> Callable[[Run], float | None]:
+    """A run's ``key`` at its final held-out evaluation (None where it has none)."""
+    return lambda r: r.preference.get(key)
+
+
+def _direction(iv: Interval) -> str:
+    """The verdict on a paired difference of a preference metric: higher/lower where the interval excludes 0."""
+    return {"better": "higher", "worse": "lower"}.get(iv.verdict(), iv.verdict())
+
+
+def _final_steps(members: list[Run]) -> str:
+    steps = sorted({r.preference_step for r in members if r.preference_step is not None})
+    return "-" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
+
+
+def _pairable(study: Study) -> list[Family]:
+    return [f for f in study.families if not f.frozen and f.baseline in study.families]
+
+
+def _setting(study: Study) -> str:
+    """ "Model tiny; dataset hh." from the runs' configs (the parts they name)."""
+    parts = [
+        f"{what} {', '.join(names)}"
+        for what, names in (
+            ("Model", sorted({r.model for r in study.runs if r.model})),
+            ("dataset", sorted({r.dataset for r in study.runs if r.dataset})),
+        )
+        if names
+    ]
+    return "; ".join(parts) + "." if parts else ""
+
+
+def preference_family_table(study: Study) -> list[str]:
+    lines = [
+        "| family | seeds | final eval step | " + " | ".join(PREFERENCE.values()) + " |",
+        "|---|---|---|" + "---|" * len(PREFERENCE),
+    ]
+    for fam, members in study.families.items():
+        cells = [study.over_seeds(fam, _final(k)).text() for k in PREFERENCE]
+        lines.append(f"| {fam.name} | {len(members)} | {_final_steps(members)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def preference_paired_table(study: Study) -> list[str]:
+    names = [PREFERENCE[k] for k in PAIRED_PREFERENCE]
+    lines = [
+        "| family | seeds | " + " | ".join(f"Δ {n} | verdict" for n in names) + " |",
+        "|---|---|" + "---|---|" * len(names),
+    ]
+    for fam in _pairable(study):
+        pairs = [study.paired(fam, _final(k)) for k in PAIRED_PREFERENCE]
+        cells = [f"{iv.text()} | {_direction(iv)}" for iv, _ in pairs]
+        lines.append(f"| {fam.name} | {len(pairs[0][1])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def preference_markdown(study: Study, skipped: list[tuple[Path, str]], root: Path) -> str:
+    """The report of a sweep without gold reward: each family's held-out preference metrics at the final
+    evaluation, mean and interval over seeds, and the moving-reference families paired with frozen by seed."""
+    seeds = sorted({r.seed for r in study.runs})
+    counts = sorted({len(m) for m in study.families.values()})
+    few = counts[0] < FEW_SEEDS
+    lines = [
+        "# Sweep report",
+        "",
+        f"{len(study.runs)} runs in {len(study.families)} families from `{root}`; seeds {seeds} "
+        f"({'/'.join(map(str, counts))} per family). {_setting(study)}",
+        "",
+        study.no_gold_reason(),
+        "",
+        "Held-out preference metrics: the objective on the held-out pairs at each run's final evaluation "
+        "(`eval/*` in metrics.jsonl). "
+        f"Intervals: mean over seeds ± a two-sided {CONFIDENCE:.0%} t-interval (n − 1 degrees of freedom); none "
+        "with one seed; † marks fewer than 3 seeds."
+        + (" **Some families have fewer than 3 seeds: read their verdicts as unknown.**" if few else ""),
+        "*vs SFT*: implicit rewards β·log π/π_SFT, one yardstick for every update rule; *vs reference*: against each "
+        "run's own reference, which a moving reference shifts, so compare families on the vs-SFT columns. "
+        "A KL to SFT needs samples from the policy (generation evaluations); *log π/π_ref per token* is the "
+        "held-out responses' log-ratio to the current reference.",
+        "",
+        "## Trust-Region vs frozen, paired by seed",
+        "",
+        "TR − frozen on the same seed, same method and β, at each run's final evaluation. Verdict: *higher*/*lower* "
+        "when the paired interval excludes 0, *identical* when every seed gives exactly 0, else *within noise*.",
+        "",
+        *_or_why(preference_paired_table(study), _pairable(study), study),
+        "",
+        "## Families",
+        "",
+        "Mean [95 % interval] over seeds at the final evaluation.",
+        "",
+        *preference_family_table(study),
+        "",
+        "## Runs",
+        "",
+        "| run | family | seed | final eval step | accuracy vs SFT | margin vs SFT | loss | done |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(study.runs, key=lambda r: (r.family.sort_key(), r.seed)):
+        pref = r.preference
+        lines.append(
+            f"| {_rel(r.path, root)} | {r.family.name} | {r.seed} | {r.preference_step} | "
+            f"{_fmt(pref.get('eval/rewards_sft/accuracies'))} | {_fmt(pref.get('eval/rewards_sft/margins'))} | "
+            f"{_fmt(pref.get('eval/loss'))} | {'yes' if r.finished else 'partial'} |"
+        )
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
+    lines += ["", _written_line([]), ""]
+    return "\n".join(lines)
+
+
+def preference_json(study: Study) -> dict:
+    """The numbers of a report without gold reward, for scripts and tests."""
+    fams = {}
+    for fam, members in study.families.items():
+        fams[fam.name] = {
+            "method": fam.method,
+            "beta": fam.beta,
+            "alpha": fam.alpha,
+            "tau": fam.tau,
+            "rule": fam.spec or fam.rule,
+            "seeds": [r.seed for r in members],
+            "final_step": [r.preference_step for r in members],
+            "preference": {k.removeprefix("eval/"): _iv(study.over_seeds(fam, _final(k))) for k in PREFERENCE},
+        }
+    paired = {}
+    for fam in _pairable(study):
+        entry: dict = {}
+        for k in PAIRED_PREFERENCE:
+            iv, seeds = study.paired(fam, _final(k))
+            entry[k.removeprefix("eval/")] = {**_iv(iv), "verdict": _direction(iv)}
+            entry["seeds"] = seeds
+        paired[fam.name] = entry
+    return {
+        "gold": False,
+        "no_gold": study.no_gold_reason(),
+        "no_baseline": study.no_baseline_line(),
+        "families": fams,
+        "paired": paired,
+    }
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -703,14 +953,14 @@ def plot_bands(study: Study, path: Path) -> None:
     fig.savefig(path)
 
 
-def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
+def plot_heatmap(study: Study, path: Path, peak: bool = False) -> bool:
     """Paired TR − frozen (mean over seeds) over α (rows) and τ (columns), one panel per method and β: gold at
-    the matched KL, or (``peak``) peak gold."""
+    the matched KL, or (``peak``) peak gold. Writes nothing and returns False without a fixed rule to pair."""
 
     comps = [c for c in study.comparisons() if c.family.fixed]  # the (alpha, tau) grid; other rules are off it
     panels = sorted({(c.family.method, c.family.beta, c.family.peft) for c in comps})
     if not panels:
-        return
+        return False
     pick = (lambda c: c.peak) if peak else (lambda c: c.at_kl)
     fig, axes = _figure(len(panels), height=4.0)
     span = max([abs(pick(c).mean) for c in comps if math.isfinite(pick(c).mean)] or [1.0]) or 1.0
@@ -735,6 +985,7 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> None:
     fig.text(0.01, 0.005, "TR − frozen, paired by seed; + / −: the 95 % interval excludes 0", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
+    return True
 
 
 def plot_runs(study: Study, path: Path) -> None:
@@ -764,9 +1015,11 @@ def plot_runs(study: Study, path: Path) -> None:
 
 
 # --- wandb ----------------------------------------------------------------------------------------
-def log_to_wandb(out: Path, study: Study, project: str):
-    """The report as a wandb artifact (report.md, report.json, figures) plus its tables; returns the artifact,
-    or None where wandb is off (WANDB_MODE=disabled)."""
+def log_to_wandb(out: Path, study: Study, project: str, files: Sequence[str] | None = None):
+    """The report as a wandb artifact (``files``, default report.md, report.json and whichever figures are in
+    ``out``) plus its tables; returns the artifact, or None where wandb is off (WANDB_MODE=disabled)."""
+    if files is None:
+        files = [f for f in ("report.md", "report.json", *FIGURES) if (out / f).exists()]
     mode = os.environ.get("WANDB_MODE", "offline")
     if mode == "disabled":
         return None
@@ -783,23 +1036,28 @@ def log_to_wandb(out: Path, study: Study, project: str):
         settings=wandb.Settings(quiet=True, console="off"),
     )
     try:
-        paired = wandb.Table(
-            columns=["family", "seeds", "matched_kl", "delta_gold", "lo", "hi", "verdict"],
-            data=[
-                [c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi, c.at_kl.verdict()]
-                for c in study.comparisons()
-            ],
-        )
-        images = {
-            f"report/{p.stem}": wandb.Image(str(p))
-            for p in sorted(out.glob("*.png"))
-            if p.stem in ("bands", "heatmap", "heatmap_peak", "gold_vs_kl")
-        }
-        run.log({"report/paired": paired, **images})
+        if study.gold:
+            table = wandb.Table(
+                columns=["family", "seeds", "matched_kl", "delta_gold", "lo", "hi", "verdict"],
+                data=[
+                    [c.family.name, c.at_kl.n, c.kl, c.at_kl.mean, c.at_kl.lo, c.at_kl.hi, c.at_kl.verdict()]
+                    for c in study.comparisons()
+                ],
+            )
+        else:
+            keys = list(PREFERENCE)
+            table = wandb.Table(
+                columns=["family", "seeds", *(k.removeprefix("eval/") for k in keys)],
+                data=[
+                    [fam.name, len(members), *(study.over_seeds(fam, _final(k)).mean for k in keys)]
+                    for fam, members in study.families.items()
+                ],
+            )
+        images = {f"report/{Path(f).stem}": wandb.Image(str(out / f)) for f in files if f.endswith(".png")}
+        run.log({"report/paired" if study.gold else "report/preference": table, **images})
         artifact = wandb.Artifact(name=wandb.util.make_artifact_name_safe(name), type="sweep-report")
-        for file in ("report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png", "gold_vs_kl.png"):
-            if (out / file).exists():
-                artifact.add_file(str(out / file))
+        for file in files:
+            artifact.add_file(str(out / file))
         run.log_artifact(artifact)
     finally:
         run.finish()
@@ -808,6 +1066,9 @@ def log_to_wandb(out: Path, study: Study, project: str):
 
 # --- entry points ---------------------------------------------------------------------------------
 def load_runs(targets: Sequence[str]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The evaluated runs under ``targets`` and the skipped dirs with why. Where any run has generation evaluations
+    the report is on gold reward and the runs without them are skipped; else every run is reported on its held-out
+    preference metrics."""
     runs: list[Run] = []
     skipped: list[tuple[Path, str]] = []
     for d in find_run_dirs(targets):
@@ -815,7 +1076,11 @@ def load_runs(targets: Sequence[str]) -> tuple[list[Run], list[tuple[Path, str]]
         (runs.append(run) if isinstance(run, Run) else skipped.append((d, run)))
     if not runs:
         why = "; ".join(f"{p}: {w}" for p, w in skipped) or "no run dirs found"
-        raise DataError(f"no run with generation evaluations under {', '.join(targets)} ({why})")
+        raise DataError(f"no evaluated run under {', '.join(targets)} ({why})")
+    if any(r.has_gold for r in runs):
+        skipped += [(r.path, NO_GENERATION) for r in runs if not r.has_gold]
+        skipped.sort(key=lambda s: (len(s[0].parts), str(s[0])))
+        runs = [r for r in runs if r.has_gold]
     return runs, skipped
 
 
@@ -830,14 +1095,22 @@ def build_report(
         out = first if first.is_dir() else Path(".")
     out.mkdir(parents=True, exist_ok=True)
     study = Study.of(runs)
-    (out / "report.md").write_text(markdown(study, skipped, out), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(summary_json(study), indent=1, default=str), encoding="utf-8")
-    plot_bands(study, out / "bands.png")
-    plot_heatmap(study, out / "heatmap.png")
-    plot_heatmap(study, out / "heatmap_peak.png", peak=True)
-    plot_runs(study, out / "gold_vs_kl.png")
+    written: list[str] = []
+    if study.gold:
+        plot_bands(study, out / "bands.png")
+        written.append("bands.png")
+        written += [
+            f for f, peak in (("heatmap.png", False), ("heatmap_peak.png", True)) if plot_heatmap(study, out / f, peak)
+        ]
+        plot_runs(study, out / "gold_vs_kl.png")
+        written.append("gold_vs_kl.png")
+        text, numbers = markdown(study, skipped, out, written), summary_json(study)
+    else:
+        text, numbers = preference_markdown(study, skipped, out), preference_json(study)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(numbers, indent=1, default=str), encoding="utf-8")
     if wandb_project:
-        log_to_wandb(out, study, wandb_project)
+        log_to_wandb(out, study, wandb_project, ["report.md", "report.json", *written])
     return out / "report.md", study, skipped
 
 
@@ -847,6 +1120,8 @@ def compare(frozen_dir: Path, tr_dir: Path, out: Path) -> str:
     runs = []
     for d in (frozen_dir, tr_dir):
         run = load_run(Path(d))
+        if isinstance(run, Run) and not run.has_gold:
+            run = NO_GENERATION
         if not isinstance(run, Run):
             raise DataError(f"{d}: {run}")
         runs.append(run)

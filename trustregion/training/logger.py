@@ -18,7 +18,7 @@ from trustregion.console import say
 def family(cfg: DictConfig) -> str:
     """What a sweep point is apart from its seed: method, beta and update rule (the report's family too)."""
     if "method" not in cfg:
-        return f"sft-{cfg.model.name}-{cfg.dataset.name}"
+        return "sft"
     r = cfg.ref_update
     rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
     peft = OmegaConf.select(cfg, "peft.name", default="none")
@@ -27,14 +27,20 @@ def family(cfg: DictConfig) -> str:
     return f"{cfg.method.name}-b{cfg.method.beta:g}{tuning}-{rule}"
 
 
+def setting(cfg: DictConfig) -> str:
+    """The model and the data a run trains on, ``<model.name>_<dataset.name>`` (tiny_toy, smollm2-135m_hh)."""
+    return f"{cfg.model.name}_{cfg.dataset.name}"
+
+
 def run_name(cfg: DictConfig) -> str:
-    """A readable name from the things a sweep varies: method, beta, update rule, seed."""
-    return cfg.logger.name or f"{family(cfg)}-s{cfg.trainer.seed}"
+    """A readable name from the model, the data and the things a sweep varies: method, beta, update rule, seed."""
+    return cfg.logger.name or f"{setting(cfg)}_{family(cfg)}-s{cfg.trainer.seed}"
 
 
 def run_group(cfg: DictConfig) -> str:
-    """The wandb group: runs that differ only in seed share one, so wandb's grouped view shows mean and band."""
-    return cfg.logger.group or family(cfg)
+    """The wandb group: runs of one model and dataset that differ only in seed share one, so wandb's grouped view
+    shows mean and band (and a toy run never lands in a real model's group)."""
+    return cfg.logger.group or f"{setting(cfg)}_{family(cfg)}"
 
 
 def run_id(run_dir: Path) -> str:
@@ -45,8 +51,9 @@ def run_id(run_dir: Path) -> str:
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
-    """The run's wandb tags: the user's, then the method and update rule (the SFT stage: none of those)."""
-    tags = list(cfg.logger.tags)
+    """The run's wandb tags: the user's, the model and dataset, then the method and update rule (the SFT stage:
+    none of those)."""
+    tags = list(cfg.logger.tags) + [f"model={cfg.model.name}", f"dataset={cfg.dataset.name}"]
     if "method" not in cfg:
         return tags + ["sft", f"seed={cfg.trainer.seed}"]
     r = cfg.ref_update
@@ -58,6 +65,25 @@ def run_tags(cfg: DictConfig) -> list[str]:
         f"beta={cfg.method.beta:g}",
         f"seed={cfg.trainer.seed}",
     ]
+
+
+def wandb_init_args(cfg: DictConfig, run_dir: Path, job_type: str = "align") -> dict[str, Any]:
+    """The keyword arguments of ``wandb.init`` for a run in ``run_dir`` (its settings aside): id, project, group,
+    name, tags, config, and the run dir as wandb's dir, so an offline run lands in ``<run dir>/wandb/offline-run-*``.
+    The mode is ``logger.mode`` (offline by default) unless WANDB_MODE is set."""
+    return {
+        "id": run_id(run_dir),
+        "resume": "allow",  # a resumed or requeued job continues its wandb run
+        "project": cfg.logger.project,
+        "entity": cfg.logger.entity,
+        "group": run_group(cfg),
+        "name": run_name(cfg),
+        "job_type": job_type,
+        "tags": run_tags(cfg),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "dir": str(run_dir),
+        "mode": os.environ.get("WANDB_MODE", cfg.logger.mode),
+    }
 
 
 def _clean(value: Any) -> Any:
@@ -88,19 +114,8 @@ class RunLogger:
         if cfg.logger.backend == "wandb" and cfg.logger.mode != "disabled":
             import wandb
 
-            mode = os.environ.get("WANDB_MODE", cfg.logger.mode)
             self.wandb = wandb.init(
-                id=run_id(run_dir),
-                resume="allow",  # a resumed or requeued job continues its wandb run
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                group=run_group(cfg),
-                name=run_name(cfg),
-                job_type=job_type,
-                tags=run_tags(cfg),
-                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                dir=str(run_dir),
-                mode=mode,
+                **wandb_init_args(cfg, run_dir, job_type),
                 settings=wandb.Settings(quiet=True, console="off", x_disable_stats=not cfg.logger.system_metrics),
             )
             # Gold reward plots against KL to SFT (the overoptimization curve); the summary keeps the best gold.
