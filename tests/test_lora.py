@@ -14,7 +14,7 @@ from tests.helpers import FAST, FAULTS, TOY, cli, compose, losses, metrics, torc
 from trustregion.config import ModelConfig, PeftConfig
 from trustregion.errors import ConfigError
 from trustregion.models.loading import sequence_logps, tiny_model
-from trustregion.models.lora import low_rank_factors, wrap_policy
+from trustregion.models.lora import load_policy_state, low_rank_factors, policy_state, wrap_policy
 from trustregion.reference.adapter import AdapterApplier, build_reference
 from trustregion.train import train
 
@@ -213,15 +213,44 @@ def test_exact_reference_under_zero3_is_refused_with_the_reason(fast_cfg, tmp_pa
 LORA = ["peft=lora", "peft.rank=4", "ref_update=soft", "ref_update.alpha=0.3"]
 
 
-def test_checkpoint_holds_the_policy_adapter_and_the_exact_reference_delta(fast_cfg, tmp_path):
+def test_checkpoint_holds_the_policy_adapter_and_the_exact_reference_delta_not_the_base(fast_cfg, tmp_path):
     train(fast_cfg(*LORA, "peft.reference=exact"), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
     assert any("lora_A.default" in k for k in state["policy"]) and any("lora_B.default" in k for k in state["policy"])
+    assert all(".lora_" in k for k in state["policy"])  # the frozen base is reloaded on resume, not saved
     assert state["reference"] and all(k.startswith("delta_") for k in state["reference"])
     # The exported reference has the rank its updates made: at most rank 4 per update, here below min(out, in) = 32.
     updates = [r["ref_updates"] for r in metrics(tmp_path) if "ref_updates" in r][-1]
     ranks = json.loads((tmp_path / "reference" / "adapter_config.json").read_text())["rank_pattern"].values()
     assert 1 <= updates and max(ranks) <= 4 * updates < 32
+
+
+def test_lora_resume_from_adapters_alone_matches_the_uninterrupted_run_bit_for_bit(fast_cfg, tmp_path):
+    run = [*LORA, "peft.reference=exact", "trainer.save_every=2", "trainer.lr=3e-3"]
+    train(fast_cfg(*run), tmp_path / "full")
+    train(fast_cfg(*run, "trainer.max_steps=2"), tmp_path / "cut")
+    train(fast_cfg(*run, "trainer.resume=latest"), tmp_path / "cut")
+    assert losses(tmp_path / "cut")[-2:] == losses(tmp_path / "full")[-2:]
+    full, cut = (
+        torch.load(d / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
+        for d in (tmp_path / "full", tmp_path / "cut")
+    )
+    for part in ("policy", "reference"):
+        assert full[part].keys() == cut[part].keys()
+        assert all(torch.equal(full[part][k], cut[part][k]) for k in full[part]), part
+
+
+def test_policy_state_is_the_adapters_and_loads_back_onto_a_fresh_base():
+    policy = wrap_policy(tiny_base(), peft_cfg())
+    train_a_little(policy, torch.Generator().manual_seed(0))
+    state = policy_state(policy)
+    assert state.keys() == {k for k in policy.state_dict() if ".lora_" in k}
+    fresh = wrap_policy(tiny_base(), peft_cfg())
+    load_policy_state(fresh, state)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in policy.state_dict().items())
+    load_policy_state(fresh, policy.state_dict())  # a checkpoint written with the base (before this rule) loads too
+    with pytest.raises(RuntimeError, match="does not fit this policy"):
+        load_policy_state(fresh, {k: v for k, v in state.items() if "lora_B" not in k})
 
 
 def test_checkpoint_holds_both_adapters_under_factors(fast_cfg, tmp_path):
@@ -230,6 +259,7 @@ def test_checkpoint_holds_both_adapters_under_factors(fast_cfg, tmp_path):
     for adapter in ("default", "reference"):
         assert any(f"lora_A.{adapter}" in k for k in state["policy"]), adapter
         assert any(f"lora_B.{adapter}" in k for k in state["policy"]), adapter
+    assert all(".lora_" in k for k in state["policy"])
 
 
 def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(fast_cfg, tmp_path):

@@ -108,6 +108,38 @@ def adapted_layers(policy: nn.Module) -> list[AdaptedLayer]:
     return found
 
 
+def _is_adapter_key(key: str) -> bool:
+    """A state-dict key of a LoRA adapter's weight (any adapter: the policy's ``default``, the ``reference``)."""
+    return ".lora_" in key
+
+
+def policy_state(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the policy. Under LoRA: every adapter's weights and whatever else trains, not the
+    frozen base, which a resume loads again from ``model.path`` (or builds again, the tiny model) before
+    ``load_policy_state``; otherwise the whole state dict."""
+    state = policy.state_dict()
+    if getattr(policy, "peft_config", None) is None:
+        return state
+    trained = {name for name, p in policy.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if _is_adapter_key(k) or k in trained}
+
+
+def load_policy_state(policy: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Restore what ``policy_state`` kept: strictly, except that under LoRA only frozen base weights may be absent
+    (a checkpoint written before this rule holds them too, and loads as before)."""
+    if getattr(policy, "peft_config", None) is None:
+        policy.load_state_dict(state)
+        return
+    result = policy.load_state_dict(state, strict=False)
+    kept = policy_state(policy).keys()
+    missing = [k for k in result.missing_keys if k in kept]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the checkpoint's LoRA state does not fit this policy (missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+
+
 def low_rank_factors(
     delta: torch.Tensor, start: int = 16, oversample: int = 8, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
