@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from tests.helpers import FAST, FAULTS, TOY, cli, compose, losses, metrics, torc
 from trustregion.config import ModelConfig, PeftConfig
 from trustregion.errors import ConfigError
 from trustregion.models.loading import sequence_logps, tiny_model
-from trustregion.models.lora import wrap_policy
+from trustregion.models.lora import load_policy_state, low_rank_factors, policy_state, wrap_policy
 from trustregion.reference.adapter import AdapterApplier, build_reference
 from trustregion.train import train
 
@@ -126,6 +127,38 @@ def test_distance_is_the_relative_distance_of_all_weights(tmp_path, mode):
     assert float((d / n).sqrt()) == pytest.approx(float((diff / norm).sqrt()), rel=1e-5)
 
 
+def test_exact_reference_exports_at_the_rank_its_updates_made_and_scores_like_the_run(tmp_path):
+    from peft import PeftModel
+
+    # 3 updates (tau 1) of rank-4 products: delta_ref has rank <= 12, below min(out, in) = 32 of every module.
+    base, _, reference, _, exact = run_updates(tmp_path, "exact", 0.3, 1, steps=3)
+    reference.save_pretrained(tmp_path / "ref")
+    ranks = json.loads((tmp_path / "ref" / "adapter_config.json").read_text())["rank_pattern"]
+    assert len(ranks) == len(reference.layers) and max(ranks.values()) <= 3 * 4
+    exported = saved_deltas(tmp_path / "ref", 1.0)
+    for layer, delta in zip(reference.layers, reference.deltas()):
+        torch.testing.assert_close(exported[layer.name], delta.double(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(exported[layer.name], exact[layer.name], atol=1e-6, rtol=0)
+    adapter = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ref")
+    assert torch.allclose(sequence_logps(adapter, batch())[0], sequence_logps(reference, batch())[0], atol=1e-5)
+
+
+def test_low_rank_factors_find_the_numerical_rank_without_a_full_svd():
+    g = torch.Generator().manual_seed(0)
+    product = lambda m, r, n: torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g)  # noqa: E731
+    for m, n, r in [(300, 200, 7), (200, 300, 40), (50, 40, 40), (50, 40, 45)]:
+        delta = product(m, r, n)
+        a, b = low_rank_factors(delta, start=4)
+        assert a.shape == (min(r, m, n), n) and b.shape == (m, min(r, m, n))
+        assert float((b @ a - delta).norm() / delta.norm()) < 1e-6
+    # fp32 rounding is no rank: a rank-5 delta plus noise at 1e-9 of it exports at rank 5 (the old 1e-12 rule kept 200)
+    delta = product(300, 5, 200)
+    noisy = delta + 1e-9 * delta.abs().max() * torch.randn(300, 200, generator=g)
+    assert low_rank_factors(noisy)[0].shape[0] == 5
+    a, b = low_rank_factors(torch.zeros(30, 20))
+    assert a.shape == (1, 20) and not b.any()
+
+
 def test_the_reference_leaves_the_policy_unchanged_and_training(tmp_path):
     _, policy, reference, _, _ = run_updates(tmp_path, "exact", 0.5, 1)
     policy.train()
@@ -180,11 +213,44 @@ def test_exact_reference_under_zero3_is_refused_with_the_reason(fast_cfg, tmp_pa
 LORA = ["peft=lora", "peft.rank=4", "ref_update=soft", "ref_update.alpha=0.3"]
 
 
-def test_checkpoint_holds_the_policy_adapter_and_the_exact_reference_delta(fast_cfg, tmp_path):
+def test_checkpoint_holds_the_policy_adapter_and_the_exact_reference_delta_not_the_base(fast_cfg, tmp_path):
     train(fast_cfg(*LORA, "peft.reference=exact"), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
     assert any("lora_A.default" in k for k in state["policy"]) and any("lora_B.default" in k for k in state["policy"])
+    assert all(".lora_" in k for k in state["policy"])  # the frozen base is reloaded on resume, not saved
     assert state["reference"] and all(k.startswith("delta_") for k in state["reference"])
+    # The exported reference has the rank its updates made: at most rank 4 per update, here below min(out, in) = 32.
+    updates = [r["ref_updates"] for r in metrics(tmp_path) if "ref_updates" in r][-1]
+    ranks = json.loads((tmp_path / "reference" / "adapter_config.json").read_text())["rank_pattern"].values()
+    assert 1 <= updates and max(ranks) <= 4 * updates < 32
+
+
+def test_lora_resume_from_adapters_alone_matches_the_uninterrupted_run_bit_for_bit(fast_cfg, tmp_path):
+    run = [*LORA, "peft.reference=exact", "trainer.save_every=2", "trainer.lr=3e-3"]
+    train(fast_cfg(*run), tmp_path / "full")
+    train(fast_cfg(*run, "trainer.max_steps=2"), tmp_path / "cut")
+    train(fast_cfg(*run, "trainer.resume=latest"), tmp_path / "cut")
+    assert losses(tmp_path / "cut")[-2:] == losses(tmp_path / "full")[-2:]
+    full, cut = (
+        torch.load(d / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
+        for d in (tmp_path / "full", tmp_path / "cut")
+    )
+    for part in ("policy", "reference"):
+        assert full[part].keys() == cut[part].keys()
+        assert all(torch.equal(full[part][k], cut[part][k]) for k in full[part]), part
+
+
+def test_policy_state_is_the_adapters_and_loads_back_onto_a_fresh_base():
+    policy = wrap_policy(tiny_base(), peft_cfg())
+    train_a_little(policy, torch.Generator().manual_seed(0))
+    state = policy_state(policy)
+    assert state.keys() == {k for k in policy.state_dict() if ".lora_" in k}
+    fresh = wrap_policy(tiny_base(), peft_cfg())
+    load_policy_state(fresh, state)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in policy.state_dict().items())
+    load_policy_state(fresh, policy.state_dict())  # a checkpoint written with the base (before this rule) loads too
+    with pytest.raises(RuntimeError, match="does not fit this policy"):
+        load_policy_state(fresh, {k: v for k, v in state.items() if "lora_B" not in k})
 
 
 def test_checkpoint_holds_both_adapters_under_factors(fast_cfg, tmp_path):
@@ -193,6 +259,7 @@ def test_checkpoint_holds_both_adapters_under_factors(fast_cfg, tmp_path):
     for adapter in ("default", "reference"):
         assert any(f"lora_A.{adapter}" in k for k in state["policy"]), adapter
         assert any(f"lora_B.{adapter}" in k for k in state["policy"]), adapter
+    assert all(".lora_" in k for k in state["policy"])
 
 
 def test_export_writes_peft_adapters_and_merged_models_that_score_like_the_run(fast_cfg, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trustregion.engines.base import OptimSettings, make_optimizer, resolve_device
+from trustregion.models.lora import load_policy_state, policy_state
 
 
 class LocalEngine:
@@ -100,7 +101,7 @@ class LocalEngine:
         return path
 
     def save(self, directory: Path, optimizer: bool = True) -> None:
-        state = {"policy": self.policy.state_dict()}
+        state = {"policy": policy_state(self.policy)}  # under LoRA the adapters alone: the base is reloaded
         if optimizer:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
             if self.scaler is not None:
@@ -111,7 +112,7 @@ class LocalEngine:
 
     def load(self, directory: Path) -> None:
         state = torch.load(directory / "state.pt", map_location=self.device, weights_only=False)
-        self.policy.load_state_dict(state["policy"])
+        load_policy_state(self.policy, state["policy"])
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -108,6 +108,76 @@ def adapted_layers(policy: nn.Module) -> list[AdaptedLayer]:
     return found
 
 
+def _is_adapter_key(key: str) -> bool:
+    """A state-dict key of a LoRA adapter's weight (any adapter: the policy's ``default``, the ``reference``)."""
+    return ".lora_" in key
+
+
+def policy_state(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the policy. Under LoRA: every adapter's weights and whatever else trains, not the
+    frozen base, which a resume loads again from ``model.path`` (or builds again, the tiny model) before
+    ``load_policy_state``; otherwise the whole state dict."""
+    state = policy.state_dict()
+    if getattr(policy, "peft_config", None) is None:
+        return state
+    trained = {name for name, p in policy.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if _is_adapter_key(k) or k in trained}
+
+
+def load_policy_state(policy: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Restore what ``policy_state`` kept: strictly, except that under LoRA only frozen base weights may be absent
+    (a checkpoint written before this rule holds them too, and loads as before)."""
+    if getattr(policy, "peft_config", None) is None:
+        policy.load_state_dict(state)
+        return
+    result = policy.load_state_dict(state, strict=False)
+    kept = policy_state(policy).keys()
+    missing = [k for k in result.missing_keys if k in kept]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the checkpoint's LoRA state does not fit this policy (missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def low_rank_factors(
+    delta: torch.Tensor, start: int = 16, oversample: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) in fp32 with B @ A = ``delta`` [m, n] at its numerical rank, for export as a LoRA adapter.
+
+    Numerical rank, the standard rule for a matrix held in fp32: the singular values above
+    max(m, n) * eps_fp32 * sigma_max; the rest are at the level of fp32 rounding (the updates' own, or old updates
+    decayed by (1 - alpha)^t) and are dropped, an error of at most that level per dropped direction. A moving
+    reference's delta is a weighted sum of s*B_t*A_t, so its rank is at most the sum of those products' ranks
+    (and min(m, n)), usually far below min(m, n) in a short run. So no SVD of the whole [m, n] matrix: a randomized
+    range finder (Halko, Martinsson & Tropp 2011) with k columns, k = ``start`` then doubled up to min(m, n), in
+    fp64: Q = qr(delta @ Omega), then the SVD of the small core Q^T delta [k, n]. k is accepted once the part of
+    ``delta`` outside span(Q) is below the threshold in Frobenius norm (an exactly low-rank delta: every direction
+    it misses is below the threshold too), or once at least ``oversample`` of the core's k singular values are
+    below the threshold (a tail of decayed old updates: the sample reaches past the last kept direction); at
+    k = min(m, n) span(Q) holds delta's whole range. A fixed ``seed``: the same delta exports the same factors.
+    At least rank 1 (zeros for a zero delta), as PEFT wants."""
+    m, n = delta.shape
+    full = min(m, n)
+    d = delta.detach().double()
+    gen = torch.Generator(device=d.device).manual_seed(seed)
+    norm2 = d.square().sum()
+    k = max(1, min(start, full))
+    while True:
+        omega = torch.randn(n, k, generator=gen, dtype=d.dtype, device=d.device)
+        Q = torch.linalg.qr(d @ omega).Q  # [m, k], orthonormal
+        core = Q.T @ d  # [k, n]
+        U, S, Vh = torch.linalg.svd(core, full_matrices=False)
+        threshold = max(m, n) * torch.finfo(torch.float32).eps * S[0]
+        keep = max(1, int((S > threshold).sum()))
+        # ||delta - Q Q^T delta||_F^2 = ||delta||_F^2 - ||Q^T delta||_F^2 (Q orthonormal); fp64 resolves it far below
+        # the fp32 threshold.
+        if k == full or norm2 - S.square().sum() <= threshold.square() or keep <= k - oversample:
+            break
+        k = min(2 * k, full)
+    return Vh[:keep].float(), ((Q @ U[:, :keep]) * S[:keep]).float()
+
+
 def save_adapter(directory: Path, layers: list[AdaptedLayer], factors: list[tuple[torch.Tensor, torch.Tensor]], config):
     """A PEFT adapter dir (``adapter_config.json``, ``adapter_model.safetensors``) holding W0 + B_i*A_i per layer.
 

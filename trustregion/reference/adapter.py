@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trustregion.engines.zero_internals import shard
-from trustregion.models.lora import ADAPTER, AdaptedLayer, adapted_layers, save_adapter, save_merged
+from trustregion.models.lora import ADAPTER, AdaptedLayer, adapted_layers, low_rank_factors, save_adapter, save_merged
 
 KINDS = ("base", "exact", "factors")
 EXACT_BUDGET = 0.15  # peft.reference=auto: exact when its dense deltas take at most this share of the base's bytes
@@ -188,16 +188,15 @@ class AdapterReference(nn.Module):
         return [self.delta(i) for i in range(len(self.layers))]
 
     def factors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(A_i, B_i) with B_i*A_i = delta_ref: the factors themselves, or an SVD of the dense delta (exact)."""
+        """(A_i, B_i) with B_i*A_i = delta_ref: the factors themselves, or (exact) the dense delta at its numerical
+        rank (``low_rank_factors``)."""
         out = []
         for i, delta in enumerate(self.deltas()):
             if self.kind == "factors":
                 a, b = self.ref_factors()[i]
                 out.append((a.detach(), self.slot[i][0].scale * b.detach()))
                 continue
-            U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
-            keep = max(1, int((S > S.max() * 1e-12).sum())) if S.numel() else 1
-            out.append((Vh[:keep].float(), (U[:, :keep] * S[:keep]).float()))
+            out.append(low_rank_factors(delta, start=2 * self.layers[i].A.shape[0] + 8))
         return out
 
     def whole(self, params: list[torch.Tensor]):
