@@ -144,7 +144,7 @@ def test_mismatched_ids_are_the_next_rows_chosen_response_fitted_to_this_prompt(
 
 def test_sft_rows_hold_prompt_and_response_ids(neox_tok):
     sft = PreferenceData(train=PAIRS, eval=PAIRS).sft_view()
-    rows = tokenize_sft(sft, neox_tok, 128, 64)
+    rows, _ = tokenize_sft(sft, neox_tok, 128, 64)
     assert rows[2]["chosen_ids"] == ids(neox_tok, PAIRS[2]["chosen"]) + [neox_tok.eos_token_id]
     assert "rejected_ids" not in rows.column_names
 

@@ -264,11 +264,10 @@ def tokenize_sft(
     *,
     cache_dir: Optional[str] = None,
     num_proc: Optional[int] = None,
-) -> Dataset:
+) -> tuple[Dataset, TruncationStats]:
     """(prompt, response) rows as ``prompt_ids``/``chosen_ids`` so SFT shares the pair collator's masking."""
     limits = _Limits(max_length, max_prompt_length, cache_dir, num_proc)
-    out, _ = _tokenize(ds, tokenizer, limits, _Layout({"chosen": "response"}, {}))
-    return out
+    return _tokenize(ds, tokenizer, limits, _Layout({"chosen": "response"}, {}))
 
 
 def tokenize_unpaired(

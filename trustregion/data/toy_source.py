@@ -125,7 +125,7 @@ def load(cfg) -> PreferenceData:
     return PreferenceData(
         train=Dataset.from_list(train),
         eval=Dataset.from_list(held_out),
-        report=RowReport(kept=len(train)),
+        report=RowReport(kept=len(train), eval_kept=len(held_out)),
         task=task,
         sft=Dataset.from_list(sft),
     )

@@ -267,8 +267,7 @@ class SFT(Objective):
 
     def tokenize(self, split, tokenizer, dataset_cfg):
         d = dataset_cfg
-        rows = tokenize_sft(split, tokenizer, d.max_length, d.max_prompt_length, **tokenize_options(d))
-        return rows, TruncationStats()
+        return tokenize_sft(split, tokenizer, d.max_length, d.max_prompt_length, **tokenize_options(d))
 
     def rows(self, data, split: str):
         return data.sft_view() if split == "train" else None  # no held-out evaluation

@@ -157,8 +157,13 @@ class Recipe:
             self.objective.rows(self.data, "train"), self.tokenizer, d
         )
         eval_split = self.objective.rows(self.data, "eval")
-        self.eval_rows = None if eval_split is None else self.objective.tokenize(eval_split, self.tokenizer, d)[0]
+        self.eval_rows, eval_truncation = (
+            (None, None) if eval_split is None else self.objective.tokenize(eval_split, self.tokenizer, d)
+        )
         self.collator = self.objective.collator(self.tokenizer.pad_token_id)
+        if launched_rank() == 0:  # kept, skipped and truncated rows per split; a warning when truncation is common
+            for line in self.data.report.summary_lines(self.truncation, eval_truncation):
+                say(line)
 
     def setup_engine(self) -> None:
         """The reference (and the SFT model kept for generation evaluation), the engine, the batch stream."""
@@ -596,4 +601,12 @@ class SFTRecipe(Recipe):
         return found + ([hooks.AdapterExportHook(self.exports)] if self.lora else [])
 
     def log_data_report(self) -> None:
-        pass  # the SFT stage's rows are its losses only
+        """The step-0 row of a fresh SFT run: examples, skipped source rows, truncated examples."""
+        self.logger.log(
+            0,
+            {
+                "data/sft_examples": len(self.train_rows),
+                "data/skipped_rows": self.data.report.skipped,
+                "data/truncated_rows": self.truncation.truncated_rows,
+            },
+        )
