@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from trustregion.cli.app import compose
-from trustregion.cli.preflight import describe, first_values
+from trustregion.cli.preflight import describe, sweep_points
 
 
 def one_line(*args: str, module: str = "trustregion.train") -> str:
@@ -40,8 +40,41 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_value():
     assert error_of("trainer.lr=abc").startswith("trainer.lr=abc is invalid: Value 'abc' of type 'str' could not be")
 
 
-def test_a_sweep_is_checked_at_its_first_values():
-    assert first_values(["--multirun", "method.beta=0.1,0.5", "hydra.sweep.dir=x"]) == ["method.beta=0.1"]
+def test_a_sweep_is_checked_at_every_point():
+    points = sweep_points(["--multirun", "method.beta=0.1,0.5", "ref_update.alpha=0.2,0.4", "hydra.sweep.dir=x"])
+    assert points == [
+        ["method.beta=0.1", "ref_update.alpha=0.2"],
+        ["method.beta=0.1", "ref_update.alpha=0.4"],
+        ["method.beta=0.5", "ref_update.alpha=0.2"],
+        ["method.beta=0.5", "ref_update.alpha=0.4"],
+    ]
+
+
+def test_a_bad_second_sweep_point_stops_the_sweep_before_its_first_job(tmp_path):
+    line = one_line("--multirun", "ref_update.alpha=0.5,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert line == (
+        "error: ref_update.alpha=2.0 is invalid: set ref_update.alpha to a number in (0, 1] (1 = hard update) "
+        "(sweep point 2 of 2: ref_update.alpha=2)"
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_hydra_flags_that_cannot_be_combined_are_one_line():
+    assert one_line("--cfg", "hydra", "--multirun").startswith("error: --cfg and --multirun cannot be combined")
+
+
+def test_an_unknown_launcher_lists_the_launchers():
+    assert one_line("hydra/launcher=slurmm") == (
+        "error: hydra/launcher=slurmm is not an option: set hydra/launcher to one of basic, local, slurm, slurm_cpu, "
+        "submitit_local, submitit_slurm (did you mean hydra/launcher=slurm?)"
+    )
+
+
+def test_a_wrong_model_path_is_named_before_the_data_is_read(tmp_path):
+    assert one_line("dataset=local", f"dataset.path={tmp_path}/none.jsonl", f"model.path={tmp_path}/none") == (
+        f"error: model.path={tmp_path}/none: no such directory; set model.path to a saved model dir "
+        "(e.g. <sft run dir>/policy) or a hub name"
+    )
 
 
 def test_the_command_line_prints_one_line_and_exits_2_for_training_and_sft():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,31 @@ def test_a_note_says_when_generation_evaluation_is_skipped_and_why(tmp_path):
         "note: generation-based evaluation skipped: dataset=hh has no gold judge (held-out preference metrics "
         "still run); set eval.generate=false to say so"
     ) in (tmp_path / "train.log").read_text()
+
+
+def test_progress_lines_give_step_loss_rate_and_time_left_then_where_everything_went(tmp_path):
+    proc = cli_run(tmp_path, *TOY, "trainer.max_steps=3", "trainer.progress_every_s=0.001")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "train.log").read_text()
+    assert re.search(r"step 1/3 \(33%\) · loss \d\.\d{4} · [\d,]+ tok/s · [\d.]+ s/step, \d+s left", log), log
+    assert re.search(r"step 3/3 \(100%\) · loss", log)
+    assert re.search(r"eval at step 3: eval/loss \d\.\d{4}, eval/rewards/accuracies", log)
+    assert f"models in {tmp_path}/policy, {tmp_path}/reference; metrics in {tmp_path}/metrics.jsonl" in log
+
+
+def test_without_a_terminal_a_run_prints_no_progress_lines_but_its_final_line(tmp_path):
+    proc = cli_run(tmp_path, *TOY, "trainer.max_steps=2")  # stderr is a pipe here, as in CI
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "train.log").read_text()
+    assert "step 1/2" not in log and "eval at step" not in log
+    assert re.search(r"done: step 2, loss \d\.\d{4} in \d+s; models in ", log)
+
+
+def test_sft_says_where_its_policy_went(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    sft_fast = [o for o in FAST[1:] if not o.startswith(("eval.", "trainer.eval_every"))]
+    args = [*sft_fast, *TOY, "experiment=toy_sft", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-m", "trustregion.sft", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout + proc.stderr
+    assert re.search(rf"done: step 2, sft/loss \d\.\d{{4}} in \d+s; models in {tmp_path}/policy;", said), said

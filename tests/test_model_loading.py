@@ -64,6 +64,6 @@ def test_a_missing_model_dir_ends_the_run_with_one_line_and_exit_code_2(tmp_path
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: model.path={tmp_path}/nope: cannot load the tokenizer (no such directory; set model.path to a saved "
-        "model dir (e.g. <sft run dir>/policy) or a hub name)"
+        f"error: model.path={tmp_path}/nope: no such directory; set model.path to a saved "
+        "model dir (e.g. <sft run dir>/policy) or a hub name"
     )

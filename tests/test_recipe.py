@@ -334,3 +334,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_cfg, tmp_
     assert "does not match its checksum" in said and "trying step_000002" in said
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # steps 3-4 run again from step 2
+
+
+def test_save_final_false_writes_no_final_checkpoint_but_still_exports_the_models(fast_cfg, tmp_path):
+    train(fast_cfg("trainer.max_steps=4", "trainer.save_every=2", "trainer.save_final=false"), tmp_path)
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step_000002"]
+    assert (tmp_path / "policy" / "model.safetensors").exists()

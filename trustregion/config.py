@@ -141,7 +141,13 @@ class TrainerConfig:
     # with more steps); false drops them (about half a checkpoint's size: Adam's two fp32 moments).
     final_optimizer_state: bool = True
     resume: Optional[str] = None  # a checkpoint dir, or "latest" (newest complete one in this run dir)
-    save_models: bool = True  # save_pretrained policy/ and reference/ at the end
+    save_models: bool = True  # export policy/ and reference/ (save_pretrained) at the end; false: no export
+    # The checkpoint at the end (what trainer.resume=latest continues from, e.g. with more steps); false: none, for
+    # sweeps that only want metrics and exports. Periodic checkpoints and one a stop signal asks for are kept.
+    save_final: bool = True
+    # Seconds between progress lines on the console; null: 15 on a terminal, none (the final line only) when
+    # stderr is not a terminal or in a multirun; 0: none.
+    progress_every_s: Optional[float] = None
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None
     shuffle: bool = True

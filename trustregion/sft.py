@@ -17,15 +17,12 @@ from omegaconf import DictConfig
 
 from trustregion.cli import app as cli
 from trustregion.cli.preflight import preflight
-from trustregion.console import say
 from trustregion.training.recipe import SFTRecipe
 
 
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train ``cfg.model`` on the SFT corpus of ``cfg.dataset``; save it to ``run_dir/policy``."""
-    last = SFTRecipe(cfg, run_dir).run()
-    say(f"SFT: saved {run_dir / 'policy'} (sft/loss {last.get('sft/loss', float('nan')):.4f})")
-    return last
+    return SFTRecipe(cfg, run_dir).run()  # its last line says where the policy went
 
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")

@@ -1,35 +1,67 @@
-"""Hydra's composition errors (an unknown key, an unknown group option, a value of the wrong type) as one line,
-like the project's own range checks: the entry points compose the config once before Hydra does."""
+"""Mistakes on the command line as one line with exit code 2, before any job starts: Hydra's composition errors
+(an unknown key, group option or launcher, a value of the wrong type), Hydra flags that cannot be combined, and the
+project's own range checks, for every point of a sweep (a bad second point must not wait until the first has run,
+hours later on Slurm)."""
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from collections.abc import Sequence
 
 from trustregion.cli.app import CONF_DIR, compose, fail
 
+MODES = {"--run": "--run", "-r": "--run", "--multirun": "--multirun", "-m": "--multirun", "--cfg": "--cfg",
+         "-c": "--cfg", "--info": "--info", "-i": "--info", "--shell-completion": "--shell-completion",
+         "-sc": "--shell-completion"}  # fmt: skip
+ALL_POINTS = 256  # sweeps up to this many points are checked point by point; larger ones one value at a time
 
-def first_values(argv: Sequence[str]) -> list[str] | None:
-    """The overrides of ``argv`` with each sweep (``a=1,2``, ``a=interval(0, 1)``) at its first value; None when a flag (``--cfg``,
+
+def _values(override) -> list[str]:
+    """The values a sweep override takes (an Optuna interval: its two ends); one value for a plain override."""
+    if override.is_interval_sweep():
+        return [str(override.value().start), str(override.value().end)]
+    if override.is_sweep_override():
+        try:
+            return list(override.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - a glob over group options: Hydra expands it, checked by Hydra
+            return []
+    return [override.input_line.split("=", 1)[1]]
+
+
+def sweep_points(argv: Sequence[str]) -> list[list[str]] | None:
+    """The override lists of every point of the sweep ``argv`` describes (the product of the sweep overrides;
+    past ``ALL_POINTS`` points, each value with the others at their first); None when a flag (``--cfg``,
     ``--help``) asks Hydra for something other than a run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return None
-    # Hydra's own settings do not change the config, except the search path (a user's config groups)
-    hydra_only = [a for a in argv if a.startswith(("hydra.", "hydra/")) and not a.startswith("hydra.searchpath=")]
+    # Hydra's own settings do not change the config, except its groups (a launcher) and the search path
+    hydra_only = [a for a in argv if a.startswith("hydra.") and not a.startswith("hydra.searchpath=")]
     plain = [a for a in argv if a not in ("-m", "--multirun", *hydra_only)]
-    out = []
-    for o in OverridesParser.create().parse_overrides(plain):
-        if o.is_interval_sweep():  # an Optuna sweeper's interval(a, b): checked at its lower end
-            out.append(f"{o.get_key_element()}={o.value().start}")
-        elif o.is_sweep_override():
-            value = next(iter(o.sweep_string_iterator()))
-            out.append(f"{o.get_key_element()}={value}")
-        else:
-            out.append(o.input_line)
-    return out
+    parsed = OverridesParser.create().parse_overrides(plain)
+    pairs = [(o.input_line.split("=", 1)[0], _values(o)) for o in parsed]
+    pairs = [(k, v) for k, v in pairs if v]  # a glob over group options is left to Hydra
+    keys, choices = [k for k, _ in pairs], [v for _, v in pairs]
+    first = [c[0] for c in choices]
+    count = 1
+    for c in choices:
+        count *= len(c)
+    if count <= ALL_POINTS:
+        combos = list(itertools.product(*choices))
+    else:
+        combos = [tuple(first)] + [
+            tuple(v if j == i else first[j] for j in range(len(first))) for i, c in enumerate(choices) for v in c[1:]
+        ]
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in combos]
+
+
+def first_values(argv: Sequence[str]) -> list[str] | None:
+    """The overrides of ``argv`` with each sweep at its first value (None for a flag other than ``--multirun``)."""
+    points = sweep_points(argv)
+    return None if points is None else points[0]
 
 
 def describe(error: Exception, overrides: Sequence[str], config_name: str) -> str:
@@ -39,7 +71,7 @@ def describe(error: Exception, overrides: Sequence[str], config_name: str) -> st
     cause = error.__cause__ or error
     if isinstance(error, MissingConfigException) and "/" in str(error.missing_cfg_file or ""):
         group, option = str(error.missing_cfg_file).rsplit("/", 1)
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = sorted(error.options or (p.stem for p in (CONF_DIR / group).glob("*.yaml")))
         near = difflib.get_close_matches(option, options, n=1)
         hint = f" (did you mean {group}={near[0]}?)" if near else ""
         return f"{group}={option} is not an option: set {group} to one of {', '.join(options)}{hint}"
@@ -47,11 +79,15 @@ def describe(error: Exception, overrides: Sequence[str], config_name: str) -> st
     message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
     if full_key and "not in" in message:
         parent, _, leaf = str(full_key).rpartition(".")
-        others = [o for o in overrides if not o.lstrip("+~").startswith(f"{full_key}=")]
+        key_of = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+        others = [o for o, k in zip(overrides, key_of) if k != full_key and not k.startswith(f"{full_key}.")]
         from omegaconf import OmegaConf
 
-        node = compose(*others, config_name=config_name)
-        keys = list((OmegaConf.select(node, parent) if parent else node).keys())
+        try:
+            node = compose(*others, config_name=config_name)
+            keys = list((OmegaConf.select(node, parent) if parent else node).keys())
+        except Exception:  # noqa: BLE001 - another override is wrong too: name this one without a hint
+            keys = []
         near = difflib.get_close_matches(leaf, [str(k) for k in keys], n=1)
         hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else "`--cfg job` lists the keys"
         return f"{full_key} is not a key of {parent or 'the config'}: {hint}"
@@ -61,14 +97,49 @@ def describe(error: Exception, overrides: Sequence[str], config_name: str) -> st
     return message
 
 
+def check_point(cfg, config_name: str) -> None:
+    """The project's own checks of one composed config, as the run would make them at its start (ConfigError)."""
+    from trustregion.config import validate
+    from trustregion.models.loading import check_model_path
+
+    if config_name == "config":
+        from trustregion.reference.rules import build_rule
+
+        validate(cfg, reference_moves=build_rule(cfg.ref_update).moves)
+    elif config_name == "sft":
+        validate(cfg)
+    if "model" in cfg:
+        check_model_path(cfg.model)
+
+
+def check_flags(argv: Sequence[str]) -> None:
+    """Hydra runs one of --run, --multirun, --cfg, --info, --shell-completion: a second is one line, not a traceback."""
+    modes = sorted({MODES[a] for a in argv if a in MODES})
+    if len(modes) > 1:
+        fail(
+            f"{' and '.join(modes)} cannot be combined: Hydra does one of --run, --multirun, --cfg, --info; "
+            "drop --multirun to print the config (--cfg shows the first point of a sweep)"
+        )
+
+
 def preflight(argv: Sequence[str], config_name: str) -> None:
-    """Compose the config as Hydra will; a composition error ends the run with one line and exit code 2."""
+    """Compose the config as Hydra will, for every sweep point, and check it; an error ends the run with one line and
+    exit code 2 before any job starts."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return  # Hydra's own report, traceback included
-    overrides = first_values(argv)
-    if overrides is None:
+    check_flags(argv)
+    points = sweep_points(argv)
+    if points is None:
         return
-    try:
-        compose(*overrides, config_name=config_name)
-    except Exception as e:  # noqa: BLE001 - Hydra and OmegaConf raise several types for a bad override
-        fail(describe(e, overrides, config_name))
+    from trustregion.errors import TrustRegionError
+
+    for i, overrides in enumerate(points):
+        try:
+            cfg = compose(*overrides, config_name=config_name)
+        except Exception as e:  # noqa: BLE001 - Hydra and OmegaConf raise several types for a bad override
+            fail(describe(e, overrides, config_name))
+        try:
+            check_point(cfg, config_name)
+        except TrustRegionError as e:
+            where = f" (sweep point {i + 1} of {len(points)}: {' '.join(overrides)})" if len(points) > 1 else ""
+            fail(f"{e}{where}")

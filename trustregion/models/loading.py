@@ -89,6 +89,20 @@ def resolve_model_path(path: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
+def check_model_path(cfg) -> None:
+    """Refuse a ``model.path`` that names a local directory that is not there (or a package not installed) in one
+    line, before any data is read: a wrong path must not wait until the data is fixed."""
+    if cfg.path is None:
+        return
+    path = resolve_model_path(str(cfg.path))
+    local = Path(path).expanduser()
+    if str(cfg.path).startswith((".", "/", "~")) and not local.exists():
+        raise ConfigError(
+            f"model.path={cfg.path}: no such directory; set model.path to a saved model dir "
+            "(e.g. <sft run dir>/policy) or a hub name"
+        )
+
+
 def gguf_to_load(path: str, gguf_file: str | None) -> str | None:
     """The preset's GGUF file, unless ``path`` is a saved model dir without it (the SFT stage's output):
     loading details follow the weights, so ``model=<gguf preset> model.path=<sft run>/policy`` loads what SFT saved."""

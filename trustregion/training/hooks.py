@@ -11,6 +11,7 @@ on checkpoints ``on_save`` (after the engine's state is written, before the chec
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class HookContext:
     # Whether every rank agrees a stop signal arrived (collective: ask on every rank at the same point). Work that
     # runs long (an evaluation) asks between batches and raises errors.StopRequested; the run then checkpoints.
     stop_requested: Callable[[], bool] = lambda: False
+    total_steps: int = 0  # the optimizer steps the run makes in all
 
 
 class Hook(Protocol):
@@ -154,6 +156,71 @@ class StepTimeHook(BaseHook):
         steps = max(1, ctx.state.step - self.since)
         metrics["s_per_step"] = (time.perf_counter() - self.clock) / steps
         self.clock, self.since = time.perf_counter(), ctx.state.step
+
+
+def progress_interval(setting: float | None) -> float | None:
+    """Seconds between progress lines: ``trainer.progress_every_s``; null: 15 s on a terminal, none (the final
+    line only) when stderr is not a terminal (CI, a batch job's log) or in a Hydra multirun."""
+    if setting is not None:
+        return float(setting) if setting > 0 else None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return 15.0 if sys.stderr.isatty() and not multirun else None
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class ProgressHook(BaseHook):
+    """Progress on the console (rank 0): at log steps at most every ``trainer.progress_every_s`` seconds, a line
+    with the step, loss, tokens/s and the time left; a line per evaluation; at the end where models and metrics went.
+    It reads the metrics the loop already reduced for the log row: no extra sync."""
+
+    def __init__(self, every_s: float | None, loss_key: str = "loss") -> None:
+        self.every_s, self.loss_key = every_s, loss_key
+        self.start = self.printed = time.perf_counter()
+        self.first_step = 0
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        self.start = self.printed = time.perf_counter()
+        self.first_step = ctx.state.step
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        now, step, total = time.perf_counter(), ctx.state.step, ctx.total_steps
+        due = self.every_s is not None and (now - self.printed >= self.every_s or step == self.first_step + 1)
+        if not ctx.engine.is_main or not due:
+            return
+        self.printed = now
+        per_step = (now - self.start) / max(1, step - self.first_step)
+        parts = [f"step {step}/{total} ({step / max(1, total):.0%})"]
+        if self.loss_key in metrics:
+            parts.append(f"{self.loss_key} {float(metrics[self.loss_key]):.4f}")
+        if "tokens_per_s" in metrics:
+            parts.append(f"{float(metrics['tokens_per_s']):,.0f} tok/s")
+        parts.append(f"{per_step:.2f} s/step, {_duration(per_step * (total - step))} left")
+        say(" · ".join(parts))
+
+    def on_eval(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        if ctx.engine.is_main and self.every_s is not None and metrics:
+            shown = ("eval/loss", "eval/rewards/accuracies", "eval/gold_reward", "eval/kl_sft")
+            say(f"eval at step {ctx.state.step}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics))
+
+    def on_train_end(self, ctx: HookContext) -> None:
+        if not ctx.engine.is_main:
+            return
+        last = ctx.state.last.get(self.loss_key)
+        loss = f", {self.loss_key} {float(last):.4f}" if last is not None else ""
+        models = [str(ctx.run_dir / n) for n in ("policy", "reference", "base") if (ctx.run_dir / n).is_dir()]
+        where = f"models in {', '.join(models)}; " if models else "no models exported (trainer.save_models=false); "
+        say(
+            f"done: step {ctx.state.step}{loss} in {_duration(time.perf_counter() - self.start)}; {where}"
+            f"metrics in {ctx.run_dir / 'metrics.jsonl'}"
+        )
 
 
 class EpochHook(BaseHook):

@@ -29,7 +29,7 @@ from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
 from trustregion.errors import ConfigError, StopRequested, TrainingError
 from trustregion.metrics import MetricBuffer
 from trustregion.models.flops import flops_per_token
-from trustregion.models.loading import load_policy, make_reference
+from trustregion.models.loading import check_model_path, load_policy, make_reference
 from trustregion.models.logps import logps_function
 from trustregion.models.lora import wrap_policy
 from trustregion.objectives.objective import SFT, Objective, build_objective, evaluate_objective, reference_logps
@@ -123,6 +123,7 @@ class Recipe:
         cfg, t = self.cfg, self.cfg.trainer
         self.rule = self.make_rule()
         validate(cfg, reference_moves=self.rule.moves)
+        check_model_path(cfg.model)  # before the data is read
         self.guard = DivergenceGuard(t.divergence_factor)
         quiet_third_party(bool(cfg.verbose))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +283,8 @@ class Recipe:
                 self.engine.unwrap("policy").config,
                 reference_forward=self.reference is not None and not self.objective.reference_from_cache,
             ),
+            stop_requested=self.stop_requested,
+            total_steps=self.total_steps,
         )
 
     def banner(self) -> str:
@@ -299,10 +302,13 @@ class Recipe:
             reference = sum(b.numel() * b.element_size() for b in self.reference.buffers()) if self.lora else weights
         size = weights + reference + 8 * self.engine.policy_numel(trainable=True)  # + Adam's two fp32 moments
         what = "policy, reference, optimizer" if self.reference is not None else "policy, optimizer"
-        when = f"every {t.save_every} steps and at the end" if t.save_every else "at the end"
+        when = [f"every {t.save_every} steps"] if t.save_every else []
+        when += ["at the end"] if t.save_final else []
+        if not when:
+            return f"no checkpoints (trainer.save_every=0, trainer.save_final=false); one ≈ {_bytes(size)} ({what})"
         return (
             f"one checkpoint ≈ {_bytes(size)} ({what}), written "
-            f"{when}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
+            f"{' and '.join(when)}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
         )
 
     def default_hooks(self) -> list[hooks.Hook]:
@@ -314,7 +320,7 @@ class Recipe:
         found += [hooks.ThroughputHook(), hooks.EpochHook()]
         if self.sft_model is not None:
             found.append(hooks.GenerationEvalHook())
-        return found
+        return found + [hooks.ProgressHook(hooks.progress_interval(self.cfg.trainer.progress_every_s))]
 
     # --- state ------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -430,9 +436,10 @@ class Recipe:
                 self.save()
         state.last.update(self.evaluate())
         state.finished = True
-        self.save()
         if self.stop_requested():
             self.stop_for_preemption(phase="before the export (trainer.resume=latest exports)")
+        if t.save_final:
+            self.save()
         self.fire("on_train_end")
         self.logger.summary(state.last)
         return state.last
@@ -559,8 +566,7 @@ class Recipe:
         at = f"at step {self.state.step}" + (f", {phase}" if phase else "")
         if self.state.step == 0:  # nothing trained: the step-0 evaluation runs again on the next start
             raise Preempted(f"signal {self.state.preempted} {at}: nothing trained yet, nothing to checkpoint")
-        if not self.state.finished:  # the final checkpoint is already written
-            self.save()
+        self.save()
         stopped = f"signal {self.state.preempted} {at}: checkpoint written, run stopped"
         requeued = requeue_on_slurm(self.state.preempted, stopped) if self.engine.is_main else ""
         raise Preempted(f"{stopped}{requeued}; continue with trainer.resume=latest")
@@ -598,7 +604,9 @@ class SFTRecipe(Recipe):
 
     def default_hooks(self) -> list[hooks.Hook]:
         found = [hooks.StepTimeHook(), hooks.ExportHook(self.exports)]
-        return found + ([hooks.AdapterExportHook(self.exports)] if self.lora else [])
+        found += [hooks.AdapterExportHook(self.exports)] if self.lora else []
+        every = hooks.progress_interval(self.cfg.trainer.progress_every_s)
+        return found + [hooks.ProgressHook(every, loss_key="sft/loss")]
 
     def log_data_report(self) -> None:
         """The step-0 row of a fresh SFT run: examples, skipped source rows, truncated examples."""
