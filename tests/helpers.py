@@ -122,7 +122,7 @@ class FaultHook(BaseHook):
         wanted, step = os.environ.get("TRUSTREGION_FAULT"), ctx.state.step
         if wanted and wanted.startswith("slow:"):
             time.sleep(float(wanted.split(":", 1)[1]))
-        if wanted == f"step:{step}":
+        if wanted == f"step:{step}" or wanted == f"step:{step}@rank{ctx.engine.rank}":  # @rankR: that rank alone
             os.kill(os.getpid(), signal.SIGKILL)
         if wanted == f"term:{step}":
             os.kill(os.getpid(), signal.SIGTERM)

@@ -66,6 +66,23 @@ def fail(message: str) -> NoReturn:
 
 # Faults of the disk, not of the program: one line naming the path, never a traceback.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# What gloo and NCCL say when another process of the job is gone (killed, crashed, its node lost).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "communicator was aborted",
+             "remote process exited", "Socket Timeout")  # fmt: skip
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The one line for a collective that failed because another rank of a multi-process job is gone, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    if not any(s in text for s in PEER_LOST):
+        return None
+    first = text.strip().splitlines()[0][:200]
+    return (
+        f"rank {os.environ.get('RANK', '?')}: another process of this job was lost mid-run ({first}); every complete "
+        "checkpoint is kept: relaunch the job with trainer.resume=latest"
+    )
 
 
 def exit_on_error(fn: F) -> F:
@@ -76,9 +93,14 @@ def exit_on_error(fn: F) -> F:
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (TrustRegionError, OSError, KeyboardInterrupt) as e:
+        except (TrustRegionError, OSError, KeyboardInterrupt, RuntimeError) as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            if isinstance(e, RuntimeError) and not isinstance(e, OSError):
+                line = lost_peer(e)
+                if line is None:
+                    raise
+                fail(line)
             if isinstance(e, TrustRegionError):
                 fail(str(e))
             if isinstance(e, KeyboardInterrupt):
