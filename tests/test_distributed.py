@@ -11,7 +11,7 @@ import torch
 from tests.helpers import FAST, FAULTS, REPO, TOY, compose, logged, losses, torchrun, weights
 from trustregion.train import train
 
-pytestmark = pytest.mark.slow
+SLOW = pytest.mark.slow  # variants of what the unmarked tests cover: make test-all
 
 COMMON = [*FAST, *TOY, "ref_update=soft", "ref_update.alpha=0.5", "ref_update.tau=2", "trainer.max_steps=4"]
 
@@ -40,10 +40,10 @@ UNPAIRED = [
 @pytest.mark.parametrize(
     "method",
     [
-        ["method=ipo"],
+        pytest.param(["method=ipo"], marks=SLOW),
         ["method=kto", "method.reference_point=paired"],  # z carries gradients: its all-reduce must too
-        ["method=kto", "method.reference_point=mismatched"],
-        ["method=kto", *UNPAIRED],
+        pytest.param(["method=kto", "method.reference_point=mismatched"], marks=SLOW),
+        pytest.param(["method=kto", *UNPAIRED], marks=SLOW),
     ],
     ids=["ipo", "kto-paired", "kto-mismatched", "kto-unpaired"],
 )
@@ -66,11 +66,11 @@ def test_two_ranks_under_zero3_train_the_objective_of_one_process(tmp_path, meth
 @pytest.mark.parametrize(
     "options",
     [
-        ["deepspeed=zero2"],
+        pytest.param(["deepspeed=zero2"], marks=SLOW),
         ["deepspeed=zero3"],
         # Small parameters stay whole on every rank (persistent): the update must reach those copies too.
-        ["deepspeed=zero3", "deepspeed.param_persistence_threshold=300"],
-        ["deepspeed=zero3", "deepspeed.reference_update=gathered"],
+        pytest.param(["deepspeed=zero3", "deepspeed.param_persistence_threshold=300"], marks=SLOW),
+        pytest.param(["deepspeed=zero3", "deepspeed.reference_update=gathered"], marks=SLOW),
     ],
     ids=["zero2", "zero3-sharded", "zero3-persistent", "zero3-gathered"],
 )
@@ -96,6 +96,7 @@ def test_two_ranks_killed_and_resumed_log_the_same_metrics(tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@SLOW
 def test_submitit_local_launcher_runs_a_two_job_sweep_of_two_rank_jobs(tmp_path):
     # The Slurm launcher's code path (submitit), with its local executor: each job starts 2 tasks.
     args = [
@@ -149,6 +150,7 @@ def test_slurm_launcher_starts_one_task_per_gpu():
     assert launcher["tasks_per_node"] == 4 and launcher["gpus_per_node"] == 4 and launcher["partition"] == "gpu"
 
 
+@SLOW
 def test_sft_at_two_ranks_under_zero3_matches_one_process(tmp_path):
     sft = [
         "experiment=toy_sft",

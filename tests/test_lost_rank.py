@@ -6,11 +6,7 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import FAST, FAULTS, REPO, TOY
-
-pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:

@@ -35,6 +35,7 @@ def test_bf16_mixed_losses_stay_within_1e_3_of_fp32(fast_cfg, tmp_path):
     assert bf16 == pytest.approx(fp32, abs=1e-3)  # measured: 7.5e-5 at most over these 20 steps
 
 
+@pytest.mark.slow
 def test_bf16_mixed_resumes_exactly_after_sigterm(tmp_path):
     base = [*FAST, *TOY, *BF16, "trainer.max_steps=6", "ref_update=soft", "ref_update.alpha=0.3"]
     assert cli(*base, f"hydra.run.dir={tmp_path / 'full'}").returncode == 0

@@ -132,6 +132,7 @@ def test_alpha_sweep_through_sbatch_gives_every_point_its_run_dir_metrics_and_wa
     assert not any("-laio" in (tmp_path / str(j) / "train.log").read_text() for j in range(3))
 
 
+@pytest.mark.slow
 def test_a_two_task_zero3_job_ends_where_one_process_ends(tmp_path):
     common = [*SMALL, "logger=none", "ref_update=soft", "ref_update.alpha=0.5", "ref_update.tau=2"]
     out = sweep(
@@ -176,6 +177,7 @@ def test_scontrol_requeue_checkpoints_on_the_signal_and_the_requeued_job_ends_as
 WARNED = r"signal 12 at step (\d+): checkpoint written, run stopped; the time limit is near: submitit requeues"
 
 
+@pytest.mark.slow
 def test_time_limit_warning_checkpoints_requeues_the_job_and_it_finishes(tmp_path):
     # A 1-minute job warned 10 s ahead: Slurm checks time limits every 30 s, so the warning comes 20-50 s into the
     # job, after at most ~380 of the 450 steps (0.1 s each). In the loop, the warning checkpoints the step and hands
@@ -204,6 +206,7 @@ def test_time_limit_warning_checkpoints_requeues_the_job_and_it_finishes(tmp_pat
     assert 1 <= int(job_field(job, "Restarts")) <= 3
 
 
+@pytest.mark.slow
 def test_time_limit_requeues_are_bounded_by_max_num_timeout(tmp_path):
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10", "hydra.launcher.max_num_timeout=0"]
     out = sweep(tmp_path, *LONG, "trainer.max_steps=100000", "trainer.log_every=50", *limit, slow=0.1)

@@ -21,8 +21,6 @@ from safetensors.torch import load_file
 from tests.helpers import FAST, FAULTS, REPO, TOY, compose
 from trustregion.train import train
 
-pytestmark = pytest.mark.slow
-
 COMMON = [*FAST, *TOY, "ref_update=soft", "ref_update.alpha=0.5", "ref_update.tau=2", "trainer.num_threads=1"]
 
 
@@ -64,6 +62,7 @@ def agents():
             p.wait()
 
 
+@pytest.mark.slow
 def test_two_nodes_share_one_run_dir_with_one_writer_and_train_as_one_process(tmp_path, agents):
     port = free_port()
     overrides = [*COMMON, "deepspeed=zero3", "trainer.batch_size=8", "trainer.save_every=2"]
