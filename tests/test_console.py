@@ -71,11 +71,12 @@ def test_without_a_terminal_a_run_prints_no_progress_lines_but_its_final_line(tm
     assert re.search(r"done: step 2, loss \d\.\d{4} in \d+s; models in ", log)
 
 
-def test_sft_says_where_its_policy_went(tmp_path):
+def test_sft_says_what_it_kept_of_the_data_and_where_its_policy_went(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     sft_fast = [o for o in FAST[1:] if not o.startswith(("eval.", "trainer.eval_every"))]
     args = [*sft_fast, *TOY, "experiment=toy_sft", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run([sys.executable, "-m", "trustregion.sft", *args], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     said = proc.stdout + proc.stderr
+    assert "data: SFT 64 examples, 0 truncated (0%)" in said and "data: train" not in said
     assert re.search(rf"done: step 2, sft/loss \d\.\d{{4}} in \d+s; models in {tmp_path}/policy;", said), said

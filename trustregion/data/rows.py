@@ -149,19 +149,34 @@ class RowReport:
         for split, kept, skipped, reasons, trunc in splits:
             line = f"data: {split} {kept} kept, {skipped} skipped{_by_reason(reasons)}"
             if trunc is not None and trunc.rows:
-                share = trunc.truncated_rows / trunc.rows
-                line += f", {trunc.truncated_rows} truncated ({share:.0%})"
-                if share > TRUNCATION_WARNING:
-                    warnings.append(
-                        f"warning: {share:.0%} of the {split} rows ({trunc.truncated_rows} of {trunc.rows}) are "
-                        f"truncated, more than {TRUNCATION_WARNING:.0%}: raise dataset.max_length (and "
-                        "dataset.max_prompt_length for long prompts), or the model learns from cut-off text"
-                    )
+                line += f", {truncated(trunc)}"
+                warnings += [w for w in [truncation_warning(split, trunc)] if w]
             lines.append(line)
-        lines += [f"data: skipped {message}" for message in self.bad]
+        return lines + self.skipped_lines() + warnings
+
+    def skipped_lines(self) -> list[str]:
+        """The skipped rows by file and line (the first ``LISTED``), and how many more."""
+        lines = [f"data: skipped {message}" for message in self.bad]
         if self.skipped > len(self.bad):
             lines.append(f"data: skipped {self.skipped - len(self.bad)} more rows, not listed")
-        return lines + warnings
+        return lines
+
+
+def truncated(trunc: TruncationStats) -> str:
+    """The "N truncated (P%)" of a split's truncation counts."""
+    return f"{trunc.truncated_rows} truncated ({trunc.truncated_rows / max(1, trunc.rows):.0%})"
+
+
+def truncation_warning(split: str, trunc: TruncationStats) -> str | None:
+    """A warning line when more than ``TRUNCATION_WARNING`` of a split's rows are truncated, else None."""
+    share = trunc.truncated_rows / max(1, trunc.rows)
+    if share <= TRUNCATION_WARNING:
+        return None
+    return (
+        f"warning: {share:.0%} of the {split} rows ({trunc.truncated_rows} of {trunc.rows}) are "
+        f"truncated, more than {TRUNCATION_WARNING:.0%}: raise dataset.max_length (and "
+        "dataset.max_prompt_length for long prompts), or the model learns from cut-off text"
+    )
 
 
 def _by_reason(reasons: dict[str, int], shown: int = 3) -> str:

@@ -22,6 +22,7 @@ from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
 from trustregion.data import load_preferences
 from trustregion.data.batches import BatchStream, to_device
+from trustregion.data.rows import truncated, truncation_warning
 from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
 from trustregion.engines.local import LocalEngine
@@ -163,8 +164,12 @@ class Recipe:
         )
         self.collator = self.objective.collator(self.tokenizer.pad_token_id)
         if launched_rank() == 0:  # kept, skipped and truncated rows per split; a warning when truncation is common
-            for line in self.data.report.summary_lines(self.truncation, eval_truncation):
+            for line in self.data_summary(eval_truncation):
                 say(line)
+
+    def data_summary(self, eval_truncation) -> list[str]:
+        """Console lines: the rows each split kept, skipped and truncated."""
+        return self.data.report.summary_lines(self.truncation, eval_truncation)
 
     def setup_engine(self) -> None:
         """The reference (and the SFT model kept for generation evaluation), the engine, the batch stream."""
@@ -607,6 +612,12 @@ class SFTRecipe(Recipe):
         found += [hooks.AdapterExportHook(self.exports)] if self.lora else []
         every = hooks.progress_interval(self.cfg.trainer.progress_every_s)
         return found + [hooks.ProgressHook(every, loss_key="sft/loss")]
+
+    def data_summary(self, eval_truncation) -> list[str]:
+        """Console lines: the SFT examples and how many were truncated, the source rows skipped."""
+        warning = truncation_warning("SFT", self.truncation)
+        head = f"data: SFT {len(self.train_rows)} examples, {truncated(self.truncation)}"
+        return [head, *self.data.report.skipped_lines(), *([warning] if warning else [])]
 
     def log_data_report(self) -> None:
         """The step-0 row of a fresh SFT run: examples, skipped source rows, truncated examples."""
