@@ -233,3 +233,20 @@ def test_tokenize_options_come_from_file_sources_and_default_to_no_cache_elsewhe
     files = OmegaConf.merge(OmegaConf.structured(FileDatasetConfig), {"cache_dir": "/tmp/c", "num_proc": 2})
     assert tokenize_options(files) == {"cache_dir": "/tmp/c", "num_proc": 2}
     assert tokenize_options(OmegaConf.structured(ToyDatasetConfig)) == {"cache_dir": None, "num_proc": None}
+
+
+def test_a_22k_character_hh_row_is_cut_to_max_length_before_collation(neox_tok):
+    # The long row of tests/fixtures/hh_long: its tokenized pair and its collated batch stay within max_length.
+    import json
+    from pathlib import Path
+
+    from trustregion.data.hh import split_dialogues
+
+    lines = (Path(__file__).parent / "fixtures" / "hh_long" / "train.jsonl").read_text().splitlines()
+    pairs = [split_dialogues(r["chosen"], r["rejected"]) for r in map(json.loads, lines)]
+    assert max(len(p["prompt"]) + len(p["chosen"]) for p in pairs) > 20_000
+    rows, stats = tokenize_pairs(Dataset.from_list(pairs), neox_tok, max_length=512, max_prompt_length=256)
+    assert stats.truncated_prompts == 1 and stats.truncated_responses == 1
+    assert max(rows["length"]) == 512
+    assert all(len(r["prompt_ids"]) <= 256 and len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 512 for r in rows)
+    assert PairCollator(pad_token_id=0)(list(rows))["input_ids"].shape == (120, 512)

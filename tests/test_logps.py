@@ -365,3 +365,33 @@ def test_share_prompt_with_gradient_checkpointing_is_refused_in_one_line(fast_cf
     cfg = fast_cfg("model.logps=chunked", "model.share_prompt=true", "model.gradient_checkpointing=true")
     with pytest.raises(ConfigError, match="model.share_prompt=True is invalid: set model.share_prompt to false, or"):
         train(cfg, tmp_path)
+
+
+def long_row_batch(vocab: int, long: int = 64) -> dict[str, torch.Tensor]:
+    """4 pairs of a few tokens each, one of them with a ``long``-token prompt + chosen (a cut 22k-character row)."""
+    g = torch.Generator().manual_seed(2)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab, (n,), generator=g).tolist()
+
+    rows = [{"prompt_ids": ids(3 + i), "chosen_ids": ids(4), "rejected_ids": ids(2 + i), "index": i} for i in range(4)]
+    rows[1] = {"prompt_ids": ids(long // 2), "chosen_ids": ids(long // 2), "rejected_ids": ids(3), "index": 1}
+    return PairCollator(pad_token_id=0)(rows)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_long_row_does_not_make_every_row_run_at_its_width(arch):
+    # The cause of a long row's memory: the collator pads all rows to the longest, and the body kept activations for
+    # rows x longest positions. The body must run on at most twice each row's own length.
+    model, batch = tiny(arch), long_row_batch(VOCAB[arch])
+    shapes = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    got, counts = response_logps(model, batch, chunk_tokens=16)
+    hook.remove()
+    positions, tokens = sum(r * w for r, w in shapes), int(batch["attention_mask"].sum())
+    assert batch["input_ids"].shape[1] == 64 and positions <= 2 * tokens, shapes
+    want, want_counts = sequence_logps(model, batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    assert torch.equal(counts, want_counts)

@@ -6,8 +6,12 @@ hidden states; only rows at positions t whose next token t+1 is a response token
 backward. The backward (``_ChunkedHeadLogps``) recomputes each chunk's logits from the saved hidden rows,
 weight, labels and per-token logsumexp, and writes grad_hidden, grad_weight (and grad_bias).
 
-Host syncs: one per call (``nonzero`` on the response mask: the token count sets the number of chunks);
-under ZeRO-3 one more (the chunk count agreed across ranks).
+The body runs on groups of rows of similar length, each cut to its own longest row (``width_groups``), so a
+batch with one long row does not run (and keep activations for) every row at that row's width.
+
+Host syncs: the row lengths, then one ``nonzero`` on the response mask per length group (the token count sets
+the number of chunks); under ZeRO-3 the body runs on the whole batch at once (one ``nonzero``) and one more
+sync agrees the chunk count across ranks.
 
 ZeRO-3: a partitioned head weight is empty outside its module's forward hooks, so the custom backward, which
 reads the weight directly, cannot run. There, ``head_logps`` calls the head *module* per chunk under
@@ -163,7 +167,6 @@ def response_logps(
     ``trustregion.models.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole.
     """
     head = model.get_output_embeddings()
-    input_ids = batch["input_ids"]
     mask = batch["response_mask"][:, 1:].bool()
     shared = None
     if share_prompt:
@@ -177,15 +180,56 @@ def response_logps(
     if shared is not None:
         rows, labels, seq = shared
     else:
-        hidden = model.get_decoder()(
-            input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
-        seq, pos = mask.nonzero(as_tuple=True)  # the one host sync: the response token count
-        rows, labels = hidden[seq, pos], input_ids[seq, pos + 1]
+        rows, labels, seq = _body_rows(model.get_decoder(), batch, mask, split=not _zero3_partitioned(head.weight))
     token_logps = head_logps(rows, head, labels, chunk_tokens)
     total = torch.zeros(mask.shape[0], dtype=torch.float32, device=token_logps.device).index_add(0, seq, token_logps)
     counts = mask.sum(-1)
     return (total / counts.clamp(min=1) if average else total), counts
+
+
+def width_groups(lengths: list[int]) -> list[list[int]]:
+    """Row indices grouped for the body's forwards, longest first: a row joins the current group while its length is
+    at least half the group's width (its longest row), so no row runs padded past twice its own length and there are
+    at most ``log2(longest / shortest) + 1`` groups. Rows keep their batch order inside a group."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and 2 * lengths[i] >= lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [sorted(g) for g in groups]
+
+
+def _body_rows(
+    decoder: nn.Module, batch: dict[str, torch.Tensor], mask: torch.Tensor, split: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden states that predict response tokens [T, H], those tokens [T], their row [T]) from the model body.
+
+    The collator pads every row to the batch's longest, so one long row would make every row run (and keep its
+    activations for backward) at that width. With ``split``, the body runs once per ``width_groups`` group, each cut
+    to its own longest row: activations scale with the batch's tokens, not rows x longest row. Right padding and
+    causal attention make each row's hidden states independent of the width it runs at (exact up to float
+    rounding). ``split=False`` (ZeRO-3, where every rank must run the body equally often) runs it once.
+    """
+    input_ids, attention = batch["input_ids"], batch["attention_mask"]
+    lengths = attention.sum(1).tolist() if split else [input_ids.shape[1]] * input_ids.shape[0]  # a host sync
+    groups = width_groups(lengths)
+    if len(groups) == 1:
+        groups, widths = [None], [input_ids.shape[1]]  # the whole batch as it is: no copies
+    else:
+        widths = [max(1, max(int(lengths[i]) for i in g)) for g in groups]
+    parts_h, parts_y, parts_s = [], [], []
+    for g, width in zip(groups, widths):
+        sel = slice(None) if g is None else torch.tensor(g, device=input_ids.device)
+        ids, att, m = input_ids[sel, :width], attention[sel, :width], mask[sel, : width - 1]
+        hidden = decoder(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        seq, pos = m.nonzero(as_tuple=True)  # a host sync: the response token count
+        parts_h.append(hidden[seq, pos])
+        parts_y.append(ids[seq, pos + 1])
+        parts_s.append(seq if g is None else sel[seq])
+    if len(parts_h) == 1:
+        return parts_h[0], parts_y[0], parts_s[0]
+    return torch.cat(parts_h), torch.cat(parts_y), torch.cat(parts_s)
 
 
 LogpsFn = Callable[[nn.Module, dict, bool], tuple[torch.Tensor, torch.Tensor]]
