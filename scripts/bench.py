@@ -63,6 +63,7 @@ from benchkit.plans import (  # noqa: E402
     REAL_TRL_PAIRS,
     TRL_CONFIGS,
     TRL_PAIRS,
+    real_label,
 )
 from benchkit.render import fmt, fmt_load, fmt_ratio, med, paired_ratio, render, summarize  # noqa: E402
 
@@ -127,7 +128,8 @@ def run_zero3(plan: dict, log) -> dict:
 
 def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
     """Whole DPO steps at real vocabularies, ours and TRL's interleaved in rounds (each TRL run right after the
-    run of ours it is compared with; the order rotates per round), plus the log-prob head alone at the goal shape."""
+    run of ours it is compared with; the order rotates per round), in each precision an entry lists (fp32 unless
+    it says), plus the log-prob head alone at the goal shape."""
     import bench_logps
 
     files, runs = {}, {}
@@ -147,15 +149,18 @@ def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
                 continue
             key = (entry["model"], entry["shape"])
             jobs = []
-            for config in entry["ours"]:
-                jobs.append(("real-ours", config))
-                jobs += [("real-trl", t) for t in entry["trl"] if REAL_TRL_PAIRS[t] == config]
+            for precision in entry.get("precisions", ["fp32"]):
+                for config in entry["ours"]:
+                    jobs.append(("real-ours", config, precision))
+                    jobs += [("real-trl", t, precision) for t in entry["trl"] if REAL_TRL_PAIRS[t] == config]
             k = r % len(jobs)
-            for kind, config in jobs[k:] + jobs[:k]:
+            for kind, config, precision in jobs[k:] + jobs[:k]:
+                label = real_label(config, precision)
                 spec = {
                     "model": key[0],
                     "shape": key[1],
                     "config": config,
+                    "precision": precision,
                     "files": files[key],
                     "eval_rows": 4,
                     "warmup": plan["warmup"],
@@ -164,12 +169,13 @@ def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
                     "overrides": entry.get("overrides", []),
                 }
                 res = run_worker(kind, spec, timeout=900, log=log)
-                runs.setdefault(f"{key[0]}/{key[1]}/{config}", []).append(res)
+                runs.setdefault(f"{key[0]}/{key[1]}/{label}", []).append(res)
                 status = res.get("error", "").strip().splitlines()[-1:] or [
                     f"{med(res['step_s']):.2f} s/step, peak above between-steps "
                     f"{res.get('step_peak_above_mb', float('nan')):.0f} MB"
+                    + (f", MFU {res['mfu']:.3f}" if "mfu" in res else "")
                 ]
-                log(f"round {r + 1} real {key[0]} {key[1]} {config}: {status[0][:200]} (wall {res['wall_s']:.0f} s)")
+                log(f"round {r + 1} real {key[0]} {key[1]} {label}: {status[0][:200]} (wall {res['wall_s']:.0f} s)")
     head = {}
     for method in ("ours", "trl-response"):
         spec = {

@@ -19,7 +19,8 @@ class StopBench(Exception):
 
 class LoopTimer(BaseHook):
     """A recipe hook: a wall-clock stamp per optimizer step (after the reference update), the update's own
-    time, and response tokens per step (the loop's own count, as in ``tokens_per_s``)."""
+    time, response tokens per step (the loop's own count, as in ``tokens_per_s``), and the ``perf/mfu`` and
+    ``perf/tflops`` the ThroughputHook logs (runs with ``trainer.log_every=1`` get one per step)."""
 
     def __init__(self, total_steps: int, profile_after: int | None = None) -> None:
         self.total = total_steps
@@ -34,6 +35,7 @@ class LoopTimer(BaseHook):
         self._update = None
         self._tokens_before = None
         self.memory = StepMemory()
+        self.perf: list[tuple[int, float, float]] = []  # (step, perf/mfu, perf/tflops) of each logged row
 
     def on_train_start(self, ctx) -> None:
         self.params = ctx.engine.policy_numel()
@@ -66,13 +68,18 @@ class LoopTimer(BaseHook):
 
     def on_log(self, ctx, metrics: dict) -> None:
         self._tokens_before = self._tokens_before * 0  # the ThroughputHook zeroed the count before this hook
+        if "perf/mfu" in metrics:
+            self.perf.append((ctx.state.step, float(metrics["perf/mfu"]), float(metrics["perf/tflops"])))
 
     def result(self, warmup: int) -> dict:
         deltas = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
         timed = deltas[max(0, warmup - 1) :]  # deltas[i] is step i+2
         cpu = [b - a for a, b in zip(self.cpu_stamps, self.cpu_stamps[1:])][max(0, warmup - 1) :]
         toks = [int(t) for t in self.tokens]
+        perf = [p for p in self.perf if p[0] > warmup]  # a row covers the steps since the previous one
+        mfu = {"mfu": statistics.median(p[1] for p in perf), "tflops": statistics.median(p[2] for p in perf)}
         return {
+            **(mfu if perf else {}),
             "step_s": timed,
             "cpu_step_s": cpu,
             "tokens_per_step": statistics.median(toks) if toks else 0,
