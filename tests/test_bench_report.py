@@ -50,6 +50,7 @@ def test_report_has_bf16_rows_mfu_and_a_measured_precision_miss():
     assert "| 3.00 (3.00–3.00) |" in rows["soft"]  # vs TRL synced in fp32
     assert "| 2.50 (2.50–2.50) |" in rows["soft, bf16-mixed"]  # vs TRL synced in bf16, not in fp32
     assert "fp32 50.0 GFLOP/s, bf16-mixed 1.0 GFLOP/s" in text
+    assert "over the fp32 peak: smollm2-135m-4l/hh soft, bf16-mixed 0.040" in text  # 2.0 GFLOP/s ÷ 50
     goals = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if "≥" in line or "≤" in line}
     assert "met |" in goals["whole step, ours soft ≥ 2.5× TRL synced's rate (smollm2-135m-4l, hh)"]
     assert (

@@ -467,7 +467,7 @@ def _precision_lines(runs: dict, goals: list) -> list[str]:
         + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peak.items())
         + " (median over runs)."
     ]
-    ratios = []
+    ratios, fp32_mfu = [], []
     for k, rs in runs.items():
         key, label = k.rsplit("/", 1)
         config, precision = split_label(label)
@@ -476,6 +476,8 @@ def _precision_lines(runs: dict, goals: list) -> list[str]:
             continue
         ratio = _paired(rs, base, _rate)
         ratios.append(f"{key} {config} {fmt_ratio(ratio, '.2f')}")
+        if "fp32" in peak and any(r.get("tflops") for r in rs):  # an emulated 16-bit peak is no yardstick
+            fp32_mfu.append(f"{key} {label} {_median_of(rs, 'tflops') * 1e3 / peak['fp32']:.3f}")
         if tuple(key.split("/")) == REAL_GOAL and config in REAL_TRL_PAIRS.values():
             why = None
             if peak.get(precision, 0.0) < peak.get("fp32", 0.0):
@@ -488,6 +490,8 @@ def _precision_lines(runs: dict, goals: list) -> list[str]:
             )
     if ratios:
         L[-1] += " Response tokens/s against the same run in fp32, median (range) per round: " + "; ".join(ratios) + "."
+    if fp32_mfu:
+        L[-1] += " The same model FLOP/s over the fp32 peak: " + "; ".join(fp32_mfu) + "."
     return L + [""]
 
 
