@@ -34,6 +34,7 @@ class LoopTimer(BaseHook):
         self.params = self.vocab = None
         self._update = None
         self._tokens_before = None
+        self._stop_on_log = False
         self.memory = StepMemory()
         self.perf: list[tuple[int, float, float]] = []  # (step, perf/mfu, perf/tflops) of each logged row
 
@@ -42,6 +43,8 @@ class LoopTimer(BaseHook):
         self.vocab = ctx.engine.unwrap("policy").config.vocab_size
         self._update = ctx.reference_update
         self._tokens_before = ctx.state.tokens.clone()
+        # logging every step: stop after the last step's row, so the perf rows cover exactly the timed steps
+        self._stop_on_log = ctx.cfg.trainer.log_every == 1
 
     def on_step_end(self, ctx) -> None:
         import torch
@@ -63,13 +66,15 @@ class LoopTimer(BaseHook):
             self.first_threads = torch.get_num_threads()
         if self.profile_after is not None and len(self.stamps) == self.profile_after:
             self.profiler = start_profiler()
-        if len(self.stamps) >= self.total:
+        if len(self.stamps) >= self.total and not self._stop_on_log:
             raise StopBench()
 
     def on_log(self, ctx, metrics: dict) -> None:
         self._tokens_before = self._tokens_before * 0  # the ThroughputHook zeroed the count before this hook
         if "perf/mfu" in metrics:
             self.perf.append((ctx.state.step, float(metrics["perf/mfu"]), float(metrics["perf/tflops"])))
+        if len(self.stamps) >= self.total:
+            raise StopBench()
 
     def result(self, warmup: int) -> dict:
         deltas = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
