@@ -25,6 +25,10 @@ How it measures (the same rules for every row):
   built by ``trustregion.models.loading.tiny_model`` from the same config and seed), same tokenizer, same toy
   pairs as a ``datasets.Dataset``, batch, lengths, fp32, threads, lr, clipping and constant schedule.
 - Response tokens per step are counted from each batch's response (completion) mask, chosen + rejected.
+- Real vocabularies (``--sections real``): each plan entry names its precisions (``benchkit.plans.REAL_PRECISIONS``:
+  fp32, and bf16-mixed = ours with ``trainer.precision=bf16-mixed``, TRL with ``bf16=True``); our runs log every
+  step and report the ``perf/mfu`` and ``perf/tflops`` their training rows log (``ThroughputHook``), over the
+  timed steps; the report marks each goal met or not, a 16-bit miss with the matmul peaks measured in both dtypes.
 - Threads (``--threads``, default auto): all cores when the 1-minute load average is under 0.75, else 1.
   With two threads on cores that other jobs keep busy, every parallel op waits for a descheduled
   partner thread (a 1M-element lerp went from 0.1 ms to 8 ms here), and the bench would time the
