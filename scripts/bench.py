@@ -25,6 +25,10 @@ How it measures (the same rules for every row):
   built by ``trustregion.models.loading.tiny_model`` from the same config and seed), same tokenizer, same toy
   pairs as a ``datasets.Dataset``, batch, lengths, fp32, threads, lr, clipping and constant schedule.
 - Response tokens per step are counted from each batch's response (completion) mask, chosen + rejected.
+- Real vocabularies (``--sections real``): each plan entry names its precisions (``benchkit.plans.REAL_PRECISIONS``:
+  fp32, and bf16-mixed = ours with ``trainer.precision=bf16-mixed``, TRL with ``bf16=True``); our runs log every
+  step and report the ``perf/mfu`` and ``perf/tflops`` their training rows log (``ThroughputHook``), over the
+  timed steps; the report marks each goal met or not, a 16-bit miss with the matmul peaks measured in both dtypes.
 - Threads (``--threads``, default auto): all cores when the 1-minute load average is under 0.75, else 1.
   With two threads on cores that other jobs keep busy, every parallel op waits for a descheduled
   partner thread (a 1M-element lerp went from 0.1 ms to 8 ms here), and the bench would time the
@@ -63,6 +67,7 @@ from benchkit.plans import (  # noqa: E402
     REAL_TRL_PAIRS,
     TRL_CONFIGS,
     TRL_PAIRS,
+    real_label,
 )
 from benchkit.render import fmt, fmt_load, fmt_ratio, med, paired_ratio, render, summarize  # noqa: E402
 
@@ -127,7 +132,8 @@ def run_zero3(plan: dict, log) -> dict:
 
 def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
     """Whole DPO steps at real vocabularies, ours and TRL's interleaved in rounds (each TRL run right after the
-    run of ours it is compared with; the order rotates per round), plus the log-prob head alone at the goal shape."""
+    run of ours it is compared with; the order rotates per round), in each precision an entry lists (fp32 unless
+    it says), plus the log-prob head alone at the goal shape."""
     import bench_logps
 
     files, runs = {}, {}
@@ -147,15 +153,18 @@ def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
                 continue
             key = (entry["model"], entry["shape"])
             jobs = []
-            for config in entry["ours"]:
-                jobs.append(("real-ours", config))
-                jobs += [("real-trl", t) for t in entry["trl"] if REAL_TRL_PAIRS[t] == config]
+            for precision in entry.get("precisions", ["fp32"]):
+                for config in entry["ours"]:
+                    jobs.append(("real-ours", config, precision))
+                    jobs += [("real-trl", t, precision) for t in entry["trl"] if REAL_TRL_PAIRS[t] == config]
             k = r % len(jobs)
-            for kind, config in jobs[k:] + jobs[:k]:
+            for kind, config, precision in jobs[k:] + jobs[:k]:
+                label = real_label(config, precision)
                 spec = {
                     "model": key[0],
                     "shape": key[1],
                     "config": config,
+                    "precision": precision,
                     "files": files[key],
                     "eval_rows": 4,
                     "warmup": plan["warmup"],
@@ -164,12 +173,13 @@ def run_real(plan: dict, threads: int, out_dir: Path, log) -> dict:
                     "overrides": entry.get("overrides", []),
                 }
                 res = run_worker(kind, spec, timeout=900, log=log)
-                runs.setdefault(f"{key[0]}/{key[1]}/{config}", []).append(res)
+                runs.setdefault(f"{key[0]}/{key[1]}/{label}", []).append(res)
                 status = res.get("error", "").strip().splitlines()[-1:] or [
                     f"{med(res['step_s']):.2f} s/step, peak above between-steps "
                     f"{res.get('step_peak_above_mb', float('nan')):.0f} MB"
+                    + (f", MFU {res['mfu']:.3f}" if "mfu" in res else "")
                 ]
-                log(f"round {r + 1} real {key[0]} {key[1]} {config}: {status[0][:200]} (wall {res['wall_s']:.0f} s)")
+                log(f"round {r + 1} real {key[0]} {key[1]} {label}: {status[0][:200]} (wall {res['wall_s']:.0f} s)")
     head = {}
     for method in ("ours", "trl-response"):
         spec = {

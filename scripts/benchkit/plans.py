@@ -109,6 +109,29 @@ REAL_TRL = {
 }
 REAL_TRL_PAIRS = {"TRL precomputed": "frozen", "TRL synced": "soft"}  # each TRL run vs the run of ours it follows
 REAL_GOAL = ("smollm2-135m-4l", "hh")  # where the issue's goals are set
+# Compute precisions of the real-vocabulary rows: our overrides, and TRL's DPOConfig fields for the same mode
+# (bf16=True is autocast over fp32 weights, as our bf16-mixed). An entry lists its own, fp32 by default.
+REAL_PRECISIONS = {
+    "fp32": {"ours": [], "trl": {}},
+    "bf16-mixed": {"ours": ["trainer.precision=bf16-mixed"], "trl": {"bf16": True}},
+}
+# The precision goal: bf16-mixed whole steps at least this many times fp32's response tokens/s (ours, same config)
+BF16_GOAL = 1.0
+
+
+def real_label(config: str, precision: str) -> str:
+    """A real-vocabulary row's name: the config alone in fp32, else the config and its precision."""
+    return config if precision == "fp32" else f"{config}, {precision}"
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(config, precision) of a row's name (``real_label``'s inverse)."""
+    for precision in REAL_PRECISIONS:
+        if precision != "fp32" and label.endswith(f", {precision}"):
+            return label[: -len(precision) - 2], precision
+    return label, "fp32"
+
+
 REAL_PLANS = {
     "full": {
         "warmup": 1,
@@ -123,6 +146,17 @@ REAL_PLANS = {
                 "trl": list(REAL_TRL),
             },
             {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "steps": 2, "ours": list(REAL_LORA), "trl": []},
+            {
+                # bf16-mixed beside the fp32 rows above, the soft pair alone: on a CPU without bf16 units (AVX2) a
+                # bf16 step here took ~11x fp32's (emulated matmuls: 50 vs 4.5 s, 2 threads), 3-6 minutes a run
+                "model": "smollm2-135m-4l",
+                "shape": "hh",
+                "rounds": 1,
+                "steps": 1,
+                "ours": ["soft"],
+                "trl": ["TRL synced"],
+                "precisions": ["bf16-mixed"],
+            },
             {
                 "model": "smollm2-135m-4l",
                 "shape": "tldr",
@@ -155,7 +189,14 @@ REAL_PLANS = {
         "steps": 1,
         "head_reps": 1,
         "runs": [
-            {"model": "smollm2-135m-4l", "shape": "hh", "rounds": 1, "ours": ["soft"], "trl": ["TRL synced"]},
+            {
+                "model": "smollm2-135m-4l",
+                "shape": "hh",
+                "rounds": 1,
+                "ours": ["soft"],
+                "trl": ["TRL synced"],
+                "precisions": list(REAL_PRECISIONS),
+            },
             {
                 "model": "smollm2-135m-4l",
                 "shape": "hh",

@@ -2,7 +2,9 @@
 
 The model (random init, real widths and vocabulary) and the rows are written once per (model, shape) by
 ``worker_real_prepare``; our run loads them as a user would (``model.path=<dir> dataset=jsonl
-dataset.path=<file>``), TRL's through ``from_pretrained`` and ``datasets``.
+dataset.path=<file>``), TRL's through ``from_pretrained`` and ``datasets``. ``spec["precision"]`` (a key of
+``REAL_PRECISIONS``) sets ``trainer.precision`` for ours and ``bf16`` for TRL. Our runs also return the model FLOPs
+utilisation the training rows log (``perf/mfu``, ``perf/tflops``: ``ThroughputHook``), median over timed steps.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit.plans import REAL_CONFIGS, REAL_PAIRS_PER_BATCH, REAL_TRL, compose, quiet, trainer_overrides
+from benchkit.plans import (
+    REAL_CONFIGS,
+    REAL_PAIRS_PER_BATCH,
+    REAL_PRECISIONS,
+    REAL_TRL,
+    compose,
+    quiet,
+    trainer_overrides,
+)
 from benchkit.shapes import prepare
 from benchkit.workers import LoopTimer, peak_memory, run_loop, run_trl
 
@@ -36,6 +46,7 @@ def real_config(spec: dict, overrides: list[str]):
         f"dataset.max_prompt_length={files['max_prompt']}",
         f"dataset.eval_samples={spec['eval_rows']}",
         "trainer.eval_at_start=false",
+        "trainer.log_every=1",  # a perf/mfu row per step (the ThroughputHook's), the warm-up's dropped
         *overrides,
     )
 
@@ -43,7 +54,8 @@ def real_config(spec: dict, overrides: list[str]):
 def worker_real_ours(spec: dict) -> dict:
     quiet()
     t0 = time.perf_counter()
-    cfg = real_config(spec, [*REAL_CONFIGS[spec["config"]], *spec.get("overrides", [])])
+    precision = REAL_PRECISIONS[spec.get("precision", "fp32")]["ours"]
+    cfg = real_config(spec, [*REAL_CONFIGS[spec["config"]], *precision, *spec.get("overrides", [])])
     timer = LoopTimer(spec["warmup"] + spec["steps"] + 1)
     with tempfile.TemporaryDirectory(prefix="bench-real-") as run_dir:
         run_loop(cfg, Path(run_dir), timer)
@@ -67,7 +79,7 @@ def worker_real_trl(spec: dict) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(files["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(files["model_dir"])
     rows = datasets.load_dataset("json", data_files=files["data"], split="train")
-    trl_spec = {**spec, "trl": REAL_TRL[spec["config"]]}
+    trl_spec = {**spec, "trl": REAL_TRL[spec["config"]], **REAL_PRECISIONS[spec.get("precision", "fp32")]["trl"]}
     return run_trl(trl_spec, cfg, policy, make_reference(policy), tokenizer, rows, REAL_PAIRS_PER_BATCH)
 
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 
-from benchkit.plans import CONFIGS, MODELS, REAL_GOAL, REAL_LORA, REAL_TRL_PAIRS, TRL_CONFIGS, TRL_PAIRS
+from benchkit.plans import (
+    BF16_GOAL,
+    CONFIGS,
+    MODELS,
+    REAL_GOAL,
+    REAL_LORA,
+    REAL_TRL_PAIRS,
+    TRL_CONFIGS,
+    TRL_PAIRS,
+    real_label,
+    split_label,
+)
 from benchkit.shapes import SHAPES
 
 
@@ -334,7 +345,9 @@ def render_real(real: dict) -> list[str]:
     L = [
         "## Real vocabularies: whole DPO steps, ours vs TRL's DPOTrainer",
         "",
-        "Random-init models with real widths and vocabularies (scripts/benchkit/shapes.py), 4 pairs per batch, fp32; "
+        "Random-init models with real widths and vocabularies (scripts/benchkit/shapes.py), 4 pairs per batch, fp32 "
+        "unless a row says bf16-mixed (ours `trainer.precision=bf16-mixed`, TRL `bf16=True`: both autocast over fp32 "
+        "weights); "
         "rows of random words, one token each (HH-like: prompts "
         f"{SHAPES['hh'][0][0]}–{SHAPES['hh'][0][1]}, responses {SHAPES['hh'][1][0]}–{SHAPES['hh'][1][1]} tokens; "
         f"TL;DR-like: {SHAPES['tldr'][0][0]}–{SHAPES['tldr'][0][1]} and {SHAPES['tldr'][1][0]}–{SHAPES['tldr'][1][1]}). "
@@ -342,39 +355,51 @@ def render_real(real: dict) -> list[str]:
         "soft = α 0.6 every step (TRL: `sync_ref_model`, mixup 0.6, every step); frozen = our default (log-probs "
         "cached, no reference model) vs TRL's `precompute_ref_log_probs`. tok/s = response tokens per second "
         "(steps see rows of different lengths); between = RSS between steps (models, gradients, optimizer state); "
-        "above = the largest rise above it within a step; ratios are per round (ours right before TRL), median (range).",
+        "above = the largest rise above it within a step; ratios are per round (ours right before TRL), median (range); "
+        "TFLOP/s and MFU = `perf/tflops` and `perf/mfu` as our training rows log them (median over timed steps; "
+        "TRL logs none).",
         "",
-        "| model, rows | run | s/step | resp. tok/s | between MB | above MB | peak RSS MB | ours ÷ TRL tok/s | "
-        "above ÷ TRL's |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model, rows | run | s/step | resp. tok/s | TFLOP/s | MFU | between MB | above MB | peak RSS MB | "
+        "ours ÷ TRL tok/s | above ÷ TRL's |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in runs))
     for key in keys:
         model, shape = key.split("/")
-        configs = [k.rsplit("/", 1)[1] for k in runs if k.rsplit("/", 1)[0] == key]
-        for config in configs:
-            rs = [r for r in runs[f"{key}/{config}"] if "error" not in r and r.get("step_s")]
+        labels = [k.rsplit("/", 1)[1] for k in runs if k.rsplit("/", 1)[0] == key]
+        for label in labels:
+            rs = [r for r in runs[f"{key}/{label}"] if "error" not in r and r.get("step_s")]
             if not rs:
-                err = runs[f"{key}/{config}"][-1].get("error", "no steps").strip().splitlines()[-1:]
-                L.append(f"| {key} | {config} | failed: {err[0][:120] if err else ''} | | | | | | |")
+                err = runs[f"{key}/{label}"][-1].get("error", "no steps").strip().splitlines()[-1:]
+                L.append(f"| {key} | {label} | failed: {err[0][:120] if err else ''} | | | | | | | | |")
                 continue
-            trl = next((t for t, ours in REAL_TRL_PAIRS.items() if ours == config and f"{key}/{t}" in runs), None)
+            config, precision = split_label(label)
+            trl = next(
+                (
+                    real_label(t, precision)
+                    for t, ours in REAL_TRL_PAIRS.items()
+                    if ours == config and f"{key}/{real_label(t, precision)}" in runs
+                ),
+                None,
+            )
             speed = above = None
             if trl is not None:
-                speed = _paired(runs[f"{key}/{config}"], runs[f"{key}/{trl}"], _rate)
+                speed = _paired(runs[f"{key}/{label}"], runs[f"{key}/{trl}"], _rate)
                 above = _paired(
-                    runs[f"{key}/{config}"], runs[f"{key}/{trl}"], lambda r: r.get("step_peak_above_mb", float("nan"))
+                    runs[f"{key}/{label}"], runs[f"{key}/{trl}"], lambda r: r.get("step_peak_above_mb", float("nan"))
                 )
             L.append(
-                f"| {model}, {shape} | {config} | {med([med(r['step_s']) for r in rs]):.2f} | "
-                f"{med([_rate(r) for r in rs]):.0f} | {_median_of(rs, 'between_steps_mb'):.0f} | "
+                f"| {model}, {shape} | {label} | {med([med(r['step_s']) for r in rs]):.2f} | "
+                f"{med([_rate(r) for r in rs]):.0f} | {fmt(_median_of(rs, 'tflops'), '.3f')} | "
+                f"{fmt(_median_of(rs, 'mfu'), '.3f')} | {_median_of(rs, 'between_steps_mb'):.0f} | "
                 f"{_median_of(rs, 'step_peak_above_mb'):.0f} | {_median_of(rs, 'peak_rss_mb'):.0f} | "
                 f"{fmt_ratio(speed, '.2f')} | {fmt_ratio(above, '.2f')} |"
             )
             if (model, shape) == REAL_GOAL and trl is not None:
-                goals.append((f"whole step, ours {config} ≥ 2.5× {trl}'s rate ({model}, {shape})", speed, 2.5, ">="))
-                goals.append((f"peak above between-steps, ours {config} ≤ 0.5× {trl}'s", above, 0.5, "<="))
+                goals.append((f"whole step, ours {label} ≥ 2.5× {trl}'s rate ({model}, {shape})", speed, 2.5, ">="))
+                goals.append((f"peak above between-steps, ours {label} ≤ 0.5× {trl}'s", above, 0.5, "<="))
     L.append("")
+    L += _precision_lines(runs, goals)
     head = real.get("head", {})
     if all("s" in head.get(m, {}) for m in ("ours", "trl-response")):
         ratio = head["trl-response"]["s"] / head["ours"]["s"]
@@ -417,11 +442,57 @@ def render_real(real: dict) -> list[str]:
         L.append("")
     if goals:
         L += ["### Goals", "", "| goal | measured, median (range) | status |", "|---|---|---|"]
-        for name, value, bound, op in goals:
+        for name, value, bound, op, *why in goals:
             met = value is not None and (value[0] >= bound if op == ">=" else value[0] <= bound)
-            L.append(f"| {name} | {fmt_ratio(value, '.2f')} | {'met' if met else 'NOT met'} |")
+            status = "met" if met else "NOT met" + "".join(f": {w}" for w in why if w)
+            L.append(f"| {name} | {fmt_ratio(value, '.2f')} | {status} |")
         L.append("")
     return L
+
+
+def _precision_lines(runs: dict, goals: list) -> list[str]:
+    """The matmul peak each precision's MFU divides by, each 16-bit row's rate against its fp32 row (per round),
+    and the precision goal at the goal shape, a miss with its measured reason."""
+    peaks: dict[str, list[float]] = {}  # GFLOP/s: perf/tflops ÷ perf/mfu is the peak the ThroughputHook measured
+    for k, rs in runs.items():
+        peaks.setdefault(split_label(k.rsplit("/", 1)[1])[1], []).extend(
+            r["tflops"] * 1e3 / r["mfu"] for r in rs if r.get("mfu")
+        )
+    peak = {p: med(v) for p, v in peaks.items() if v}
+    if not peak:
+        return []
+    L = [
+        "MFU divides the model FLOP/s (trustregion/models/flops.py) by this machine's matmul peak measured at the "
+        "start of each run in its compute dtype: "
+        + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peak.items())
+        + " (median over runs)."
+    ]
+    ratios, fp32_mfu = [], []
+    for k, rs in runs.items():
+        key, label = k.rsplit("/", 1)
+        config, precision = split_label(label)
+        base = runs.get(f"{key}/{config}")
+        if precision == "fp32" or not base:
+            continue
+        ratio = _paired(rs, base, _rate)
+        ratios.append(f"{key} {config} {fmt_ratio(ratio, '.2f')}")
+        if "fp32" in peak and any(r.get("tflops") for r in rs):  # an emulated 16-bit peak is no yardstick
+            fp32_mfu.append(f"{key} {label} {_median_of(rs, 'tflops') * 1e3 / peak['fp32']:.3f}")
+        if tuple(key.split("/")) == REAL_GOAL and config in REAL_TRL_PAIRS.values():
+            why = None
+            if peak.get(precision, 0.0) < peak.get("fp32", 0.0):
+                why = (
+                    f"no native {precision.split('-')[0]} matmul on this machine (measured peak "
+                    f"{peak[precision]:.1f} GFLOP/s vs fp32 {peak['fp32']:.1f})"
+                )
+            goals.append(
+                (f"whole step, ours {label} ≥ {BF16_GOAL:g}× ours {config}'s (fp32) rate", ratio, BF16_GOAL, ">=", why)
+            )
+    if ratios:
+        L[-1] += " Response tokens/s against the same run in fp32, median (range) per round: " + "; ".join(ratios) + "."
+    if fp32_mfu:
+        L[-1] += " The same model FLOP/s over the fp32 peak: " + "; ".join(fp32_mfu) + "."
+    return L + [""]
 
 
 def fmt_ratio(r, spec=".3f"):

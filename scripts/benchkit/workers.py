@@ -19,7 +19,8 @@ class StopBench(Exception):
 
 class LoopTimer(BaseHook):
     """A recipe hook: a wall-clock stamp per optimizer step (after the reference update), the update's own
-    time, and response tokens per step (the loop's own count, as in ``tokens_per_s``)."""
+    time, response tokens per step (the loop's own count, as in ``tokens_per_s``), and the ``perf/mfu`` and
+    ``perf/tflops`` the ThroughputHook logs (runs with ``trainer.log_every=1`` get one per step)."""
 
     def __init__(self, total_steps: int, profile_after: int | None = None) -> None:
         self.total = total_steps
@@ -33,13 +34,17 @@ class LoopTimer(BaseHook):
         self.params = self.vocab = None
         self._update = None
         self._tokens_before = None
+        self._stop_on_log = False
         self.memory = StepMemory()
+        self.perf: list[tuple[int, float, float]] = []  # (step, perf/mfu, perf/tflops) of each logged row
 
     def on_train_start(self, ctx) -> None:
         self.params = ctx.engine.policy_numel()
         self.vocab = ctx.engine.unwrap("policy").config.vocab_size
         self._update = ctx.reference_update
         self._tokens_before = ctx.state.tokens.clone()
+        # logging every step: stop after the last step's row, so the perf rows cover exactly the timed steps
+        self._stop_on_log = ctx.cfg.trainer.log_every == 1
 
     def on_step_end(self, ctx) -> None:
         import torch
@@ -61,18 +66,25 @@ class LoopTimer(BaseHook):
             self.first_threads = torch.get_num_threads()
         if self.profile_after is not None and len(self.stamps) == self.profile_after:
             self.profiler = start_profiler()
-        if len(self.stamps) >= self.total:
+        if len(self.stamps) >= self.total and not self._stop_on_log:
             raise StopBench()
 
     def on_log(self, ctx, metrics: dict) -> None:
         self._tokens_before = self._tokens_before * 0  # the ThroughputHook zeroed the count before this hook
+        if "perf/mfu" in metrics:
+            self.perf.append((ctx.state.step, float(metrics["perf/mfu"]), float(metrics["perf/tflops"])))
+        if len(self.stamps) >= self.total:
+            raise StopBench()
 
     def result(self, warmup: int) -> dict:
         deltas = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
         timed = deltas[max(0, warmup - 1) :]  # deltas[i] is step i+2
         cpu = [b - a for a, b in zip(self.cpu_stamps, self.cpu_stamps[1:])][max(0, warmup - 1) :]
         toks = [int(t) for t in self.tokens]
+        perf = [p for p in self.perf if p[0] > warmup]  # a row covers the steps since the previous one
+        mfu = {"mfu": statistics.median(p[1] for p in perf), "tflops": statistics.median(p[2] for p in perf)}
         return {
+            **(mfu if perf else {}),
             "step_s": timed,
             "cpu_step_s": cpu,
             "tokens_per_step": statistics.median(toks) if toks else 0,
