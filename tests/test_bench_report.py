@@ -57,5 +57,8 @@ def test_report_has_bf16_rows_mfu_and_a_measured_precision_miss():
         "| met |"
         in goals["whole step, ours soft, bf16-mixed ≥ 2.5× TRL synced, bf16-mixed's rate (smollm2-135m-4l, hh)"]
     )
-    miss = goals["whole step, ours soft, bf16-mixed ≥ 1× ours soft's (fp32) rate"]
+    miss = goals["whole step, ours soft, bf16-mixed ≥ 1.8× ours soft's (fp32) rate"]
     assert "| 0.10 (0.10–0.10) | NOT met: no native bf16 matmul on this machine (measured peak 1.0 GFLOP/s" in miss
+    emulated = "ours soft, bf16-mixed: MFU ≥ 0.5 of the measured bf16 matmul peak (met only against an emulated peak"
+    assert "| met |" in next(line for name, line in goals.items() if name.startswith(emulated))
+    assert "peak RSS ≤ 0.75× ours soft's (fp32)" in "".join(goals)
