@@ -66,7 +66,7 @@ test: install
 	scripts/slurm/cluster.sh up || echo "make test: the Slurm cluster did not start; its tests will be skipped"
 	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
 
-# Everything, the slow tier too (variants across stages, objectives, appliers and world sizes; about 35 minutes).
+# Everything: make test, then the slow tier (variants across stages, objectives, appliers and world sizes).
 test-all: test
 	OMP_NUM_THREADS=1 $(PYTEST) -m slow
 
