@@ -82,9 +82,13 @@ class LoopTimer(BaseHook):
         cpu = [b - a for a, b in zip(self.cpu_stamps, self.cpu_stamps[1:])][max(0, warmup - 1) :]
         toks = [int(t) for t in self.tokens]
         perf = [p for p in self.perf if p[0] > warmup]  # a row covers the steps since the previous one
-        mfu = {"mfu": statistics.median(p[1] for p in perf), "tflops": statistics.median(p[2] for p in perf)}
+        mfu = (
+            {"mfu": statistics.median(p[1] for p in perf), "tflops": statistics.median(p[2] for p in perf)}
+            if perf
+            else {}
+        )
         return {
-            **(mfu if perf else {}),
+            **mfu,
             "step_s": timed,
             "cpu_step_s": cpu,
             "tokens_per_step": statistics.median(toks) if toks else 0,
