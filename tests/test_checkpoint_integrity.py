@@ -82,3 +82,26 @@ def test_a_resume_may_run_longer_and_says_so(fast_cfg, two_checkpoints, capsys, 
     said = capsys.readouterr().out + caplog.text
     assert "note: resuming step_000004 with trainer.max_steps: 4 -> 6" in said
     assert "note: resuming step_000004 with trainer.log_every: 1 -> 2" in said
+
+
+def test_a_step_rewritten_and_cut_between_its_renames_still_resumes_from_its_earlier_copy(
+    fast_cfg, two_checkpoints, capsys, caplog
+):
+    run, newest = two_checkpoints
+    newest.rename(newest.with_name(f".old-{newest.name}"))  # as commit leaves it when killed between the renames
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.max_steps=6", "trainer.save_every=2", "trainer.resume=latest"), run)
+    assert "at step 4" in capsys.readouterr().out + caplog.text
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000004", "step_000006"]
+
+
+def test_committing_a_step_again_replaces_its_checkpoint_and_leaves_no_old_copy(two_checkpoints):
+    from trustregion.training.checkpoint import begin, commit, complete_checkpoints
+
+    run, newest = two_checkpoints
+    tmp = begin(run, 4)
+    (tmp / "marker").write_text("new")
+    commit(tmp, keep_last=2)
+    assert (newest / "marker").read_text() == "new"
+    assert [p.name for p in complete_checkpoints(run)] == ["step_000002", "step_000004"]
+    assert not any(p.name.startswith(".old-") for p in (run / "checkpoints").iterdir())

@@ -99,3 +99,19 @@ def test_llama3_preset_trains_a_tiny_llama_on_ultrafeedback(llama_dir, tmp_path)
     assert [m["step"] for m in metrics(tmp_path) if "loss" in m] == [1, 2]
     saved = json.loads((tmp_path / "policy" / "config.json").read_text())
     assert saved["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("preset", ["smollm2-135m", "pythia-410m", "llama3-8b"])
+def test_a_pretrained_preset_records_no_tiny_model_shape(preset):
+    from trustregion.config import TINY_SHAPE
+
+    model = compose(f"model={preset}").model
+    assert all(model[key] is None for key in TINY_SHAPE)
+
+
+def test_the_tiny_model_without_its_shape_is_one_line():
+    from trustregion.config import validate
+    from trustregion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.hidden_size=None is invalid: set model.hidden_size to an integer"):
+        validate(compose("model=smollm2-135m", "model.path=null"))

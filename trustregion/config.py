@@ -70,12 +70,16 @@ class ModelConfig:
     logits_chunk_tokens: int = 1024  # ~256 for a 128k vocabulary (one fp32 chunk of 1024 rows: 525 MB)
     share_prompt: bool = False  # chosen and rejected on one run of their shared prompt (its KV cache); chunked only
     # The tiny model (path: null): GPT-NeoX (Pythia) architecture, random init, tokenizer trained on the data.
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
-    max_position_embeddings: int = 256
-    vocab_size: int = 512
+    # Presets of pretrained models set these to null: their shape is the checkpoint's, and config.yaml says so.
+    hidden_size: Optional[int] = 64
+    num_layers: Optional[int] = 2
+    num_heads: Optional[int] = 4
+    intermediate_size: Optional[int] = 256
+    max_position_embeddings: Optional[int] = 256
+    vocab_size: Optional[int] = 512
+
+
+TINY_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "vocab_size")
 
 
 class AdapterReferenceMode(str, Enum):
@@ -270,6 +274,10 @@ def check_model_config(model: DictConfig, precision: str) -> None:
         "small steps away (bf16's spacing is 0.0078 at 1.0) and AdamW's eps underflows in fp16",
     )
     check(model.logps in ("chunked", "full"), "model.logps", model.logps, "chunked or full")
+    if model.path is None:  # the tiny model is built from its shape keys
+        for key in TINY_SHAPE:
+            value = model[key]
+            check(value is not None and value >= 1, f"model.{key}", value, "an integer >= 1 (model=tiny sets it)")
     check(
         model.logits_chunk_tokens >= 1,
         "model.logits_chunk_tokens",

@@ -54,12 +54,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first. A step being written again (``commit``) is its ``.old-`` copy
+    until the new one is in place, so a crash between the two renames still finds it."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    complete = [p for p in root.iterdir() if (p / COMPLETE).exists()]
+    found = {p.name: p for p in complete if p.name.startswith(PREFIX)}
+    for p in complete:
+        if p.name.startswith(f".old-{PREFIX}"):
+            found.setdefault(p.name[len(".old-") :], p)
+    return sorted(found.values(), key=lambda p: int(p.name.rsplit("_", 1)[1]))
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -72,12 +77,20 @@ def begin(run_dir: Path, step: int) -> Path:
 
 
 def commit(tmp: Path, keep_last: int) -> Path:
-    """Mark ``tmp`` complete, rename it into place, and prune all but the newest ``keep_last``."""
+    """Mark ``tmp`` complete, rename it into place, and prune all but the newest ``keep_last``. A step written
+    again (a resumed final evaluation) keeps its earlier checkpoint as ``.old-`` until the new one is in place."""
     (tmp / COMPLETE).write_text("ok\n")
+    for stray in tmp.parent.glob(f".old-{PREFIX}*"):  # left by a commit cut between its renames: put back
+        if (stray / COMPLETE).exists() and not stray.with_name(stray.name[len(".old-") :]).exists():
+            os.replace(stray, stray.with_name(stray.name[len(".old-") :]))
     final = tmp.parent / tmp.name[len(".tmp-") :]
+    old = tmp.parent / f".old-{final.name}"
     if final.exists():
-        shutil.rmtree(final)
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     for old in complete_checkpoints(tmp.parent.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
