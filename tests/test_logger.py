@@ -65,9 +65,14 @@ def test_every_start_of_one_run_dir_continues_the_same_wandb_run(tmp_path):
 
 def test_a_resumed_run_continues_its_offline_wandb_run(fast_cfg, tmp_path, monkeypatch):
     from trustregion.train import train
+    from trustregion.training.logger import run_id
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     train(fast_cfg("logger=wandb", "trainer.max_steps=2", "trainer.save_every=1"), tmp_path)
     train(fast_cfg("logger=wandb", "trainer.max_steps=4", "trainer.resume=latest"), tmp_path)
+    import re
+
     runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({name.rsplit("-", 1)[1] for name in runs}) == 1  # two starts, one run id
+    # offline-run-<date>_<time>-<id>, with "-1" added by wandb when both starts fall in the same second
+    ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-(tr-[0-9a-f]{16})(-\d+)?", name).group(1) for name in runs}
+    assert len(runs) == 2 and ids == {run_id(tmp_path)}  # two starts, one run id
