@@ -614,6 +614,13 @@ FIGURES = {
 }
 
 
+def _with_tail(lines: list[str], skipped, root, written: list[str]) -> str:
+    """A report's text: its lines, then the runs skipped and why, then the files written."""
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
+    return "\n".join([*lines, "", _written_line(written), ""])
+
+
 def _written_line(written: Sequence[str]) -> str:
     figures = [f"`{f}` ({FIGURES[f]})" for f in written if f in FIGURES]
     others = [f"`{f}`" for f in written if f not in FIGURES]
@@ -687,10 +694,7 @@ def markdown(study: Study, skipped: list[tuple[Path, str]], root: Path, written:
             f"{_fmt(r.peak_gold)} ({r.steps[b]}) | {_fmt(r.peak_kl, 2)} | {_fmt(r.kl[-1], 2)} | "
             f"{_fmt(r.in_domain[-1], 2)} | {'yes' if r.finished else 'partial'} |"
         )
-    if skipped:
-        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
-    lines += ["", _written_line(written), ""]
-    return "\n".join(lines)
+    return _with_tail(lines, skipped, root, written)
 
 
 def _iv(iv: Interval) -> dict:
@@ -863,10 +867,7 @@ def preference_markdown(study: Study, skipped: list[tuple[Path, str]], root: Pat
             f"{_fmt(pref.get('eval/rewards_sft/accuracies'))} | {_fmt(pref.get('eval/rewards_sft/margins'))} | "
             f"{_fmt(pref.get('eval/loss'))} | {'yes' if r.finished else 'partial'} |"
         )
-    if skipped:
-        lines += ["", "## Skipped", ""] + [f"- `{_rel(p, root)}`: {why}" for p, why in skipped]
-    lines += ["", _written_line([]), ""]
-    return "\n".join(lines)
+    return _with_tail(lines, skipped, root, [])
 
 
 def preference_json(study: Study) -> dict:

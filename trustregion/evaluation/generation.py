@@ -65,7 +65,6 @@ def generate_and_score(
     cfg: DictConfig,
     tokenizer,
     scorers: Sequence[Any],
-    seed: int,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generated:
     """Sample ``samples_per_prompt`` responses per prompt from ``model`` (this rank's share) and score them.
@@ -83,7 +82,7 @@ def generate_and_score(
     mine = mine + [items[0]] * (per_rank - len(mine))
     prompts = [prompt_ids[p] for p, _ in mine]
     batch_size = GENERATION_BATCH_FACTOR * max(1, int(cfg.trainer.batch_size))  # no gradients: wider batches fit
-    gen = torch.Generator(device=engine.device).manual_seed(seed * 1_000_003 + engine.rank)
+    gen = torch.Generator(device=engine.device).manual_seed(int(cfg.trainer.seed) * 1_000_003 + engine.rank)
     lockstep = engine.world_size > 1
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -217,12 +216,10 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     # A frozen reference whose log-probs are cached is never built: it is the SFT model.
     reference = engine.reference if engine.reference is not None else sft_model
     scorers = (engine.policy, reference, sft_model)
-    gen = generate_and_score(
-        engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, int(cfg.trainer.seed), ctx.should_stop
-    )
+    gen = generate_and_score(engine, engine.policy, prompt_ids, cfg, tokenizer, scorers, ctx.should_stop)
     records = sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"])
     metrics = summarize(records, k)
-    metrics.update(sft_baseline(engine, cfg, sft_model, prompt_ids, texts, tokenizer, task, ctx.should_stop))
+    metrics.update(sft_baseline(ctx, prompt_ids, texts))
     metrics["eval/generation_s"] = time.perf_counter() - clock
     if engine.is_main:
         table = [
@@ -241,15 +238,14 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     return metrics
 
 
-def sft_baseline(
-    engine, cfg: DictConfig, sft_model, prompt_ids, texts, tokenizer, task, should_stop: Callable[[], bool]
-) -> dict[str, float]:
+def sft_baseline(ctx: EvalContext, prompt_ids: list[list[int]], texts: list[str]) -> dict[str, float]:
     """Gold reward and in-domain rate of the SFT model's own samples (the KL = 0 point), computed once."""
+    engine, cfg, sft_model, tokenizer = ctx.engine, ctx.cfg, ctx.sft_model, ctx.tokenizer
     if sft_model not in _SFT_BASELINE:
         k = 1 if cfg.eval.greedy else int(cfg.eval.samples_per_prompt)
-        seed = int(cfg.trainer.seed)
-        gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, seed, should_stop)
-        m = summarize(sorted(_gather(engine, _records(gen, texts, k, tokenizer, task)), key=lambda r: r["index"]), k)
+        gen = generate_and_score(engine, sft_model, prompt_ids, cfg, tokenizer, (sft_model,) * 3, ctx.should_stop)
+        records = _records(gen, texts, k, tokenizer, ctx.data.task)
+        m = summarize(sorted(_gather(engine, records), key=lambda r: r["index"]), k)
         _SFT_BASELINE[sft_model] = {
             "eval/sft_gold_reward": m["eval/gold_reward"],
             "eval/sft_in_domain_rate": m["eval/in_domain_rate"],
