@@ -5,8 +5,8 @@
 # then runs each family x seed (frozen DPO, TR-DPO soft and hard, frozen IPO, TR-IPO soft), each evaluated by
 # sampling at step 0 and every eval_every steps, then `trustregion.report` (bands, matched KL, paired verdicts).
 #
-#   bash scripts/study_smollm2.sh                 # or: make study-smollm2   (15 runs, about an hour on 2 cores)
-#   STUDY=quick bash scripts/study_smollm2.sh     # fewer steps, evaluations and pairs (about 10 minutes)
+#   bash scripts/study_smollm2.sh                 # or: make study-smollm2   (15 runs, under an hour on 2 idle cores)
+#   STUDY=quick bash scripts/study_smollm2.sh     # frozen vs soft TR-DPO, 2 seeds, fewer steps (under 10 minutes)
 #   SEEDS=1,2 FAMILIES="dpo-frozen dpo-soft" bash scripts/study_smollm2.sh -- trainer.max_steps=12  # after --: every run
 #
 # Settings (environment): OUT (default outputs/study_smollm2/<date>/<time>), START (a saved starting-model dir:
@@ -19,19 +19,20 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/study_smollm2/$(date +%Y-%m-%d/%H-%M-%S)}
 STUDY=${STUDY:-full}
-SEEDS=${SEEDS:-1,2,3}
-FAMILIES=${FAMILIES:-"dpo-frozen dpo-soft dpo-hard ipo-frozen ipo-soft"}
+case $STUDY in
+  full) SIZE=(); SEEDS=${SEEDS:-1,2,3}; FAMILIES=${FAMILIES:-"dpo-frozen dpo-soft dpo-hard ipo-frozen ipo-soft"} ;;
+  quick)
+    SIZE=(trainer.max_steps=12 trainer.eval_every=4 dataset.num_pairs=128 eval.prompts=12 dataset.eval_samples=12)
+    SEEDS=${SEEDS:-1,2}; FAMILIES=${FAMILIES:-"dpo-frozen dpo-soft"} ;;
+  *) echo "error: STUDY=$STUDY is not an option: set STUDY to full or quick" >&2; exit 2 ;;
+esac
 SOFT_ALPHA=${SOFT_ALPHA:-0.1}
 HARD_TAU=${HARD_TAU:-6}
 DPO_BETA=${DPO_BETA:-0.1}
 IPO_BETA=${IPO_BETA:-0.1}
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}  # more threads than free cores: 5-10x slower (seen when others share the machine)
-case $STUDY in
-  full) SIZE=() ;;
-  quick) SIZE=(trainer.max_steps=12 trainer.eval_every=4 dataset.num_pairs=128 eval.prompts=12 dataset.eval_samples=16) ;;
-  *) echo "error: STUDY=$STUDY is not an option: set STUDY to full or quick" >&2; exit 2 ;;
-esac
+SETUP_THREADS=${SETUP_THREADS:-$(nproc)}  # the export and the pairs run alone, before the runs
 EXTRA=()
 if [[ "${1:-}" == "--" ]]; then shift; EXTRA=("$@"); fi
 
@@ -48,13 +49,13 @@ if [[ -n "${START:-}" ]]; then
 else
   model=$OUT/start
   say "export SmolLM2-135M-Instruct (GGUF) -> $model"
-  OMP_NUM_THREADS=$THREADS "$PY" scripts/export_model.py "$model" model=smollm2-135m > "$OUT/logs/export.log" 2>&1 \
+  OMP_NUM_THREADS=$SETUP_THREADS "$PY" scripts/export_model.py "$model" model=smollm2-135m > "$OUT/logs/export.log" 2>&1 \
     || { tail -5 "$OUT/logs/export.log"; exit 1; }
 fi
 
 COMMON=(experiment=sentiment_smollm2 model.path="$model" dataset.cache_dir="$OUT/cache" "${SIZE[@]}" "${EXTRA[@]}")
 say "prompts and pairs for seeds $SEEDS -> $OUT/cache"
-OMP_NUM_THREADS=$THREADS "$PY" scripts/sentiment_pairs.py "$SEEDS" "${COMMON[@]}" 2>&1 | tee "$OUT/logs/pairs.log" \
+OMP_NUM_THREADS=$SETUP_THREADS "$PY" scripts/sentiment_pairs.py "$SEEDS" "${COMMON[@]}" 2>&1 | tee "$OUT/logs/pairs.log" \
   | grep '^seed' || { tail -5 "$OUT/logs/pairs.log"; exit 1; }
 
 rule_of() {

@@ -3,11 +3,15 @@ the console), and third-party progress bars and chatter quiet unless ``verbose=t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 log = logging.getLogger("trustregion")
+_quiet = False  # set by quiet_third_party: whether third-party chatter is off for this process
 
 
 def say(message: str) -> None:
@@ -20,8 +24,10 @@ def say(message: str) -> None:
 
 def quiet_third_party(verbose: bool) -> None:
     """Progress bars and info messages of transformers, datasets and DeepSpeed off, unless ``verbose``."""
+    global _quiet
     if verbose:
         return
+    _quiet = True
     import datasets
     import torch
     import transformers
@@ -36,3 +42,14 @@ def quiet_third_party(verbose: bool) -> None:
     logging.getLogger("compilers").setLevel(logging.WARNING)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed announces, on import, that it fell back to it
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Third-party code that writes its own bars to stderr (transformers' GGUF de-quantization uses a bare tqdm,
+    which its progress-bar switch does not reach): silenced when the run is quiet. Errors still raise."""
+    if not _quiet:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trustregion.console import quiet_stderr
 from trustregion.errors import ConfigError
 
 EOS = "<|endoftext|>"
@@ -114,6 +115,11 @@ def gguf_to_load(path: str, gguf_file: str | None) -> str | None:
     return gguf_file
 
 
+def local_only(path: str) -> dict[str, bool]:
+    """``from_pretrained`` options for ``path``: a local dir never asks the hub (no retry lines when offline)."""
+    return {"local_files_only": True} if Path(path).expanduser().is_dir() else {}
+
+
 def _load_error(cfg_path: str, what: str, e: Exception, key: str = "model.path") -> ConfigError:
     """One line naming the path and the fix, for any failure to load a model or tokenizer."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -132,7 +138,9 @@ def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.pa
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        with quiet_stderr():
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs, **local_only(path))
     except Exception as e:  # noqa: BLE001 - any failure to load is a bad model.path: one line, traceback chained
         raise _load_error(path, "tokenizer", e, key) from e
     if tokenizer.pad_token_id is None:
@@ -147,7 +155,7 @@ def load_for_sampling(path: str, key: str) -> tuple[nn.Module, object]:
 
     tokenizer = load_tokenizer(path, key=key)
     try:
-        return AutoModelForCausalLM.from_pretrained(path).eval(), tokenizer
+        return AutoModelForCausalLM.from_pretrained(path, **local_only(path)).eval(), tokenizer
     except Exception as e:  # noqa: BLE001 - any failure to load is a bad path: one line, traceback chained
         raise _load_error(path, "model", e, key) from e
 
@@ -155,16 +163,17 @@ def load_for_sampling(path: str, key: str) -> tuple[nn.Module, object]:
 def load_pretrained(cfg) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
+    path = resolve_model_path(cfg.path)
+    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code, **local_only(path)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    path = resolve_model_path(cfg.path)
     gguf = gguf_to_load(path, cfg.gguf_file)
     try:
         if not gguf:
             return AutoModelForCausalLM.from_pretrained(path, **kwargs)
         # GGUF weights are dequantized on load; rebuild a plain model so save_pretrained works.
-        loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs)
+        with quiet_stderr():
+            loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs)
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
