@@ -164,16 +164,16 @@ def load_pretrained(cfg) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg.path)
-    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code, **local_only(path)}
+    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     gguf = gguf_to_load(path, cfg.gguf_file)
     try:
         if not gguf:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs, **local_only(path))
         # GGUF weights are dequantized on load; rebuild a plain model so save_pretrained works.
         with quiet_stderr():
-            loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs)
+            loaded = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs, **local_only(path))
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
