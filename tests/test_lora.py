@@ -352,6 +352,27 @@ def test_two_ranks_under_zero3_match_one_process_with_factors_lerped_shard_by_sh
         torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_zero3_lora_checkpoint_leaves_the_base_out_and_resumes_to_the_same_reference(tmp_path):
+    common = [*FAST, *TOY, *LORA, "peft.reference=factors", "peft.factors_error=false", "ref_update.tau=2"]
+    common += ["trainer.lr=3e-3", "trainer.cache_reference=false", "deepspeed=zero3", "trainer.batch_size=8"]
+    common += ["trainer.save_every=2"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    torchrun(*common, f"hydra.run.dir={full}")
+    torchrun(*common, "trainer.max_steps=2", f"hydra.run.dir={cut}")
+    torchrun(*common, "trainer.resume=latest", f"hydra.run.dir={cut}")
+    for states in (cut / "checkpoints" / "step_000002" / "deepspeed" / "policy").glob("*model_states.pt"):
+        saved = torch.load(states, weights_only=False)
+        assert saved["module"] and all(".lora_" in k for k in saved["module"]), states.name  # no frozen base
+        assert saved.get("frozen_param_fragments") is None, states.name
+    assert losses(cut)[-2:] == pytest.approx(losses(full)[-2:], abs=1e-6)
+    a = load_file(str(cut / "reference" / "adapter_model.safetensors"))
+    b = load_file(str(full / "reference" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:  # the reference adapter, lerped shard by shard, came back from the reference's own files
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
 def test_resuming_a_lora_checkpoint_without_lora_is_refused(fast_cfg, tmp_path):
     train(fast_cfg(*LORA, "peft.reference=exact"), tmp_path)
     with pytest.raises(

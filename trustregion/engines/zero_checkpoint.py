@@ -1,5 +1,7 @@
 """A DeepSpeed engine's checkpoint: DeepSpeed's own for the policy and optimizer, each rank's reference shards, and
-the resume at another world size (a universal checkpoint for the policy, the reference re-cut here)."""
+the resume at another world size (a universal checkpoint for the policy, the reference re-cut here). Under LoRA the
+frozen base is left out (a resume loads it again from ``model.path``, as on one process); the frozen adapter that
+holds a ``factors`` reference travels with the reference's tensors."""
 
 from __future__ import annotations
 
@@ -12,23 +14,32 @@ import torch.distributed as dist
 from trustregion.engines.resharding import reshard, saved_world_size, to_universal
 from trustregion.engines.zero_internals import is_persistent, numel, shard, universal_checkpoint_loading
 from trustregion.errors import ConfigError
+from trustregion.models.lora import frozen_adapter_params, is_lora
+
+
+def _reference_params(engine) -> list[torch.nn.Parameter]:
+    """The parameters that hold the reference: a dense reference's own, then the policy's frozen adapter weights."""
+    ref = engine.unwrap("reference")
+    own = list(ref.parameters()) if ref is not None else []
+    return own + frozen_adapter_params(engine.unwrap("policy"))
 
 
 def reference_tensors(engine) -> list[torch.Tensor]:
     """What a checkpoint holds of the reference on this rank: its shards (and whole copies of persistent parameters)
-    under ZeRO-3, its whole state dict under ZeRO-1/2."""
-    ref = engine.unwrap("reference")
-    if ref is None:
-        return []
+    under ZeRO-3, its whole state dict under ZeRO-1/2; then the policy's frozen adapter weights."""
+    params = _reference_params(engine)
     if engine.stage == 3:
-        return [shard(p) for p in ref.parameters()] + [p.data for p in ref.parameters() if is_persistent(p)]
-    return list(ref.state_dict().values())
+        return [shard(p) for p in params] + [p.data for p in params if is_persistent(p)]
+    ref = engine.unwrap("reference")
+    own = list(ref.state_dict().values()) if ref is not None else []
+    return own + [p.data for p in frozen_adapter_params(engine.unwrap("policy"))]
 
 
 def save(engine, directory: Path, optimizer: bool = True) -> None:
     if not optimizer:  # validate() refuses trainer.final_optimizer_state=false under ZeRO
         raise ConfigError("a DeepSpeed checkpoint always holds the optimizer state (it has the fp32 weights)")
-    engine.policy.save_checkpoint(str(directory / "deepspeed"), tag="policy")
+    lora = is_lora(engine.unwrap("policy"))
+    engine.policy.save_checkpoint(str(directory / "deepspeed"), tag="policy", exclude_frozen_parameters=lora)
     tensors = [t.detach().cpu() for t in reference_tensors(engine)]
     torch.save(tensors, directory / f"reference_rank{engine.rank}.pt")
     dist.barrier()
@@ -40,7 +51,11 @@ def load(engine, directory: Path) -> None:
     if saved and saved != engine.world_size:
         return load_resized(engine, directory, saved)
     path, _ = engine.policy.load_checkpoint(
-        str(directory / "deepspeed"), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+        str(directory / "deepspeed"),
+        tag="policy",
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+        load_module_strict=not is_lora(engine.unwrap("policy")),  # LoRA: the frozen base is not in it
     )
     if path is None:
         raise ConfigError(f"trainer.resume={directory}: no DeepSpeed policy state in it; pick another checkpoint")
@@ -50,7 +65,13 @@ def load(engine, directory: Path) -> None:
             f"trainer.resume={directory}: no reference shards for rank {engine.rank}; "
             "the checkpoint is incomplete, resume from an earlier one"
         )
-    restore_reference(engine, torch.load(shard_file, map_location=engine.device, weights_only=True))
+    saved = torch.load(shard_file, map_location=engine.device, weights_only=True)
+    if len(saved) != len(reference_tensors(engine)):
+        raise ConfigError(
+            f"trainer.resume={directory}: its reference holds {len(saved)} tensors per rank, this run's "
+            f"{len(reference_tensors(engine))} (written by another version or other peft settings); start afresh"
+        )
+    restore_reference(engine, saved)
 
 
 def load_resized(engine, directory: Path, saved: int) -> None:
@@ -72,7 +93,11 @@ def load_resized(engine, directory: Path, saved: int) -> None:
     try:
         with universal_checkpoint_loading(engine.policy):
             path, _ = engine.policy.load_checkpoint(
-                str(universal), tag="policy", load_optimizer_states=True, load_lr_scheduler_states=True
+                str(universal),
+                tag="policy",
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+                load_module_strict=not is_lora(engine.unwrap("policy")),
             )
     finally:
         dist.barrier()
@@ -80,7 +105,7 @@ def load_resized(engine, directory: Path, saved: int) -> None:
             shutil.rmtree(universal, ignore_errors=True)
     if path is None:
         raise ConfigError(f"trainer.resume={directory}: no DeepSpeed policy state in it; pick another checkpoint")
-    if engine.reference is not None:
+    if reference_tensors(engine):
         per_rank = [
             torch.load(directory / f"reference_rank{r}.pt", map_location=engine.device, weights_only=True)
             for r in range(saved)
@@ -90,8 +115,6 @@ def load_resized(engine, directory: Path, saved: int) -> None:
 
 @torch.no_grad()
 def restore_reference(engine, saved: list[torch.Tensor]) -> None:
-    if engine.reference is None:  # a frozen reference whose log-probs are cached was never built
-        return
     # Whole copies of persistent parameters stay empty until the first forward gathers them from the shards.
     pairs = [(mine, s) for mine, s in zip(reference_tensors(engine), saved, strict=True) if mine.numel() > 0]
     if pairs:
@@ -103,5 +126,5 @@ def reshard_like_reference(engine, per_rank: list[list[torch.Tensor]]) -> list[t
     tensors), from every saved rank's list: for a resume at another world size."""
     if engine.stage != 3:
         return list(per_rank[0])
-    numels = [numel(p) for p in engine.unwrap("reference").parameters()]
+    numels = [numel(p) for p in _reference_params(engine)]
     return reshard(per_rank, numels, engine.world_size, engine.rank)

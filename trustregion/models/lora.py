@@ -113,12 +113,25 @@ def _is_adapter_key(key: str) -> bool:
     return ".lora_" in key
 
 
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a PEFT-wrapped policy (its frozen base is reloaded on resume, never checkpointed)."""
+    return getattr(model, "peft_config", None) is not None
+
+
+def frozen_adapter_params(policy: nn.Module) -> list[nn.Parameter]:
+    """The policy's frozen adapter weights (the ``factors`` reference, or a frozen starting adapter): state a
+    checkpoint must keep although it leaves the frozen base out."""
+    if not is_lora(policy):
+        return []
+    return [p for name, p in policy.named_parameters() if not p.requires_grad and _is_adapter_key(name)]
+
+
 def policy_state(policy: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint holds of the policy. Under LoRA: every adapter's weights and whatever else trains, not the
     frozen base, which a resume loads again from ``model.path`` (or builds again, the tiny model) before
     ``load_policy_state``; otherwise the whole state dict."""
     state = policy.state_dict()
-    if getattr(policy, "peft_config", None) is None:
+    if not is_lora(policy):
         return state
     trained = {name for name, p in policy.named_parameters() if p.requires_grad}
     return {k: v for k, v in state.items() if _is_adapter_key(k) or k in trained}
@@ -127,7 +140,7 @@ def policy_state(policy: nn.Module) -> dict[str, torch.Tensor]:
 def load_policy_state(policy: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Restore what ``policy_state`` kept: strictly, except that under LoRA only frozen base weights may be absent
     (a checkpoint written before this rule holds them too, and loads as before)."""
-    if getattr(policy, "peft_config", None) is None:
+    if not is_lora(policy):
         policy.load_state_dict(state)
         return
     result = policy.load_state_dict(state, strict=False)
