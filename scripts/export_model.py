@@ -17,8 +17,10 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python scripts/export_model.py OUT_DIR [model=smollm2-135m] [overrides]")
     out, overrides = Path(argv[0]), argv[1:] or ["model=smollm2-135m"]
     from trustregion.cli.app import compose
+    from trustregion.console import quiet_third_party
     from trustregion.models.loading import load_policy
 
+    quiet_third_party(verbose=False)  # as a run is: no third-party bars or deprecation chatter
     cfg = compose(*overrides)
     model, tokenizer = load_policy(cfg.model, None, seed=0)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,10 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python scripts/sentiment_pairs.py SEEDS [Hydra overrides, with dataset.cache_dir=...]")
     seeds, overrides = [int(s) for s in argv[0].split(",")], argv[1:]
     from trustregion.cli.app import compose
+    from trustregion.console import quiet_third_party
     from trustregion.data import load_preferences
 
+    quiet_third_party(verbose=False)  # as a run is: no third-party bars or deprecation chatter
     for seed in seeds:
         clock = time.perf_counter()
         cfg = compose(*overrides, f"trainer.seed={seed}")

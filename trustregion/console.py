@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 
 log = logging.getLogger("trustregion")
@@ -36,8 +35,6 @@ def quiet_third_party(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    # transformers 5 renamed generate's cache argument; the old name still works on every version we support
-    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
     # DeepSpeed's op builders probe the C compiler (``gcc ... -laio``); setuptools logs each command line at INFO
     logging.getLogger("compilers").setLevel(logging.WARNING)
     if not torch.cuda.is_available():

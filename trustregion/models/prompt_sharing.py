@@ -17,16 +17,10 @@ a 2-D ``attention_mask`` with gaps and explicit ``position_ids`` (eager and SDPA
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
-
-def _cache_kwarg(decoder: nn.Module) -> str | None:
-    """The keyword the body's forward takes its cache by (transformers 5.24 renamed ``past_key_values`` to ``cache``)."""
-    params = inspect.signature(decoder.forward).parameters
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+from trustregion.models.kv_cache import cache_kwarg
 
 
 def shared_prompt_rows(
@@ -54,7 +48,7 @@ def shared_prompt_rows(
     if not bool((prompt_part == prompt_part[:1]).all()):  # a host sync; also refuses mismatched prompts
         return None
     decoder = model.get_decoder()
-    kwarg = _cache_kwarg(decoder)
+    kwarg = cache_kwarg(decoder)
     if kwarg is None:
         return None
 

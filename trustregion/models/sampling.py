@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trustregion.models.kv_cache import CACHE_KWARG, returned_cache
 from trustregion.models.loading import sequence_logps
 
 
@@ -61,7 +62,7 @@ def sample(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits = returned_cache(out), out.logits[:, -1].float()
     next_pos = positions[:, -1] + 1
     rows = len(prompts)
     done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
@@ -85,10 +86,10 @@ def sample(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=next_pos[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **{CACHE_KWARG: cache},
         )
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        cache, logits = returned_cache(out), out.logits[:, -1].float()
         next_pos = next_pos + 1
     tokens = torch.stack(picked, 1).cpu()
     keep = torch.stack(alive, 1).cpu()
