@@ -3,7 +3,8 @@
 # (dataset=sentiment: film-review openings it wrote itself, continued and judged by VADER minus a degeneracy
 # penalty). Exports the GGUF model once as a plain dir, samples the prompts and every seed's pairs once (cached),
 # then runs each family x seed (frozen DPO, TR-DPO soft and hard, frozen IPO, TR-IPO soft), each evaluated by
-# sampling at step 0 and every eval_every steps, then `trustregion.report` (bands, matched KL, paired verdicts).
+# sampling at step 0 and every eval_every steps, then `trustregion.report` (bands, matched KL, paired verdicts) and
+# samples.md (seed 1's generations at the start, the gold peak and the last evaluation).
 #
 #   bash scripts/study_smollm2.sh                 # or: make study-smollm2   (15 runs, under an hour on 2 idle cores)
 #   STUDY=quick bash scripts/study_smollm2.sh     # frozen vs soft TR-DPO, 2 seeds, fewer steps (under 10 minutes)
@@ -92,4 +93,5 @@ wait
 
 say "report -> $OUT/report.md"
 "$PY" -m trustregion.report "$OUT" --out "$OUT" > "$OUT/logs/report.log" 2>&1 || { tail -5 "$OUT/logs/report.log"; exit 1; }
+"$PY" scripts/study_samples.py "$OUT" > "$OUT/samples.md" || say "no samples.md (see above)"
 say "finished in $(( $(date +%s) - start ))s (load average $(cut -d' ' -f1-3 /proc/loadavg)); report: $OUT/report.md"

@@ -252,6 +252,8 @@ def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_mod
     assert [r["step"] for r in evals] == [0, 1, 2]
     assert {"eval/gold/sentiment", "eval/gold/repetition", "eval/repetition", "eval/kl_sft"} <= set(evals[-1])
     assert (tmp_path / "study" / "dpo-soft" / "seed1" / "eval_samples.jsonl").exists()
+    samples = (tmp_path / "study" / "samples.md").read_text()
+    assert "### dpo-frozen" in samples and "### dpo-soft" in samples and "peak gold: step" in samples
 
 
 # --- the real starting model -------------------------------------------------------------------------------
