@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.helpers import FAST, cli, metrics
+from trustregion.errors import DataError
 from trustregion.report import Family, build_report, compare, gold_at_kl, load_run, t_interval
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
@@ -189,6 +190,16 @@ def test_the_report_flags_families_with_fewer_than_three_seeds(sweep):
     build_report([str(sweep)])
     text = (sweep / "report.md").read_text()
     assert "Some families have fewer than 3 seeds" in text and "0.520 (1 seed)" in text
+
+
+def test_runs_of_two_models_are_refused_rather_than_pooled_into_one_family(tmp_path):
+    for model, seed in (("tiny", 1), ("smollm2-135m", 2)):
+        run = write_run(tmp_path / model, "dpo", None, 1.0, 0.1, FROZEN_KL, [0.1] * 5, seed=seed)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg.update(model={"name": model}, dataset={"name": "toy"})
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match=r"mix settings: model=\S+ dataset=toy \(1 runs\), .*report each setting"):
+        build_report([str(tmp_path)])
 
 
 def test_runs_without_metrics_are_skipped_and_named(tmp_path):

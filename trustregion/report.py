@@ -30,6 +30,7 @@ import glob
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1082,7 +1083,19 @@ def load_runs(targets: Sequence[str]) -> tuple[list[Run], list[tuple[Path, str]]
         skipped += [(r.path, NO_GENERATION) for r in runs if not r.has_gold]
         skipped.sort(key=lambda s: (len(s[0].parts), str(s[0])))
         runs = [r for r in runs if r.has_gold]
+    check_one_setting(runs, targets)
     return runs, skipped
+
+
+def check_one_setting(runs: Sequence[Run], targets: Sequence[str]) -> None:
+    """Families pool runs by method, β and rule; runs of different models or datasets must not pool silently."""
+    settings = Counter(f"model={r.model} dataset={r.dataset}" for r in runs)
+    if len(settings) > 1:
+        mix = ", ".join(f"{name} ({n} runs)" for name, n in settings.most_common())
+        raise DataError(
+            f"the runs under {', '.join(targets)} mix settings: {mix}; report each setting's runs separately "
+            "(pass their dirs), as families would pool them"
+        )
 
 
 def build_report(
