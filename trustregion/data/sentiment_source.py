@@ -95,28 +95,10 @@ class Sampler:
 
     def load(self):
         if self._loaded is None:
-            from transformers import AutoModelForCausalLM
+            from trustregion.models.loading import load_for_sampling, resolve_model_path
 
-            from trustregion.console import quiet_stderr
-            from trustregion.models.loading import (
-                _load_error,
-                gguf_to_load,
-                load_tokenizer,
-                local_only,
-                resolve_model_path,
-            )
-
-            key = "dataset.pair_model"
             path = resolve_model_path(str(self.cfg.pair_model))
-            gguf = gguf_to_load(path, self.cfg.gguf_file)
-            tokenizer = load_tokenizer(path, gguf, key=key)
-            try:
-                with quiet_stderr():
-                    options = {"gguf_file": gguf} if gguf else {}
-                    model = AutoModelForCausalLM.from_pretrained(path, **options, **local_only(path))
-            except Exception as e:  # noqa: BLE001 - any failure to load is a bad path: one line, traceback chained
-                raise _load_error(str(self.cfg.pair_model), "model", e, key) from e
-            self._loaded = (model.eval(), tokenizer)
+            self._loaded = load_for_sampling(path, key="dataset.pair_model", gguf_file=self.cfg.gguf_file)
         return self._loaded
 
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int, seed: int, temperature: float) -> list[str]:

@@ -65,11 +65,14 @@ def load(engine, directory: Path) -> None:
             f"trainer.resume={directory}: no reference shards for rank {engine.rank}; "
             "the checkpoint is incomplete, resume from an earlier one"
         )
-    saved = torch.load(shard_file, map_location=engine.device, weights_only=True)
-    if len(saved) != len(reference_tensors(engine)):
+    saved, expected = (
+        torch.load(shard_file, map_location=engine.device, weights_only=True),
+        len(reference_tensors(engine)),
+    )
+    if len(saved) != expected:
         raise ConfigError(
             f"trainer.resume={directory}: its reference holds {len(saved)} tensors per rank, this run's "
-            f"{len(reference_tensors(engine))} (written by another version or other peft settings); start afresh"
+            f"{expected} (written by another version or other peft settings); start afresh"
         )
     restore_reference(engine, saved)
 

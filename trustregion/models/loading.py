@@ -149,13 +149,17 @@ def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.pa
     return tokenizer
 
 
-def load_for_sampling(path: str, key: str) -> tuple[nn.Module, object]:
-    """(model in eval mode, tokenizer) saved at ``path``; a failure is one line naming ``key`` and the fix."""
+def load_for_sampling(path: str, key: str, gguf_file: str | None = None) -> tuple[nn.Module, object]:
+    """(model in eval mode, tokenizer) saved at ``path`` (a GGUF file in it where ``gguf_file`` names one, see
+    ``gguf_to_load``); a failure is one line naming ``key`` and the fix."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(path, key=key)
+    gguf = gguf_to_load(path, gguf_file)
+    tokenizer = load_tokenizer(path, gguf, key=key)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **local_only(path)).eval(), tokenizer
+        with quiet_stderr():
+            options = {"gguf_file": gguf} if gguf else {}
+            return AutoModelForCausalLM.from_pretrained(path, **options, **local_only(path)).eval(), tokenizer
     except Exception as e:  # noqa: BLE001 - any failure to load is a bad path: one line, traceback chained
         raise _load_error(path, "model", e, key) from e
 
