@@ -62,6 +62,26 @@ def test_cached_sampling_matches_teacher_forced_argmax(lm):
     assert out.responses[0] == logits[len(prompt) - 1 : -1].argmax(-1).tolist()
 
 
+def test_sampled_log_probs_are_the_teacher_forced_log_probs_of_the_samples(lm):
+    model, _ = lm
+    prompts = [[5, 6, 7, 8, 9], [10], [11, 12]] * 4
+    out = sample(model, prompts, eos_id=3, pad_id=0, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    forced = response_logps(model, prompts, out.responses, 0, torch.device("cpu"), 8)
+    assert out.logps == pytest.approx(forced, abs=1e-4)
+    assert len(set(map(tuple, out.responses))) > 3  # sampled, not one response repeated
+
+
+def test_the_prefill_runs_the_lm_head_on_the_last_position_only(lm):
+    model, _ = lm
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    try:
+        sample(model, [[5, 6, 7, 8, 9], [10]], eos_id=-1, pad_id=0, max_new_tokens=3, greedy=True)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 1]
+
+
 def test_each_row_stops_at_its_eos(lm):
     model, _ = lm
     first = sample(model, [[7, 8]], eos_id=-1, pad_id=0, max_new_tokens=1, greedy=True).responses[0][0]
@@ -153,7 +173,33 @@ def test_generation_evaluation_during_training_logs_gold_kl_and_a_plot(frozen_ru
 def test_the_evaluation_at_step_0_is_the_sft_model_itself(frozen_run):
     first = next(r for r in frozen_run[1] if "eval/gold_reward" in r)
     assert first["step"] == 0 and first["eval/kl_sft"] == pytest.approx(0.0, abs=1e-5)
-    assert first["eval/gold_reward"] == pytest.approx(first["eval/sft_gold_reward"], abs=1e-9)
+
+
+def test_the_sft_baseline_sampled_from_the_sft_model_is_the_step_0_evaluation(frozen_run, tmp_path):
+    """A run that does not evaluate at step 0 samples the SFT model for its baseline; a run that does takes it from
+    its step-0 evaluation. The two agree."""
+    from conftest import FAST, compose
+
+    from trustregion.train import train
+
+    train(
+        compose(
+            *FAST,
+            "ref_update=none",
+            "eval.generate=true",
+            "eval.prompts=6",
+            "eval.samples_per_prompt=2",
+            "trainer.eval_every=2",
+            "trainer.eval_at_start=false",
+        ),
+        tmp_path,
+    )
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    sampled = next(r for r in rows if "eval/sft_gold_reward" in r)
+    first = next(r for r in frozen_run[1] if "eval/gold_reward" in r)
+    assert sampled["step"] == 2 and first["step"] == 0
+    assert sampled["eval/sft_gold_reward"] == pytest.approx(first["eval/gold_reward"], abs=1e-9)
+    assert sampled["eval/sft_in_domain_rate"] == pytest.approx(first["eval/in_domain_rate"], abs=1e-9)
 
 
 def test_frozen_reference_kl_to_ref_equals_kl_to_sft(frozen_run):

@@ -158,6 +158,9 @@ class TrainerConfig:
     # With a frozen reference (ref_update=none) on one process, reuse the cached SFT log-probs as the
     # reference's instead of running it every step (they are the same model on the same data).
     cache_reference: bool = True
+    # A dir shared by runs of one SFT model and dataset: the SFT log-probs of the rows are scored by the first run and
+    # read by the next (keyed by the weights, the rows and the settings; trustregion/training/sft_logps.py). One process.
+    sft_logps_cache: Optional[str] = None
 
 
 @dataclass
@@ -180,6 +183,7 @@ class EvalConfig:
     max_new_tokens: int = 16
     temperature: float = 1.0
     greedy: bool = False
+    batch_size: Optional[int] = None  # sequences per generation and scoring batch; null: 4 x trainer.batch_size
     plot: bool = True
 
 
@@ -308,6 +312,12 @@ def validate(cfg: DictConfig, reference_moves: bool = False) -> None:
         "a number > 1 (how many times its running median a loss or gradient norm may reach), or null",
     )
     check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
+    check(
+        t.sft_logps_cache is None or cfg.deepspeed.stage == 0,
+        "trainer.sft_logps_cache",
+        t.sft_logps_cache,
+        "null under DeepSpeed (a sharded model's weights cannot be digested on one rank)",
+    )
     check(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")
     check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "an integer >= 1 or null")
     check(t.epochs > 0, "trainer.epochs", t.epochs, "a number > 0")
@@ -395,6 +405,10 @@ def check_eval_config(ev: DictConfig) -> None:
         raise ConfigError(f"eval.prompts={ev.prompts} is invalid: set eval.prompts to an integer >= 1")
     if ev.samples_per_prompt < 1:
         raise ConfigError(f"eval.samples_per_prompt={ev.samples_per_prompt} is invalid: set it to an integer >= 1")
+    if ev.batch_size is not None and ev.batch_size < 1:
+        raise ConfigError(
+            f"eval.batch_size={ev.batch_size} is invalid: set eval.batch_size to an integer >= 1, or null"
+        )
     if ev.max_new_tokens < 1:
         raise ConfigError(
             f"eval.max_new_tokens={ev.max_new_tokens} is invalid: set eval.max_new_tokens to an integer >= 1"

@@ -1,5 +1,8 @@
 """Sampling from a causal LM: left-padded prompts, a KV-cached loop, log-probs of given responses.
 
+The prefill asks for the last position's logits only (``logits_to_keep=1``), never a [rows, prompt, vocab] tensor;
+responses are scored by ``trustregion.models.logps.response_logps`` (the LM head on response positions only).
+
 Shared by data sources that label model samples (the toy task's pairs), evaluation and the judge; it
 imports nothing of theirs.
 """
@@ -13,16 +16,17 @@ import torch
 import torch.nn.functional as F
 
 from trustregion.models.kv_cache import CACHE_KWARG, returned_cache
-from trustregion.models.loading import sequence_logps
+from trustregion.models.logps import response_logps as _response_logps
 
 
 @dataclass
 class Samples:
-    """Sampled responses (token ids, EOS included when one was drawn) and their per-token policy entropies."""
+    """Sampled responses (token ids, EOS included when one was drawn), their entropies and log-probs."""
 
     responses: list[list[int]]
     ended: list[bool]
     entropy: list[float]  # sum over the response's tokens of the policy's next-token entropy (nats)
+    logps: list[float]  # sum over the response's tokens of log pi(token) at temperature 1, from the sampling forwards
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,16 +61,16 @@ def sample(
     so that ranks under ZeRO-3, which gather parameters collectively in each forward, stay in step.
     """
     if not prompts:
-        return Samples([], [], [])
+        return Samples([], [], [], [])
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache, logits = returned_cache(out), out.logits[:, -1].float()
     next_pos = positions[:, -1] + 1
     rows = len(prompts)
     done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    picked, alive, entropies = [], [], []
+    picked, alive, entropies, logps = [], [], [], []
     for t in range(max_new_tokens):
         logp = F.log_softmax(logits, dim=-1)
         entropies.append(-(logp.exp() * logp).sum(-1).masked_fill(done, 0.0))
@@ -75,6 +79,7 @@ def sample(
         else:
             probs = F.softmax(logits / temperature, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logps.append(logp.gather(1, token[:, None]).squeeze(1).masked_fill(done, 0.0))
         token = token.masked_fill(done, pad_id)
         picked.append(token)
         alive.append(~done)
@@ -94,8 +99,10 @@ def sample(
     tokens = torch.stack(picked, 1).cpu()
     keep = torch.stack(alive, 1).cpu()
     entropy = torch.stack(entropies, 1).sum(1).cpu()
+    logp_sum = torch.stack(logps, 1).sum(1).cpu()
     responses = [tokens[i][keep[i]].tolist() for i in range(rows)]
-    return Samples(responses, [bool(r) and r[-1] == eos_id for r in responses], entropy.tolist())
+    ended = [bool(r) and r[-1] == eos_id for r in responses]
+    return Samples(responses, ended, entropy.tolist(), logp_sum.tolist())
 
 
 def teacher_forced(
@@ -127,7 +134,7 @@ def response_logps(
     out: list[float] = []
     for s in range(0, len(prompts), batch_size):
         batch = teacher_forced(prompts[s : s + batch_size], responses[s : s + batch_size], pad_id)
-        logps, _ = sequence_logps(model, {k: v.to(device) for k, v in batch.items()})
+        logps, _ = _response_logps(model, {k: v.to(device) for k, v in batch.items()})
         out += logps.float().cpu().tolist()
     return out
 
