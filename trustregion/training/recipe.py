@@ -43,6 +43,7 @@ from trustregion.training.guard import Diverged, DivergenceGuard
 from trustregion.training.logger import RunLogger
 from trustregion.training.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
 from trustregion.training.rundir import lock_run_dir
+from trustregion.training.sft_logps import SFTLogpsCache
 from trustregion.training.state import StepMetrics, TrainState, seed_everything
 from trustregion.training.steps import total_optimizer_steps
 
@@ -229,14 +230,32 @@ class Recipe:
         if not self.resume(checkpoint.resume_candidates(t.resume, self.run_dir)) and self.objective.uses_reference:
             # the SFT model: the reference, or the policy itself before its first step when no reference is built
             model = self.engine.reference if self.reference is not None else self.engine.policy
-            average, fn = self.objective.average, self.objective.logps
-            with evaluation_mode(model), self.engine.autocast():
-                self.state.sft_train = reference_logps(
-                    self.engine, model, self.train_rows, self.collator, t.batch_size, average, fn
-                )
-                self.state.sft_eval = reference_logps(
-                    self.engine, model, self.eval_rows, self.collator, t.batch_size, average, fn
-                )
+            self.state.sft_train, self.state.sft_eval = self.sft_logps(model)
+
+    def sft_logps(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SFT model's log-probs of the training and held-out rows: scored here, or read from
+        ``trainer.sft_logps_cache`` where an earlier run of the same model, rows and settings left them."""
+        cfg, t = self.cfg, self.cfg.trainer
+        cache = None
+        if t.sft_logps_cache:
+            settings = {
+                "chunks": ",".join(self.collator.chunks),
+                "average": self.objective.average,
+                "logps": f"{cfg.model.logps}/{cfg.model.logits_chunk_tokens}/{cfg.model.share_prompt}",
+                "precision": t.precision,
+                "batch_size": t.batch_size,
+                "device": self.engine.device.type,
+            }
+            cache = SFTLogpsCache(t.sft_logps_cache, model, self.train_rows, self.eval_rows, settings)
+            if (cached := cache.load()) is not None:
+                return cached
+        average, fn = self.objective.average, self.objective.logps
+        with evaluation_mode(model), self.engine.autocast():
+            train = reference_logps(self.engine, model, self.train_rows, self.collator, t.batch_size, average, fn)
+            held = reference_logps(self.engine, model, self.eval_rows, self.collator, t.batch_size, average, fn)
+        if cache is not None:
+            cache.save(train, held)
+        return train, held
 
     def resume(self, candidates: list[Path]) -> bool:
         """Load the first sound checkpoint of ``candidates``; a damaged one falls back to the next with a warning (on

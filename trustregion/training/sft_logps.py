@@ -1,0 +1,87 @@
+"""The SFT model's log-probs of the training and held-out rows, kept on disk for the next run of the same setting.
+
+Every run of a sweep over update rules (α, τ, seeds of the rule alone) on one SFT model and one dataset starts by
+scoring the same rows with the same model: ``trainer.sft_logps_cache=<dir>`` scores them once. A file is keyed by a
+digest of everything the numbers depend on (the model's weights, the tokenized rows, the objective's chunks and
+averaging, how log-probs are computed, precision, batch size, device type, torch version), so a changed input is a
+miss, never a stale hit. One process only: a sharded model's weights are not whole on any rank to be digested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trustregion.console import say
+
+FORMAT = 1
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A digest of the model's parameters and buffers: names, dtypes, shapes and bytes."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def rows_digest(rows: Any) -> str:
+    """A digest of a tokenized split (a ``datasets.Dataset``, its rows in order), or of its absence."""
+    h = hashlib.blake2b(digest_size=20)
+    if rows is None:
+        return "none"
+    import pyarrow as pa
+
+    table = rows.with_format("arrow")[:]  # the rows as the loop sees them, index mappings applied
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    h.update(sink.getvalue())
+    return h.hexdigest()
+
+
+class SFTLogpsCache:
+    """One file under ``directory`` for one (model, rows, settings) key: ``load`` it, or ``save`` what was computed."""
+
+    def __init__(self, directory: str | Path, model: nn.Module, train_rows: Any, eval_rows: Any, settings: dict):
+        parts = [f"format={FORMAT}", weights_digest(model), rows_digest(train_rows), rows_digest(eval_rows)]
+        parts += [f"{k}={settings[k]}" for k in sorted(settings)] + [f"torch={torch.__version__}"]
+        self.key = hashlib.blake2b("\n".join(parts).encode(), digest_size=20).hexdigest()
+        self.path = Path(directory) / f"sft-logps-{self.key}.pt"
+        self.rows = (len(train_rows), None if eval_rows is None else len(eval_rows))
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The cached (train, eval) log-probs, or None when there are none (or the file is unreadable: said, not used)."""
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            train, held = saved["train"], saved["eval"]
+            rows = (train.shape[0], None if held is None else held.shape[0])
+            if saved["key"] != self.key or rows != self.rows:
+                raise ValueError(
+                    f"it holds {rows} rows for key {saved['key'][:12]}, not {self.rows} for {self.key[:12]}"
+                )
+        except Exception as e:  # a file cut short or written by something else: score the rows again
+            say(f"warning: trainer.sft_logps_cache: {self.path} is unreadable ({e}); scoring the rows again")
+            return None
+        say(f"SFT log-probs read from {self.path} (trainer.sft_logps_cache)")
+        return train, held
+
+    def save(self, train: torch.Tensor, held: torch.Tensor | None) -> None:
+        """Write the file atomically; a failed write (a full disk) is said and the run goes on without it."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": self.key, "train": train.cpu(), "eval": None if held is None else held.cpu()}, tmp)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            say(f"warning: trainer.sft_logps_cache: could not write {self.path} ({e}); this run goes on without it")
