@@ -92,20 +92,21 @@ test-fast: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -m unit
 
-# On a machine with a CUDA GPU (not part of make test): bf16-mixed ZeRO-3 at the real-vocabulary shape, ours vs TRL.
-gpu-check: install
+# The benchmarks' extra (TRL, to compare against), once.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# On a machine with a CUDA GPU (not part of make test): bf16-mixed ZeRO-3 at the real-vocabulary shape, ours vs TRL.
+gpu-check: $(BENCH_STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
-bench: install
-	$(BIN)/pip install -q -e '.[bench]'
+bench: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench.py
 
-# LoRA: peak RSS and step time of LoRA + moving reference (factors, exact) vs full FT + moving vs LoRA + frozen.
-
 # Log-probs at real vocabularies (49k, 50k, 128k): chunked response-only head vs full logits vs TRL's chunked head.
-bench-logps: install
-	$(BIN)/pip install -q -e '.[bench]'
+bench-logps: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench_logps.py $(ARGS)
 
 sweep-toy: install
