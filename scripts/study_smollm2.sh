@@ -23,7 +23,7 @@ STUDY=${STUDY:-full}
 case $STUDY in
   full) SIZE=(); SEEDS=${SEEDS:-1,2,3}; FAMILIES=${FAMILIES:-"dpo-frozen dpo-soft dpo-hard ipo-frozen ipo-soft"} ;;
   quick)
-    SIZE=(trainer.max_steps=12 trainer.eval_every=4 dataset.num_pairs=128 eval.prompts=12 dataset.eval_samples=12)
+    SIZE=(trainer.max_steps=12 trainer.eval_every=4 dataset.num_pairs=96 eval.prompts=12 dataset.eval_samples=12)
     SEEDS=${SEEDS:-1,2}; FAMILIES=${FAMILIES:-"dpo-frozen dpo-soft"} ;;
   *) echo "error: STUDY=$STUDY is not an option: set STUDY to full or quick" >&2; exit 2 ;;
 esac
@@ -54,7 +54,9 @@ else
     || { tail -5 "$OUT/logs/export.log"; exit 1; }
 fi
 
-COMMON=(experiment=sentiment_smollm2 model.path="$model" dataset.cache_dir="$OUT/cache" "${SIZE[@]}" "${EXTRA[@]}")
+# The SFT log-probs of a seed's pairs are the same for every family: scored by the seed's first run, read by the rest.
+COMMON=(experiment=sentiment_smollm2 model.path="$model" dataset.cache_dir="$OUT/cache"
+  trainer.sft_logps_cache="$OUT/cache/sft_logps" "${SIZE[@]}" "${EXTRA[@]}")
 say "prompts and pairs for seeds $SEEDS -> $OUT/cache"
 OMP_NUM_THREADS=$SETUP_THREADS "$PY" scripts/sentiment_pairs.py "$SEEDS" "${COMMON[@]}" 2>&1 | tee "$OUT/logs/pairs.log" \
   | grep '^seed' || { tail -5 "$OUT/logs/pairs.log"; exit 1; }
