@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from datasets import Dataset
 
@@ -19,12 +19,22 @@ from trustregion.data.rows import RowReport
 from trustregion.errors import ConfigError
 
 
+class GoldJudge(Protocol):
+    """A task's gold reward (``PreferenceData.task``): what generation-based evaluation scores samples with."""
+
+    def score_text(self, prompt: str, response: str) -> tuple[float, bool]:
+        """(gold reward, whether the response is in the task's domain: well-formed, not degenerate)."""
+
+    def score_parts(self, prompt: str, response: str) -> dict[str, float]:
+        """The gold's named parts, logged as ``eval/gold/<part>`` ({} for a gold without parts)."""
+
+
 @dataclass
 class PreferenceData:
     train: Dataset  # columns prompt, chosen, rejected (text)
     eval: Dataset
     report: RowReport = field(default_factory=RowReport)
-    task: Any = None  # a gold judge with score_text(prompt, response), where the source has one (toy)
+    task: GoldJudge | None = None  # where the source has a gold reward (toy, sentiment)
     sft: Dataset | None = None  # columns prompt, response: the SFT corpus where it differs from prompt+chosen
     kind: str = "pairs"  # "pairs" (prompt/chosen/rejected) or "unpaired" (prompt/completion/label, for KTO)
 

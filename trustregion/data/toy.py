@@ -102,6 +102,10 @@ class ToyTask:
     def score_text(self, prompt: str, response: str) -> tuple[float, bool]:
         return self.gold_reward(self.parse(prompt), self.parse(response))
 
+    def score_parts(self, prompt: str, response: str) -> dict[str, float]:
+        """The toy gold is one program: no parts."""
+        return {}
+
     # --- data sets ----------------------------------------------------------------------------
     def label(self, prompt: str, a: str, b: str, rng: np.random.Generator, label_temperature: float) -> dict:
         """A preference row from two responses: P(a preferred) = sigmoid((gold(a) - gold(b)) / T) (Bradley-Terry)."""

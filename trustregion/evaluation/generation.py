@@ -111,7 +111,7 @@ def generate_and_score(
     if str(cfg.trainer.precision) == "fp32":
         # The sampling forwards' log-probs are the sampling model's score: in fp32 they agree with a teacher-forced
         # pass to ~3e-4 nats per 16-token response (SmolLM2-135M); under 16-bit autocast the cached and the full
-        # forward round apart by up to ~0.5 nats, so there every model is rescored alike.
+        # forward round apart by up to ~0.4 nats, so there every model is rescored alike.
         by_model[id(model)] = own_logps
     for m in scorers:
         if id(m) not in by_model:
@@ -138,7 +138,7 @@ def _records(gen: Generated, prompt_texts: list[str], k: int, tokenizer, task) -
         text = tokenizer.decode(body, skip_special_tokens=False) if body else ""
         prompt = prompt_texts[idx // k]
         reward, in_domain = task.score_text(prompt, text)
-        parts = task.score_parts(prompt, text) if hasattr(task, "score_parts") else {}  # a judge with parts
+        parts = task.score_parts(prompt, text)
         out.append(
             {
                 "parts": parts,
@@ -313,18 +313,8 @@ def plot_gold_vs_kl(points: list[tuple[int, float, float]], path: Path, sft_gold
 
 
 def log_scatter(logger, points: list[tuple[int, float, float]], step: int) -> None:
-    """The same points as a wandb scatter plot, where the run logs to wandb."""
-    run = getattr(logger, "wandb", None)
-    if run is None:
-        return
-    import wandb
-
-    table = wandb.Table(columns=["step", "kl_sft", "gold_reward"], data=[list(p) for p in sorted(points)])
-    run.log(
-        {
-            "eval/gold_vs_kl_points": wandb.plot.scatter(
-                table, "kl_sft", "gold_reward", title="gold reward vs KL to SFT"
-            )
-        },
-        step=step,
+    """The same points as a wandb scatter plot (where the run logs to wandb)."""
+    rows = [list(p) for p in sorted(points)]
+    logger.log_scatter(
+        "eval/gold_vs_kl_points", ["step", "kl_sft", "gold_reward"], rows, "gold reward vs KL to SFT", step
     )

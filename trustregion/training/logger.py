@@ -182,6 +182,17 @@ class RunLogger:
 
             self._mirror(lambda run: run.log({key: wandb.Table(columns=columns, data=rows)}, step=step), step)
 
+    def log_scatter(self, key: str, columns: list[str], rows: list[list], title: str, step: int) -> None:
+        """A wandb scatter plot of ``rows`` (x: the second column, y: the third)."""
+        if self.enabled:
+            import wandb
+
+            def scatter(run) -> None:
+                table = wandb.Table(columns=columns, data=rows)
+                run.log({key: wandb.plot.scatter(table, columns[1], columns[2], title=title)}, step=step)
+
+            self._mirror(scatter, step)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.enabled:
             self._mirror(lambda run: run.summary.update(values))
