@@ -84,6 +84,16 @@ def test_two_ranks_match_one_process(one_process, tmp_path, options):
         torch.testing.assert_close(ref_two[key], ref_one[key], atol=1e-6, rtol=0)
 
 
+def test_two_ranks_under_zero3_evaluate_by_generation_as_one_process(tmp_path):
+    """Greedy samples (the same on any layout) scored on the partitioned model: the same gold and KLs as one process."""
+    evaluate = [*COMMON, "eval.generate=true", "eval.greedy=true", "eval.prompts=6", "trainer.eval_every=2"]
+    train(compose(*evaluate, "trainer.batch_size=16"), tmp_path / "one")
+    torchrun(*evaluate, "deepspeed=zero3", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
+    for key in ("eval/gold_reward", "eval/kl_sft", "eval/kl_ref", "eval/response_tokens", "eval/sft_gold_reward"):
+        one, two = logged(tmp_path / "one", key), logged(tmp_path / "two", key)
+        assert len(one) == 3 and two == pytest.approx(one, abs=1e-4), key
+
+
 def test_two_ranks_killed_and_resumed_log_the_same_metrics(tmp_path):
     base = [*COMMON, "deepspeed=zero3", "trainer.batch_size=8", "trainer.max_steps=6", "trainer.save_every=2"]
     torchrun(*base, f"hydra.run.dir={tmp_path / 'full'}")
