@@ -11,7 +11,7 @@ import torch
 from trustregion.errors import ConfigError
 from trustregion.evaluation.text_metrics import bleu, distinct_n, self_bleu
 from trustregion.models.loading import build_tokenizer, tiny_model
-from trustregion.models.sampling import response_logps, sample
+from trustregion.models.sampling import SamplingOptions, response_logps, sample
 
 TEXTS = ["ba be bi", " bo bu da", "de di do du", " fa fe fi fo fu"] * 8
 
@@ -46,9 +46,9 @@ def count_forwards(model) -> list[int]:
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(lm):
     model, tok = lm
     prompts = [[5, 6, 7, 8, 9], [10], [11, 12]]
-    batch = sample(model, prompts, eos_id=0, pad_id=0, max_new_tokens=6, greedy=True)
+    batch = sample(model, prompts, SamplingOptions(6, greedy=True), eos_id=0, pad_id=0)
     for p, got in zip(prompts, batch.responses):
-        alone = sample(model, [p], eos_id=0, pad_id=0, max_new_tokens=6, greedy=True)
+        alone = sample(model, [p], SamplingOptions(6, greedy=True), eos_id=0, pad_id=0)
         assert got == alone.responses[0]
 
 
@@ -56,7 +56,7 @@ def test_cached_sampling_matches_teacher_forced_argmax(lm):
     """Greedy tokens from the KV-cached loop are the argmax of a full forward over prompt + response."""
     model, _ = lm
     prompt = [3, 4, 5]
-    out = sample(model, [prompt], eos_id=-1, pad_id=0, max_new_tokens=5, greedy=True)
+    out = sample(model, [prompt], SamplingOptions(5, greedy=True), eos_id=-1, pad_id=0)
     seq = torch.tensor([prompt + out.responses[0]])
     logits = model(input_ids=seq).logits[0]
     assert out.responses[0] == logits[len(prompt) - 1 : -1].argmax(-1).tolist()
@@ -65,7 +65,7 @@ def test_cached_sampling_matches_teacher_forced_argmax(lm):
 def test_sampled_log_probs_are_the_teacher_forced_log_probs_of_the_samples(lm):
     model, _ = lm
     prompts = [[5, 6, 7, 8, 9], [10], [11, 12]] * 4
-    out = sample(model, prompts, eos_id=3, pad_id=0, max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    out = sample(model, prompts, SamplingOptions(6), eos_id=3, pad_id=0, generator=torch.Generator().manual_seed(0))
     forced = response_logps(model, prompts, out.responses, 0, torch.device("cpu"), 8)
     assert out.logps == pytest.approx(forced, abs=1e-4)
     assert len(set(map(tuple, out.responses))) > 3  # sampled, not one response repeated
@@ -76,7 +76,7 @@ def test_the_prefill_runs_the_lm_head_on_the_last_position_only(lm):
     rows = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
     try:
-        sample(model, [[5, 6, 7, 8, 9], [10]], eos_id=-1, pad_id=0, max_new_tokens=3, greedy=True)
+        sample(model, [[5, 6, 7, 8, 9], [10]], SamplingOptions(3, greedy=True), eos_id=-1, pad_id=0)
     finally:
         hook.remove()
     assert rows == [1, 1, 1]
@@ -84,19 +84,19 @@ def test_the_prefill_runs_the_lm_head_on_the_last_position_only(lm):
 
 def test_each_row_stops_at_its_eos(lm):
     model, _ = lm
-    first = sample(model, [[7, 8]], eos_id=-1, pad_id=0, max_new_tokens=1, greedy=True).responses[0][0]
-    out = sample(model, [[7, 8], [7, 8]], eos_id=first, pad_id=0, max_new_tokens=8, greedy=True)
+    first = sample(model, [[7, 8]], SamplingOptions(1, greedy=True), eos_id=-1, pad_id=0).responses[0][0]
+    out = sample(model, [[7, 8], [7, 8]], SamplingOptions(8, greedy=True), eos_id=first, pad_id=0)
     assert out.responses == [[first], [first]] and out.ended == [True, True]
 
 
 def test_lockstep_runs_every_forward_even_when_all_rows_are_done(lm):
     """Under ZeRO-3 every rank must run the same forwards, so lockstep never exits early."""
     model, _ = lm
-    first = sample(model, [[7, 8]], eos_id=-1, pad_id=0, max_new_tokens=1, greedy=True).responses[0][0]
+    first = sample(model, [[7, 8]], SamplingOptions(1, greedy=True), eos_id=-1, pad_id=0).responses[0][0]
     calls = count_forwards(model)
-    sample(model, [[7, 8]], eos_id=first, pad_id=0, max_new_tokens=6, greedy=True, lockstep=False)
+    sample(model, [[7, 8]], SamplingOptions(6, greedy=True), eos_id=first, pad_id=0)
     early = calls[0]
-    sample(model, [[7, 8]], eos_id=first, pad_id=0, max_new_tokens=6, greedy=True, lockstep=True)
+    sample(model, [[7, 8]], SamplingOptions(6, greedy=True, lockstep=True), eos_id=first, pad_id=0)
     assert (early, calls[0] - early) == (1, 6)
 
 
@@ -111,7 +111,9 @@ def test_monte_carlo_kl_estimate_matches_the_exact_kl(lm):
         lq = torch.log_softmax(other(input_ids=torch.tensor([prompt])).logits[0, -1], -1)
     exact = float((lp.exp() * (lp - lq)).sum())
     n = 3000
-    out = sample(model, [prompt] * n, eos_id=-1, pad_id=0, max_new_tokens=1, generator=torch.Generator().manual_seed(0))
+    out = sample(
+        model, [prompt] * n, SamplingOptions(1), eos_id=-1, pad_id=0, generator=torch.Generator().manual_seed(0)
+    )
     logp = torch.tensor(response_logps(model, [prompt] * n, out.responses, 0, torch.device("cpu"), 1000))
     logq = torch.tensor(response_logps(other, [prompt] * n, out.responses, 0, torch.device("cpu"), 1000))
     diff = logp - logq

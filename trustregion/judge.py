@@ -332,7 +332,7 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
     import torch
 
     from trustregion.models.loading import load_for_sampling
-    from trustregion.models.sampling import encode_prompts, sample_texts
+    from trustregion.models.sampling import SamplingOptions, encode_prompts, sample_texts
 
     model, tokenizer = load_for_sampling(str(model_dir(source)), key="a/b")
     ids = encode_prompts(prompts, tokenizer, getattr(model.config, "max_position_embeddings", 2048) // 2)
@@ -340,9 +340,7 @@ def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]
         model,
         tokenizer,
         ids,
-        max_new_tokens=int(cfg.max_new_tokens),
-        temperature=float(cfg.temperature),
-        greedy=bool(cfg.greedy),
+        SamplingOptions(int(cfg.max_new_tokens), float(cfg.temperature), bool(cfg.greedy)),
         generator=torch.Generator().manual_seed(int(cfg.seed)),
         batch_size=max(1, len(ids)),
         skip_special_tokens=True,

@@ -104,7 +104,7 @@ class Sampler:
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int, seed: int, temperature: float) -> list[str]:
         import torch
 
-        from trustregion.models.sampling import sample_texts
+        from trustregion.models.sampling import SamplingOptions, sample_texts
 
         model, tokenizer = self.load()
         gen = torch.Generator().manual_seed(seed)
@@ -112,9 +112,8 @@ class Sampler:
             model,
             tokenizer,
             prompt_ids,
-            max_new_tokens=max_new_tokens,
+            SamplingOptions(max_new_tokens, temperature),
             generator=gen,
-            temperature=temperature,
             batch_size=int(self.cfg.generation_batch),
         )
 

@@ -82,7 +82,7 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
     import torch
 
     from trustregion.models.loading import load_for_sampling
-    from trustregion.models.sampling import encode_prompts, sample_texts
+    from trustregion.models.sampling import SamplingOptions, encode_prompts, sample_texts
 
     path = str(cfg.pair_model)
     model, tokenizer = load_for_sampling(path, key="dataset.pair_model")
@@ -92,7 +92,7 @@ def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
         prompts = task.prompts(n - len(rows) + 8, seed=seed * 100 + attempt)
         ids = encode_prompts(prompts, tokenizer, cfg.max_prompt_length)
         doubled = [ids[i // 2] for i in range(2 * len(ids))]  # two samples per prompt
-        texts = sample_texts(model, tokenizer, doubled, max_new_tokens=cfg.pair_max_new_tokens, generator=gen)
+        texts = sample_texts(model, tokenizer, doubled, SamplingOptions(cfg.pair_max_new_tokens), generator=gen)
         rows += task.label_rows(prompts, texts[0::2], texts[1::2], seed, cfg.label_temperature)
         if len(rows) >= n:
             return rows[:n]

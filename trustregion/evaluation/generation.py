@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from trustregion.config import check_eval_config
 from trustregion.errors import StopRequested
 from trustregion.evaluation.text_metrics import distinct_n, repetition_rate, self_bleu
-from trustregion.models.sampling import Samples, encode_prompts, response_logps, sample
+from trustregion.models.sampling import Samples, SamplingOptions, encode_prompts, response_logps, sample
 
 PLOT_NAME = "gold_vs_kl.png"
 SAMPLES_NAME = "eval_samples.jsonl"  # the wandb table's rows of every evaluation
@@ -83,7 +83,9 @@ def generate_and_score(
     prompts = [prompt_ids[p] for p, _ in mine]
     batch_size = generation_batch_size(cfg)
     gen = torch.Generator(device=engine.device).manual_seed(int(cfg.trainer.seed) * 1_000_003 + engine.rank)
-    lockstep = engine.world_size > 1
+    options = SamplingOptions(
+        int(ev.max_new_tokens), float(ev.temperature), bool(ev.greedy), lockstep=engine.world_size > 1
+    )
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     responses, ended, entropy, own_logps = [], [], [], []
@@ -93,14 +95,11 @@ def generate_and_score(
         out = sample(
             model,
             prompts[s : s + batch_size],
+            options,
             eos_id=eos,
             pad_id=pad,
-            max_new_tokens=int(ev.max_new_tokens),
-            temperature=float(ev.temperature),
-            greedy=bool(ev.greedy),
             generator=gen,
             device=engine.device,
-            lockstep=lockstep,
         )
         responses += out.responses
         ended += out.ended

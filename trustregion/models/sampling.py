@@ -29,6 +29,18 @@ class Samples:
     logps: list[float]  # sum over the response's tokens of log pi(token) at temperature 1, from the sampling forwards
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How each response is drawn: up to ``max_new_tokens`` tokens, at ``temperature`` or greedily. ``lockstep`` runs
+    all ``max_new_tokens`` forwards even when every row is done, so that ranks under ZeRO-3, which gather parameters
+    collectively in each forward, stay in step."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    greedy: bool = False
+    lockstep: bool = False
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) with the prompts aligned on the right, so every row's next token is at the end."""
     width = max(len(p) for p in prompts)
@@ -45,21 +57,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
 def sample(
     model,
     prompts: Sequence[Sequence[int]],
+    options: SamplingOptions,
     *,
     eos_id: int,
     pad_id: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    greedy: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    lockstep: bool = False,
 ) -> Samples:
-    """Sample one response per prompt, with a KV cache, stopping each row at EOS.
-
-    ``lockstep=True`` always runs ``max_new_tokens`` forwards (no early exit when every row is done),
-    so that ranks under ZeRO-3, which gather parameters collectively in each forward, stay in step.
-    """
+    """Sample one response per prompt, with a KV cache, stopping each row at EOS (see ``SamplingOptions``)."""
     if not prompts:
         return Samples([], [], [], [])
     ids, mask = left_pad(prompts, pad_id)
@@ -71,10 +76,11 @@ def sample(
     rows = len(prompts)
     done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
     picked, alive, entropies, logps = [], [], [], []
+    max_new_tokens, temperature = options.max_new_tokens, options.temperature
     for t in range(max_new_tokens):
         logp = F.log_softmax(logits, dim=-1)
         entropies.append(-(logp.exp() * logp).sum(-1).masked_fill(done, 0.0))
-        if greedy:
+        if options.greedy:
             token = logits.argmax(-1)
         else:
             probs = F.softmax(logits / temperature, dim=-1)
@@ -84,7 +90,7 @@ def sample(
         picked.append(token)
         alive.append(~done)
         done = done | (token == eos_id)
-        if t == max_new_tokens - 1 or (not lockstep and bool(done.all())):
+        if t == max_new_tokens - 1 or (not options.lockstep and bool(done.all())):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(
@@ -152,11 +158,9 @@ def sample_texts(
     model,
     tokenizer,
     prompt_ids: Sequence[Sequence[int]],
+    options: SamplingOptions,
     *,
-    max_new_tokens: int,
     generator: torch.Generator,
-    temperature: float = 1.0,
-    greedy: bool = False,
     batch_size: int = 512,
     skip_special_tokens: bool = False,
 ) -> list[str]:
@@ -166,11 +170,9 @@ def sample_texts(
         out = sample(
             model,
             prompt_ids[start : start + batch_size],
+            options,
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            greedy=greedy,
             generator=generator,
         )
         texts += [
