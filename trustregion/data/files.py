@@ -129,6 +129,23 @@ class Split:
         return 0 if self.ds is None else len(self.ds)
 
 
+@dataclass(frozen=True)
+class DataLocation:
+    """Where a split's rows are: ``path`` (a file, a dir, a ``save_to_disk`` dir or a hub name) or ``data_files``, read
+    as ``fmt``, ``subset`` of a hub dataset; ``field_name`` is the config key that errors name."""
+
+    path: str | None
+    data_files: Any = None
+    fmt: str | None = None
+    subset: str | None = None
+    field_name: str = "dataset.path"
+
+    @classmethod
+    def of(cls, cfg) -> DataLocation:
+        """The location a dataset config names."""
+        return cls(cfg.path, cfg.data_files, cfg.format, cfg.subset)
+
+
 def load_split(
     path: str | None,
     data_files: Any,
@@ -142,27 +159,19 @@ def load_split(
     Every failure is one ``DataError``/``ConfigError`` line naming the file or split and the fix; bad lines
     of a JSON-lines file fail too (``read_split`` gives them, with the good rows).
     """
-    read = read_split(path, data_files, split, fmt, field_name, subset)
+    read = read_split(DataLocation(path, data_files, fmt, subset, field_name), split)
     if read.problems:
         raise bad_rows_error(read.problems)
     return read.ds
 
 
-def read_split(
-    path: str | None,
-    data_files: Any,
-    split: str,
-    fmt: str | None,
-    field_name: str = "dataset.path",
-    subset: str | None = None,
-    source: str | None = None,
-    rank: int = 0,
-) -> Split:
+def read_split(where: DataLocation, split: str, source: str | None = None, rank: int = 0) -> Split:
     """One split with the bad lines of its local JSON-lines files set aside (see ``load_split``).
 
     ``source`` names the split where rows have no file line (``rank`` orders its problems after another
     split's). Files that are empty or hold only blank lines are a ``DataError``, not a bad row.
     """
+    path, data_files, fmt, subset, field_name = where.path, where.data_files, where.fmt, where.subset, where.field_name
     if not path and not data_files:
         raise ConfigError(
             f"{field_name} is not set: set it to a data file (json/jsonl/parquet/arrow), "
@@ -386,7 +395,7 @@ def load_rows(
     ``on_bad_row=error``, else skipped and counted in the report.
     """
     source = source_name(cfg, cfg.split)
-    train = read_split(cfg.path, cfg.data_files, cfg.split, cfg.format, subset=cfg.subset, source=source)
+    train = read_split(DataLocation.of(cfg), cfg.split, source=source)
     if train.ds is not None:
         require_columns(train.ds, columns(train.ds), source)
     order = _shuffled(train.rows, cfg.seed)
@@ -394,9 +403,7 @@ def load_rows(
     if cfg.eval_split:
         try:
             held_name = source_name(cfg, cfg.eval_split)
-            held = read_split(
-                cfg.path, cfg.data_files, cfg.eval_split, cfg.format, subset=cfg.subset, source=held_name, rank=1
-            )
+            held = read_split(DataLocation.of(cfg), cfg.eval_split, source=held_name, rank=1)
         except MissingSplit as e:
             note = (
                 f"dataset.eval_split={cfg.eval_split} is not in the data ({e}): holding out rows of "
