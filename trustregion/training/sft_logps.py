@@ -34,10 +34,11 @@ def weights_digest(model: nn.Module) -> str:
 
 def rows_digest(rows: Any) -> str:
     """A digest of a tokenized split (a ``datasets.Dataset``, its rows in order), or of its absence."""
-    h = hashlib.blake2b(digest_size=20)
     if rows is None:
         return "none"
     import pyarrow as pa
+
+    h = hashlib.blake2b(digest_size=20)
 
     table = rows.with_format("arrow")[:]  # the rows as the loop sees them, index mappings applied
     sink = pa.BufferOutputStream()
