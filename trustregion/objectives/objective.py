@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import OmegaConf
 
 from trustregion.config import MethodConfig
 from trustregion.data.batches import BatchStream, to_device
@@ -88,6 +89,18 @@ class Objective:
     @classmethod
     def validate(cls, method_cfg: Any) -> None:
         """Range checks of the method's own options (ConfigError naming the field)."""
+
+    @classmethod
+    def describe(cls, method_cfg: Any) -> str:
+        """A readable label: the method, its β, and each option set away from the schema's default (``ipo β=0.1
+        average_logps=true``)."""
+        defaults = OmegaConf.structured(cls.config_class)
+        options = [
+            f"{k}={_text(method_cfg[k])}"
+            for k in method_cfg
+            if k not in ("name", "beta") and k in defaults and method_cfg[k] != defaults[k]
+        ]
+        return " ".join([str(method_cfg.name), f"β={method_cfg.beta:g}", *options])
 
     def tokenize(self, split, tokenizer, dataset_cfg) -> tuple[Any, TruncationStats]:
         mismatched = "mismatched" in self.chunks
@@ -300,6 +313,20 @@ def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: L
     cls = OBJECTIVES[key]
     cls.validate(method_cfg)
     return cls(method_cfg, logps)
+
+
+def describe_method(method_cfg: Any) -> str:
+    """The label of the method ``method_cfg`` selects (``Objective.describe``); its own name for an unknown one."""
+    cls = OBJECTIVES.get(str(method_cfg.name))
+    return cls.describe(method_cfg) if cls is not None else f"{method_cfg.name} β={method_cfg.beta:g}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value.value if isinstance(value, Enum) else value)
 
 
 @torch.no_grad()

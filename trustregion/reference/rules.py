@@ -9,6 +9,7 @@ the step's metrics through ``StepStats``, so data-dependent rules fit. Write one
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, ClassVar, Protocol
 
 from hydra.utils import get_class
@@ -17,6 +18,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trustregion.config import RefUpdateConfig
 from trustregion.errors import ConfigError
+
+_SYMBOL = {"alpha": "α=", "tau": "τ="}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value.value if isinstance(value, Enum) else value)
 
 
 class StepStats(Protocol):
@@ -44,6 +55,19 @@ class Rule:
     def check(self) -> None:
         """Raise ``ConfigError`` naming the ``ref_update.*`` field and the fix."""
 
+    @classmethod
+    def settings(cls, cfg: Any) -> dict[str, Any]:
+        """The settings this rule reads (its schema's fields, defaults filled): a run's identity holds these and no
+        other ``ref_update`` key. Override to leave out what the rule ignores."""
+        return {k: cfg[k] for k in cfg if k != "name"}
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        """A readable label from ``settings``: ``drift α=0.5 τ=null threshold=0.01``."""
+        name = cfg.name if cfg.name not in ("", "none") else cls.__name__
+        own = {k: v for k, v in cls.settings(cfg).items() if k != "_target_"}
+        return " ".join([str(name), *(f"{_SYMBOL.get(k, k + '=')}{_text(v)}" for k, v in own.items())])
+
     def alpha(self, stats: StepStats) -> float:
         """The α of the update after step ``stats.step``; 0 for none."""
         return 0.0
@@ -64,6 +88,14 @@ class Frozen(Rule):
 
     moves = False
 
+    @classmethod
+    def settings(cls, cfg: Any) -> dict[str, Any]:
+        return {"_target_": cfg._target_}  # alpha and tau do nothing here
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return "frozen"
+
 
 class EveryTau(Rule):
     """``ref_update=soft|hard``: every ``tau`` optimizer steps, mix by ``alpha`` (1: the hard update, a copy)."""
@@ -82,6 +114,10 @@ class EveryTau(Rule):
 
     def alpha(self, stats: StepStats) -> float:
         return float(self.cfg.alpha) if stats.step % int(self.cfg.tau) == 0 else 0.0
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return f"hard τ={cfg.tau}" if cfg.alpha == 1 else f"soft α={cfg.alpha:g} τ={cfg.tau}"
 
 
 def rule_class(target: str) -> type[Rule]:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trustregion.console import say
 from trustregion.errors import ConfigError, TrainingError
+from trustregion.training.identity import MODEL_EXECUTION, flat, may_change_on_resume
 
 PREFIX = "step_"
 COMPLETE = "COMPLETE"
@@ -192,42 +193,14 @@ def verify_checksums(path: Path) -> str | None:
     return None
 
 
-# How the model is run, not what it computes: a resume may change these (e.g. gradient checkpointing after an
-# out-of-memory crash); each change is named in a note.
-EXECUTION_ONLY = ("gradient_checkpointing", "logps", "logits_chunk_tokens", "share_prompt", "attn_implementation")
-
-
-# What a resumed run may change (each change is named in a note): how long and how often it runs, where and how it
-# logs, how the model is executed. Every other setting is the run's identity: a change is refused, naming it.
-MAY_CHANGE = (
-    *(
-        f"trainer.{k}"
-        for k in (
-            "max_steps", "epochs", "log_every", "eval_every", "eval_at_start", "save_every", "keep_last",
-            "final_optimizer_state", "resume", "save_models", "device", "num_threads", "divergence_factor",
-            "batch_size",  # only with the checkpoint's global batch (check_compatible)
-        )
-    ),
-    *(f"model.{k}" for k in EXECUTION_ONLY),
-    "logger.", "eval.", "verbose", "hooks", "run_name",
-    "deepspeed.offload_optimizer", "deepspeed.offload_params", "deepspeed.backend", "dataset.num_proc", "dataset.cache_dir",
-)  # fmt: skip
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed) changes between a checkpoint's resolved config and this run's, as ``key: old -> new``.
     Settings the checkpoint's config does not have (added to the project since) are not compared."""
-    old, new = _flat(saved), _flat(current)
+    old, new = flat(saved), flat(current)
     refused, allowed = [], []
     for key in sorted(k for k in old if k in new and old[k] != new[k]):
         change = f"{key}: {_short(old[key])} -> {_short(new[key])}"
-        (allowed if key.startswith(MAY_CHANGE) else refused).append(change)
+        (allowed if may_change_on_resume(key) else refused).append(change)
     return refused, allowed
 
 
@@ -243,7 +216,7 @@ def _model_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         old, new = saved.get(key), current.get(key)
         if old != new:
             change = f"model.{key}: {_short(old)} -> {_short(new)}"
-            (execution if key in EXECUTION_ONLY else identity).append(change)
+            (execution if key in MODEL_EXECUTION else identity).append(change)
     return identity, execution
 
 

@@ -1,4 +1,4 @@
-"""Run logging: metrics.jsonl in the run dir always, and wandb (offline unless asked) when enabled."""
+"""Run records: metrics.jsonl and identity.json in the run dir always, and wandb (offline unless asked) when enabled."""
 
 from __future__ import annotations
 
@@ -11,36 +11,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trustregion.config import AdapterReferenceMode
 from trustregion.console import say
-
-
-def family(cfg: DictConfig) -> str:
-    """What a sweep point is apart from its seed: method, beta and update rule (the report's family too)."""
-    if "method" not in cfg:
-        return "sft"
-    r = cfg.ref_update
-    rule = "frozen" if r.tau is None else f"{r.name}-a{r.alpha:g}-t{r.tau}"
-    peft = OmegaConf.select(cfg, "peft.name", default="none")
-    mode = "" if peft == "none" else AdapterReferenceMode(cfg.peft.reference).value
-    tuning = "" if peft == "none" else ("-lora" if r.tau is None else f"-lora-{mode}")
-    return f"{cfg.method.name}-b{cfg.method.beta:g}{tuning}-{rule}"
-
-
-def setting(cfg: DictConfig) -> str:
-    """The model and the data a run trains on, ``<model.name>_<dataset.name>`` (tiny_toy, smollm2-135m_hh)."""
-    return f"{cfg.model.name}_{cfg.dataset.name}"
+from trustregion.training.identity import IDENTITY_FILE, identity_of
 
 
 def run_name(cfg: DictConfig) -> str:
-    """A readable name from the model, the data and the things a sweep varies: method, beta, update rule, seed."""
-    return cfg.logger.name or f"{setting(cfg)}_{family(cfg)}-s{cfg.trainer.seed}"
+    """``logger.name``, else the model, the data, the family's label and the seed (``tiny_toy_dpo-b0.5-frozen-s1``)."""
+    return cfg.logger.name or identity_of(cfg).name
 
 
 def run_group(cfg: DictConfig) -> str:
-    """The wandb group: runs of one model and dataset that differ only in seed share one, so wandb's grouped view
-    shows mean and band (and a toy run never lands in a real model's group)."""
-    return cfg.logger.group or f"{setting(cfg)}_{family(cfg)}"
+    """``logger.group``, else the family (``training.identity``): runs that differ only in seed share a group, so
+    wandb's grouped view shows mean and band, and runs of different settings never do."""
+    return cfg.logger.group or identity_of(cfg).group
 
 
 def run_id(run_dir: Path) -> str:
@@ -51,20 +34,14 @@ def run_id(run_dir: Path) -> str:
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
-    """The run's wandb tags: the user's, the model and dataset, then the method and update rule (the SFT stage:
-    none of those)."""
-    tags = list(cfg.logger.tags) + [f"model={cfg.model.name}", f"dataset={cfg.dataset.name}"]
+    """The run's wandb tags: the user's, the model and dataset, the family's key, the stage or method and each setting
+    of its update rule, and the seed."""
+    who = identity_of(cfg)
+    tags = [*cfg.logger.tags, f"model={cfg.model.name}", f"dataset={cfg.dataset.name}", f"family={who.family}"]
     if "method" not in cfg:
-        return tags + ["sft", f"seed={cfg.trainer.seed}"]
-    r = cfg.ref_update
-    return tags + [
-        cfg.method.name,
-        f"ref_update={r.name}",
-        f"alpha={r.alpha:g}",
-        f"tau={r.tau}",
-        f"beta={cfg.method.beta:g}",
-        f"seed={cfg.trainer.seed}",
-    ]
+        return [*tags, "sft", f"seed={who.seed}"]
+    rule = [f"{k.removeprefix('ref_update.')}={v}" for k, v in who.settings.items() if k.startswith("ref_update.")]
+    return [*tags, str(cfg.method.name), f"beta={cfg.method.beta:g}", *rule, f"seed={who.seed}"]
 
 
 def wandb_init_args(cfg: DictConfig, run_dir: Path, job_type: str = "align") -> dict[str, Any]:
@@ -108,6 +85,8 @@ class RunLogger:
         self.wandb = None
         if not enabled:
             return
+        # Who the run is (its family, label and seed), for the report and the search to read.
+        (run_dir / IDENTITY_FILE).write_text(json.dumps(identity_of(cfg).to_json(), indent=1, default=str) + "\n")
         # A fresh start in a dir with rows (an attempt that died before its first checkpoint) sets them all aside.
         self._set_aside_after(resume_step if resume_step is not None else -1)
         self.file = open(self.path, "a", encoding="utf-8")
