@@ -214,6 +214,6 @@ def test_zero_temperature_without_greedy_is_a_config_error(fast_cfg, tmp_path):
 
     cfg = fast_cfg("eval.generate=true", "eval.temperature=0", "trainer.max_steps=1")
     with pytest.raises(
-        ConfigError, match="eval.temperature=0.0 is invalid: set eval.temperature > 0, or eval.greedy=true"
+        ConfigError, match="eval.temperature=0.0 is invalid: set eval.temperature to a number > 0, or eval.greedy=true"
     ):
         train(cfg, tmp_path)

@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from trustregion.data.rows import RowReport
 from trustregion.errors import ConfigError
+from trustregion.schema import check_settings
 
 
 class GoldJudge(Protocol):
@@ -83,8 +84,9 @@ def sources() -> dict[str, Source]:
 
 
 def load_preferences(cfg) -> PreferenceData:
-    """Load ``cfg`` (a dataset config) with the loader its ``name`` selects."""
+    """Load ``cfg`` (a dataset config) with the loader its ``name`` selects, its settings checked first."""
     known = sources()
     if cfg.name not in known:
         raise ConfigError(f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(known))}")
+    check_settings(cfg, "dataset")
     return known[cfg.name].load(cfg)

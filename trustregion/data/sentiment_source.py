@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from datasets import Dataset
+from omegaconf import DictConfig
 
 from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, Source
@@ -27,6 +27,7 @@ from trustregion.data.rows import RowReport
 from trustregion.data.sentiment import REVIEW_REQUESTS, SentimentTask, first_words
 from trustregion.data.sentiment_gold import SentimentGold
 from trustregion.errors import ConfigError
+from trustregion.schema import NON_NEGATIVE, POSITIVE, at_least, check, setting
 
 HELD_OUT_PAIR_SEED = 1_000  # the held-out pairs do not follow the run's seed
 REVIEWER = "You write film reviews."
@@ -37,41 +38,39 @@ class SentimentDatasetConfig(DatasetConfig):
     """Film-review openings written by the starting model; gold = VADER sentiment minus a degeneracy penalty."""
 
     name: str = "sentiment"
-    num_pairs: int = 512  # training prompts, one pair of samples each
-    prompt_words: int = 6  # a prompt is the first words of a review the model wrote
-    prompt_max_new_tokens: int = 12  # tokens sampled per review when writing the prompts (6 words need about 9)
-    pair_max_new_tokens: int = 20  # tokens per sampled response (conf: eval.max_new_tokens, so pairs match evaluation)
-    pair_temperature: float = 1.0
-    label_temperature: float = 0.1  # Bradley-Terry labels: P(a > b) = sigmoid((gold(a) - gold(b)) / T)
-    repetition_weight: float = 2.0  # the gold's penalty per unit of repeated-bigram fraction
-    min_words: int = 3  # a continuation with fewer words scores empty_gold
-    empty_gold: float = -2.0
-    pair_model: Optional[str] = None  # the starting model's dir (conf: model.path); writes prompts and pairs
-    gguf_file: Optional[str] = None  # its GGUF file where it is one (conf: model.gguf_file)
-    pair_seed: int = 0  # conf: trainer.seed
-    generation_batch: int = 64  # sequences sampled at once (full logits of the prompt: keep it modest)
-    cache_dir: Optional[str] = None  # null: sample every time
+    num_pairs: int = setting(512, "training prompts, one pair of samples each", at_least(1))
+    prompt_words: int = setting(6, "a prompt is the first words of a review the model wrote", at_least(1))
+    prompt_max_new_tokens: int = setting(
+        12, "tokens sampled per review when writing the prompts (6 words need about 9)", at_least(1)
+    )
+    pair_max_new_tokens: int = setting(
+        20, "tokens per sampled response (conf: eval.max_new_tokens, so pairs match evaluation)", at_least(1)
+    )
+    pair_temperature: float = setting(1.0, "the temperature the pairs are sampled at", POSITIVE)
+    label_temperature: float = setting(
+        0.1, "Bradley-Terry labels: P(a > b) = sigmoid((gold(a) - gold(b)) / T)", POSITIVE
+    )
+    repetition_weight: float = setting(2.0, "the gold's penalty per unit of repeated-bigram fraction", NON_NEGATIVE)
+    min_words: int = setting(3, "a continuation with fewer words scores empty_gold", at_least(1))
+    empty_gold: float = setting(-2.0, "the gold of an empty or too short continuation")
+    pair_model: Optional[str] = setting(None, "the starting model's dir (conf: model.path); writes prompts and pairs")
+    gguf_file: Optional[str] = setting(None, "its GGUF file where it is one (conf: model.gguf_file)")
+    pair_seed: int = setting(0, "which training pairs are drawn (conf: trainer.seed)")
+    generation_batch: int = setting(
+        64, "sequences sampled at once (full logits of the prompt: keep it modest)", at_least(1)
+    )
+    cache_dir: Optional[str] = setting(
+        None, "where sampled prompts and pairs are kept for later runs; null: sample every time"
+    )
 
-
-def check(cfg) -> None:
-    """Range checks of the sentiment settings: one ConfigError naming the field and the fix."""
-
-    def need(ok: bool, key: str, want: str) -> None:
-        if not ok:
-            raise ConfigError(f"dataset.{key}={cfg[key]} is invalid: set dataset.{key} to {want}")
-
-    for key in ("num_pairs", "eval_samples", "prompt_words", "prompt_max_new_tokens", "pair_max_new_tokens"):
-        need(cfg[key] >= 1, key, "an integer >= 1")
-    need(cfg.min_words >= 1, "min_words", "an integer >= 1")
-    need(cfg.generation_batch >= 1, "generation_batch", "an integer >= 1")
-    for key in ("pair_temperature", "label_temperature"):
-        need(cfg[key] > 0 and math.isfinite(cfg[key]), key, "a number > 0")
-    need(cfg.repetition_weight >= 0, "repetition_weight", "a number >= 0")
-    if not cfg.pair_model:
-        raise ConfigError(
-            "dataset.pair_model is null: the sentiment task samples its prompts and pairs from the starting model; "
-            "set model.path (e.g. model=smollm2-135m, or a saved model dir)"
-        )
+    @classmethod
+    def check_together(cls, d: DictConfig, root: DictConfig) -> None:
+        check(d.eval_samples >= 1, "dataset.eval_samples", d.eval_samples, "an integer >= 1")
+        if not d.pair_model:
+            raise ConfigError(
+                "dataset.pair_model is null: the sentiment task samples its prompts and pairs from the starting model; "
+                "set model.path (e.g. model=smollm2-135m, or a saved model dir)"
+            )
 
 
 def task_from_config(cfg) -> SentimentTask:
@@ -218,7 +217,6 @@ def sample_pairs(cfg, task: SentimentTask, prompts: list[str], seed: int, sample
 
 
 def load(cfg) -> PreferenceData:
-    check(cfg)
     task = task_from_config(cfg)
     sampler, cache = Sampler(cfg), Cache(cfg)
     prompts = write_prompts(cfg, sampler, cache)

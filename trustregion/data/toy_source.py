@@ -10,18 +10,19 @@ Bradley-Terry on the gold reward. It matters: with process pairs, frozen DPO pea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
 from datasets import Dataset
+from omegaconf import DictConfig
 
 from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import RowReport
 from trustregion.data.toy import ToyTask, symbol_names, task_from_config
 from trustregion.errors import ConfigError
+from trustregion.schema import POSITIVE, at_least, check, setting
 
 
 class PairSource(str, Enum):
@@ -35,46 +36,39 @@ class ToyDatasetConfig(DatasetConfig):
     """A seeded Markov-chain language with a programmatic gold reward (see ``trustregion.data.toy``)."""
 
     name: str = "toy"
-    num_pairs: int = 1024
-    vocab: int = 24
-    successors: int = 4
-    prompt_len: int = 3
-    response_len: int = 8
-    label_temperature: float = 0.25  # Bradley-Terry labels: P(a > b) = sigmoid((r(a) - r(b)) / T)
-    sft_samples: int = 4096  # the SFT corpus: the process's own samples
-    pair_source: PairSource = PairSource.auto
-    pair_model: Optional[str] = None  # the model dir that pair_source=sft samples from (conf: model.path)
-    pair_max_new_tokens: int = 16  # tokens sampled per response when pair_source=sft
-    # Which training pairs are drawn (prompts, samples, labels); conf: trainer.seed, so seeds vary the data too.
-    # The task itself (dataset.seed) and the held-out prompts stay fixed, so every seed is judged on the same prompts.
-    pair_seed: int = 0
+    num_pairs: int = setting(1024, "training pairs", at_least(1))
+    vocab: int = setting(24, "the language's tokens", at_least(2))
+    successors: int = setting(4, "allowed successors of each token", at_least(1))
+    prompt_len: int = setting(3, "prompt tokens", at_least(1))
+    response_len: int = setting(8, "response tokens", at_least(1))
+    label_temperature: float = setting(0.25, "Bradley-Terry labels: P(a > b) = sigmoid((r(a) - r(b)) / T)", POSITIVE)
+    sft_samples: int = setting(4096, "the SFT corpus: the process's own samples", at_least(1))
+    pair_source: PairSource = setting(
+        PairSource.auto, "process (samples of the Markov process), sft (of the model at pair_model), auto"
+    )
+    pair_model: Optional[str] = setting(None, "the model dir that pair_source=sft samples from (conf: model.path)")
+    pair_max_new_tokens: int = setting(16, "tokens sampled per response when pair_source=sft", at_least(1))
+    pair_seed: int = setting(
+        0,
+        "which training pairs are drawn (conf: trainer.seed, so seeds vary the data too); the task (dataset.seed) and "
+        "the held-out prompts stay fixed, so every seed is judged on the same prompts",
+    )
 
-
-def check(cfg) -> None:
-    """Range checks of the toy settings: one ConfigError naming the field and the fix."""
-
-    def need(ok: bool, key: str, want: str) -> None:
-        if not ok:
-            raise ConfigError(f"dataset.{key}={cfg[key]} is invalid: set dataset.{key} to {want}")
-
-    need(cfg.vocab >= 2, "vocab", "an integer >= 2")
-    try:
-        symbol_names(cfg.vocab)
-    except ValueError as e:
-        raise ConfigError(f"dataset.vocab={cfg.vocab} is invalid: {e}; lower dataset.vocab") from e
-    need(1 <= cfg.successors <= cfg.vocab, "successors", f"an integer in [1, dataset.vocab={cfg.vocab}]")
-    need(cfg.prompt_len >= 1, "prompt_len", "an integer >= 1")
-    need(cfg.response_len >= 1, "response_len", "an integer >= 1")
-    need(cfg.num_pairs >= 1, "num_pairs", "an integer >= 1")
-    need(cfg.eval_samples >= 1, "eval_samples", "an integer >= 1")
-    need(cfg.sft_samples >= 1, "sft_samples", "an integer >= 1")
-    need(cfg.label_temperature > 0 and math.isfinite(cfg.label_temperature), "label_temperature", "a number > 0")
-    need(cfg.pair_max_new_tokens >= 1, "pair_max_new_tokens", "an integer >= 1")
-    if cfg.pair_source == PairSource.sft and not cfg.pair_model:
-        raise ConfigError(
-            "dataset.pair_model is null but dataset.pair_source=sft: set model.path (or dataset.pair_model) "
-            "to the SFT run's policy dir, or use dataset.pair_source=process"
+    @classmethod
+    def check_together(cls, d: DictConfig, root: DictConfig) -> None:
+        try:
+            symbol_names(d.vocab)
+        except ValueError as e:
+            raise ConfigError(f"dataset.vocab={d.vocab} is invalid: {e}; lower dataset.vocab") from e
+        check(
+            d.successors <= d.vocab, "dataset.successors", d.successors, f"an integer in [1, dataset.vocab={d.vocab}]"
         )
+        check(d.eval_samples >= 1, "dataset.eval_samples", d.eval_samples, "an integer >= 1")
+        if d.pair_source == PairSource.sft and not d.pair_model:
+            raise ConfigError(
+                "dataset.pair_model is null but dataset.pair_source=sft: set model.path (or dataset.pair_model) "
+                "to the SFT run's policy dir, or use dataset.pair_source=process"
+            )
 
 
 def model_pairs(task: ToyTask, cfg, n: int, seed: int) -> list[dict]:
@@ -111,7 +105,6 @@ def pair_source(cfg) -> PairSource:
 
 
 def load(cfg) -> PreferenceData:
-    check(cfg)
     task = task_from_config(cfg)
     n = cfg.num_pairs if cfg.max_samples is None else min(cfg.num_pairs, cfg.max_samples)
     train_seed = 1 + 10 * cfg.pair_seed  # pair_seed 0 keeps the pairs of earlier releases

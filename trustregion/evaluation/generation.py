@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from trustregion.config import check_eval_config
 from trustregion.errors import StopRequested
 from trustregion.evaluation.text_metrics import distinct_n, repetition_rate, self_bleu
 from trustregion.models.sampling import Samples, SamplingOptions, encode_prompts, response_logps, sample
@@ -217,7 +216,6 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
         ctx.run_dir,
     )
     ev = cfg.eval
-    check_eval_config(ev)
     task = data.task
     clock = time.perf_counter()
     texts = list(data.eval["prompt"])[: int(ev.prompts)]

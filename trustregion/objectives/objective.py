@@ -35,6 +35,7 @@ from trustregion.metrics import MetricBuffer
 from trustregion.models.loading import sequence_logps
 from trustregion.models.logps import LogpsFn
 from trustregion.objectives.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+from trustregion.schema import POSITIVE, setting
 
 Tensor = torch.Tensor
 
@@ -54,9 +55,13 @@ class KTOReferencePoint(str, Enum):
 @dataclass
 class KTOConfig(MethodConfig):
     name: str = "kto"
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    reference_point: KTOReferencePoint = KTOReferencePoint.mismatched
+    desirable_weight: float = setting(1.0, "λ_D: the weight of a desirable (chosen) example's loss", POSITIVE)
+    undesirable_weight: float = setting(1.0, "λ_U: the weight of an undesirable (rejected) example's loss", POSITIVE)
+    reference_point: KTOReferencePoint = setting(
+        KTOReferencePoint.mismatched,
+        "z: mismatched (canonical KTO, detached batch mean on mismatched pairs) or paired (the TR paper's authors' "
+        "library: each half against the other half)",
+    )
 
 
 EVAL_METRICS = (
@@ -85,10 +90,6 @@ class Objective:
         self.average = bool(method_cfg.average_logps) if method_cfg is not None else False
         # A frozen reference on one process: its log-probs are the cached SFT ones (set by the recipe).
         self.reference_from_cache = False
-
-    @classmethod
-    def validate(cls, method_cfg: Any) -> None:
-        """Range checks of the method's own options (ConfigError naming the field)."""
 
     @classmethod
     def describe(cls, method_cfg: Any) -> str:
@@ -194,12 +195,6 @@ class KTO(Objective):
         self.reference_point = str(method_cfg.reference_point.value)
         if self.reference_point == "mismatched":
             self.chunks = ("chosen", "rejected", "mismatched")
-
-    @classmethod
-    def validate(cls, m: Any) -> None:
-        for key in ("desirable_weight", "undesirable_weight"):
-            if not m[key] > 0:
-                raise ConfigError(f"method.{key}={m[key]} is invalid: set method.{key} to a number > 0")
 
     def loss(self, engine, pol, ref):
         m, mismatched = self.cfg, self.reference_point == "mismatched"
@@ -310,9 +305,7 @@ def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: L
             f"method.name={name} is unknown: set method to one of "
             f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}"
         )
-    cls = OBJECTIVES[key]
-    cls.validate(method_cfg)
-    return cls(method_cfg, logps)
+    return OBJECTIVES[key](method_cfg, logps)
 
 
 def describe_method(method_cfg: Any) -> str:

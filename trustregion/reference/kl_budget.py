@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from trustregion.config import RefUpdateConfig
-from trustregion.errors import ConfigError
-from trustregion.reference.rules import Rule, StepStats
+from trustregion.reference.rules import Rule, StepStats, require_tau
+from trustregion.schema import FRACTION, POSITIVE, at_least, or_null, setting
 
 ESTIMATE_KEY = "kl/policy_ref"
 
@@ -34,10 +34,10 @@ class KLBudgetConfig(RefUpdateConfig):
 
     _target_: str = "trustregion.reference.kl_budget.KLBudget"
     name: str = "kl_budget"
-    alpha: float = 1.0
-    tau: Optional[int] = 8
-    budget: float = 0.1
-    smoothing: float = 0.2
+    alpha: float = setting(1.0, "α of an update (1: reset the reference to the policy)", FRACTION)
+    tau: Optional[int] = setting(8, "the fewest optimizer steps between two updates", or_null(at_least(1)))
+    budget: float = setting(0.1, "δ: the drift, in nats per response token, that triggers an update", POSITIVE)
+    smoothing: float = setting(0.2, "the EMA's weight of the newest step (1: no smoothing)", FRACTION)
 
 
 class KLBudget(Rule):
@@ -54,23 +54,7 @@ class KLBudget(Rule):
         self.last_update = 0  # the step of the last update (0: the start)
 
     def check(self) -> None:
-        c = self.cfg
-        if not 0 < c.alpha <= 1:
-            raise ConfigError(f"ref_update.alpha={c.alpha} is invalid: set ref_update.alpha to a number in (0, 1]")
-        if c.tau is None or c.tau < 1:
-            raise ConfigError(
-                f"ref_update.tau={c.tau} is invalid: set ref_update.tau to an integer >= 1 (the fewest optimizer steps "
-                "between two updates)"
-            )
-        if not c.budget > 0:
-            raise ConfigError(
-                f"ref_update.budget={c.budget} is invalid: set ref_update.budget to a number > 0 (nats per token)"
-            )
-        if not 0 < c.smoothing <= 1:
-            raise ConfigError(
-                f"ref_update.smoothing={c.smoothing} is invalid: set ref_update.smoothing to a number in (0, 1] "
-                "(1: no smoothing)"
-            )
+        require_tau(self.cfg)
 
     @property
     def estimate(self) -> float:

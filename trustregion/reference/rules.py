@@ -14,10 +14,11 @@ from typing import Any, ClassVar, Protocol
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from trustregion.config import RefUpdateConfig
 from trustregion.errors import ConfigError
+from trustregion.schema import check_settings
 
 _SYMBOL = {"alpha": "α=", "tau": "τ="}
 
@@ -97,20 +98,20 @@ class Frozen(Rule):
         return "frozen"
 
 
+def require_tau(cfg: Any) -> None:
+    """A rule that moves on a clock needs ``tau``; null is the frozen reference's."""
+    if cfg.tau is None:
+        raise ConfigError(
+            "ref_update.tau=null is invalid: set ref_update.tau to an integer >= 1 (optimizer steps between updates), "
+            "or ref_update=none for a frozen reference"
+        )
+
+
 class EveryTau(Rule):
     """``ref_update=soft|hard``: every ``tau`` optimizer steps, mix by ``alpha`` (1: the hard update, a copy)."""
 
     def check(self) -> None:
-        alpha, tau = self.cfg.alpha, self.cfg.tau
-        if not 0 < alpha <= 1:
-            raise ConfigError(
-                f"ref_update.alpha={alpha} is invalid: set ref_update.alpha to a number in (0, 1] (1 = hard update)"
-            )
-        if tau is None or tau < 1:
-            raise ConfigError(
-                f"ref_update.tau={tau} is invalid: set ref_update.tau to an integer >= 1 (optimizer steps between "
-                "updates), or ref_update=none for a frozen reference"
-            )
+        require_tau(self.cfg)
 
     def alpha(self, stats: StepStats) -> float:
         return float(self.cfg.alpha) if stats.step % int(self.cfg.tau) == 0 else 0.0
@@ -135,15 +136,25 @@ def rule_class(target: str) -> type[Rule]:
     return cls
 
 
-def build_rule(ref_update: DictConfig) -> Rule:
-    """The rule ``ref_update`` selects, its settings checked against the rule's own schema (an unknown key fails)."""
+def rule_settings(ref_update: DictConfig) -> tuple[type[Rule], DictConfig]:
+    """The rule class ``ref_update`` names and its settings merged into the rule's schema (defaults filled in); one
+    line for a key the schema lacks or a value of the wrong type."""
     cls = rule_class(str(ref_update._target_))
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        return cls, OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
+    except ConfigKeyError as e:
         raise ConfigError(
-            f"ref_update.{key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
+            f"ref_update.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
             "remove it or pick the rule that has it"
         ) from e
+    except OmegaConfBaseException as e:
+        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
+        raise ConfigError(f"ref_update.{e.key}={ref_update.get(e.key)} is invalid: {message}") from e
+
+
+def build_rule(ref_update: DictConfig) -> Rule:
+    """The rule ``ref_update`` selects, its settings checked against the rule's own schema: an unknown key, a wrong
+    type or a value out of its declared range is one line."""
+    cls, cfg = rule_settings(ref_update)
+    check_settings(cfg, "ref_update")
     return cls(cfg)

@@ -14,7 +14,10 @@ from typing import Optional
 
 from trustregion.config import RefUpdateConfig, Schedule
 from trustregion.errors import ConfigError
-from trustregion.reference.rules import Rule, StepStats
+from trustregion.reference.rules import Rule, StepStats, require_tau
+from trustregion.schema import Range, at_least, or_null, setting
+
+UNIT = Range(lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1]")
 
 
 @dataclass
@@ -24,10 +27,10 @@ class ScheduleConfig(RefUpdateConfig):
 
     _target_: str = "trustregion.reference.schedule.AlphaSchedule"
     name: str = "schedule"
-    alpha: float = 0.1
-    alpha_end: float = 0.01
-    shape: Schedule = Schedule.cosine
-    tau: Optional[int] = 1
+    alpha: float = setting(0.1, "α₀, at the start", UNIT)
+    alpha_end: float = setting(0.01, "α₁, at the run's last step", UNIT)
+    shape: Schedule = setting(Schedule.cosine, "constant, linear or cosine from α₀ to α₁")
+    tau: Optional[int] = setting(1, "optimizer steps between updates", or_null(at_least(1)))
 
 
 def scheduled_alpha(shape: str, start: float, end: float, progress: float) -> float:
@@ -47,19 +50,12 @@ class AlphaSchedule(Rule):
 
     def check(self) -> None:
         c = self.cfg
-        for key in ("alpha", "alpha_end"):
-            if not 0 <= c[key] <= 1:
-                raise ConfigError(f"ref_update.{key}={c[key]} is invalid: set ref_update.{key} to a number in [0, 1]")
         if c.alpha == 0 and (c.alpha_end == 0 or str(c.shape.value) == "constant"):
             raise ConfigError(
                 "ref_update.alpha=0 never moves the reference with this schedule: set ref_update.alpha or "
                 "ref_update.alpha_end above 0, or ref_update=none for a frozen reference"
             )
-        if c.tau is None or c.tau < 1:
-            raise ConfigError(
-                f"ref_update.tau={c.tau} is invalid: set ref_update.tau to an integer >= 1 (optimizer steps between "
-                "updates)"
-            )
+        require_tau(c)
 
     def alpha(self, stats: StepStats) -> float:
         if stats.step % int(self.cfg.tau):

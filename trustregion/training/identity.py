@@ -35,7 +35,7 @@ EXECUTION = (
     ),
     *(f"model.{k}" for k in ("gradient_checkpointing", "logps", "logits_chunk_tokens", "share_prompt",
                              "attn_implementation")),
-    "logger.", "verbose", "hooks", "run_name", "search.", "eval.plot", "eval.batch_size",
+    "logger.", "verbose", "hooks", "search.", "eval.plot", "eval.batch_size",
     "deepspeed.offload_optimizer", "deepspeed.offload_params", "deepspeed.backend",
     "dataset.num_proc", "dataset.cache_dir",
 )  # fmt: skip
