@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trustregion.cli.app import entry_point
 from trustregion.errors import ConfigError, DataError
 
 DEFAULT_SYSTEM = "You are a careful, impartial judge of AI assistant responses."
@@ -400,20 +400,11 @@ def format_summary(s: dict[str, Any]) -> str:
     )
 
 
-@hydra.main(config_path="../conf", config_name="judge", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from trustregion.cli.app import exit_on_error
-
-    summary = exit_on_error(run_judge)(cfg, Path(HydraConfig.get().runtime.output_dir))
+def show(cfg: DictConfig, summary: dict[str, Any]) -> None:
     print(format_summary(summary), flush=True)
 
 
-def main() -> None:
-    register_judge()
-    _main()
-
+main = entry_point("judge", run_judge, register_judge, show)
 
 if __name__ == "__main__":
     main()

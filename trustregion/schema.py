@@ -81,7 +81,8 @@ def setting(default: Any = MISSING, meaning: str = "", check: Range | None = Non
 
 class Schema:
     """Base of the structured configs: ``check_together`` holds the rules that tie settings of one group (or of one
-    group and the rest of the config) together; single-setting ranges are declared on the fields."""
+    group and the rest of the config) together; single-setting ranges are declared on the fields. A subclass's
+    ``check_together`` runs after its parents' (``check_settings`` runs each class's own)."""
 
     @classmethod
     def check_together(cls, node: DictConfig, root: DictConfig) -> None:
@@ -120,8 +121,9 @@ def check_settings(node: DictConfig, path: str, root: DictConfig | None = None) 
         rule = f.metadata.get("check")
         if rule is not None:
             check(rule(value), key, value, rule.want)
-    if issubclass(cls, Schema):
-        cls.check_together(node, root)
+    for klass in reversed(cls.__mro__):  # a subclass's combined rules add to its parents', never replace them
+        if "check_together" in vars(klass):
+            vars(klass)["check_together"].__func__(cls, node, root)
 
 
 def meanings(cls: type) -> Sequence[tuple[str, Any, str]]:

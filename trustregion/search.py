@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion import report
 from trustregion.cli import app as cli
-from trustregion.cli.preflight import preflight
 from trustregion.config import Config
 from trustregion.errors import ConfigError, DataError
 from trustregion.train import train
@@ -92,22 +89,11 @@ def trial(cfg: DictConfig, job_dir: Path) -> float:
     return value
 
 
-@hydra.main(config_path="../conf", config_name="search", version_base="1.3")
-def _main(cfg: DictConfig) -> float:
-    try:
-        value = cli.exit_on_error(trial)(cfg, cli.hydra_run_dir())
-        print(f"objective ({cfg.search.objective}, mean over seeds {list(cfg.search.seeds)}): {value:.4f}", flush=True)
-        return value
-    finally:
-        cli.shutdown_distributed()
+def show(cfg: DictConfig, value: float) -> None:
+    print(f"objective ({cfg.search.objective}, mean over seeds {list(cfg.search.seeds)}): {value:.4f}", flush=True)
 
 
-def main() -> None:
-    register_search()
-    sys.argv = [sys.argv[0], *cli.prepare_launch(sys.argv[1:])]
-    preflight(sys.argv[1:], "search")
-    _main()
-
+main = cli.entry_point("search", trial, register_search, show)
 
 if __name__ == "__main__":
     main()

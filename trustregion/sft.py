@@ -9,14 +9,11 @@ ZeRO-2/3, ``metrics.jsonl``. The result, ``<run dir>/policy``, starts alignment 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from trustregion.cli import app as cli
-from trustregion.cli.preflight import preflight
 from trustregion.training.recipe import SFTRecipe
 
 
@@ -25,20 +22,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return SFTRecipe(cfg, run_dir).run()  # its last line says where the policy went
 
 
-@hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    try:
-        cli.exit_on_error(cli.run_locked)(run_sft, cfg)
-    finally:
-        cli.shutdown_distributed()
-
-
-def main() -> None:
-    cli.register()
-    sys.argv = [sys.argv[0], *cli.prepare_launch(sys.argv[1:])]
-    preflight(sys.argv[1:], "sft")
-    _main()
-
+main = cli.entry_point("sft", run_sft)
 
 if __name__ == "__main__":
     main()

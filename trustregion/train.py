@@ -7,14 +7,11 @@ The entry point; the recipe is ``trustregion.training.recipe.Recipe`` (setup ste
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from trustregion.cli import app as cli
-from trustregion.cli.preflight import preflight
 from trustregion.training.recipe import Recipe
 
 
@@ -23,20 +20,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return Recipe(cfg, run_dir).run()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    try:
-        cli.exit_on_error(cli.run_locked)(train, cfg)
-    finally:
-        cli.shutdown_distributed()
-
-
-def main() -> None:
-    cli.register()
-    sys.argv = [sys.argv[0], *cli.prepare_launch(sys.argv[1:])]
-    preflight(sys.argv[1:], "config")
-    _main()
-
+main = cli.entry_point("config", train)
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,17 @@ from typing import Any, NoReturn, TypeVar
 
 from trustregion.errors import TrustRegionError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs ship with the package (``conf/`` is the package ``trustregion.conf``), so the console scripts and an
+# installed wheel find them from any directory; a user's own config dir adds to them with ``hydra.searchpath``.
+CONF_MODULE = "trustregion.conf"
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def conf_dir() -> Path:
+    """Where the shipped configs are (the repo's ``conf/`` in a checkout)."""
+    from importlib.resources import files
+
+    return Path(str(files(CONF_MODULE)))
 
 
 def register() -> None:
@@ -51,10 +60,10 @@ def register() -> None:
 def compose(*overrides: str, config_name: str = "config"):
     """The config the CLI would compose from ``conf/`` with these overrides (for tests and scripts)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides))
 
 
@@ -170,6 +179,39 @@ def prepare_launch(argv: Sequence[str]) -> list[str]:
         if int(os.environ.get("RANK", "0")) > 0:
             args.append("hydra.output_subdir=null")
     return args
+
+
+def entry_point(
+    config_name: str,
+    job: Callable[[Any, Path], Any],
+    register_schemas: Callable[[], None] = register,
+    show: Callable[[Any, Any], None] | None = None,
+) -> Callable[[], Any]:
+    """The ``main`` of a command: its schemas registered, the launch adapted to Hydra (``prepare_launch``), every sweep
+    point checked before any job starts (``preflight``), then per Hydra job ``job(cfg, run_dir)`` holding the run dir
+    and its records, with one-line errors; ``show(cfg, result)`` prints what the job returned, which Hydra gets back
+    (an Optuna sweep maximises it)."""
+    import hydra
+
+    @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name=config_name, version_base="1.3")
+    def hydra_main(cfg: Any) -> Any:
+        try:
+            result = exit_on_error(run_locked)(job, cfg)
+            if show is not None:
+                show(cfg, result)
+            return result
+        finally:
+            shutdown_distributed()
+
+    def main() -> Any:
+        from trustregion.cli.preflight import preflight
+
+        register_schemas()
+        sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
+        preflight(sys.argv[1:], config_name)
+        return hydra_main()
+
+    return main
 
 
 def shutdown_distributed() -> None:

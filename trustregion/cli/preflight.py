@@ -10,7 +10,7 @@ import itertools
 import os
 from collections.abc import Sequence
 
-from trustregion.cli.app import CONF_DIR, compose, fail
+from trustregion.cli.app import compose, conf_dir, fail
 
 MODES = {"--run": "--run", "-r": "--run", "--multirun": "--multirun", "-m": "--multirun", "--cfg": "--cfg",
          "-c": "--cfg", "--info": "--info", "-i": "--info", "--shell-completion": "--shell-completion",
@@ -71,7 +71,7 @@ def describe(error: Exception, overrides: Sequence[str], config_name: str) -> st
     cause = error.__cause__ or error
     if isinstance(error, MissingConfigException) and "/" in str(error.missing_cfg_file or ""):
         group, option = str(error.missing_cfg_file).rsplit("/", 1)
-        options = sorted(error.options or (p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+        options = sorted(error.options or (p.stem for p in (conf_dir() / group).glob("*.yaml")))
         near = difflib.get_close_matches(option, options, n=1)
         hint = f" (did you mean {group}={near[0]}?)" if near else ""
         return f"{group}={option} is not an option: set {group} to one of {', '.join(options)}{hint}"

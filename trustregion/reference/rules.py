@@ -50,7 +50,8 @@ class Rule:
     moves: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+        self.cfg = with_schema(type(self), cfg)
+        check_settings(self.cfg, "ref_update")  # the ranges its schema declares (alpha, tau, ...)
         self.check()
 
     def check(self) -> None:
@@ -136,12 +137,11 @@ def rule_class(target: str) -> type[Rule]:
     return cls
 
 
-def rule_settings(ref_update: DictConfig) -> tuple[type[Rule], DictConfig]:
-    """The rule class ``ref_update`` names and its settings merged into the rule's schema (defaults filled in); one
-    line for a key the schema lacks or a value of the wrong type."""
-    cls = rule_class(str(ref_update._target_))
+def with_schema(cls: type[Rule], ref_update: Any) -> DictConfig:
+    """``ref_update`` merged into the rule's schema (defaults filled in); one line for a key the schema lacks or a value
+    of the wrong type."""
     try:
-        return cls, OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
+        return OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
     except ConfigKeyError as e:
         raise ConfigError(
             f"ref_update.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
@@ -154,7 +154,5 @@ def rule_settings(ref_update: DictConfig) -> tuple[type[Rule], DictConfig]:
 
 def build_rule(ref_update: DictConfig) -> Rule:
     """The rule ``ref_update`` selects, its settings checked against the rule's own schema: an unknown key, a wrong
-    type or a value out of its declared range is one line."""
-    cls, cfg = rule_settings(ref_update)
-    check_settings(cfg, "ref_update")
-    return cls(cfg)
+    type or a value out of its declared range (``Rule.__init__``) is one line."""
+    return rule_class(str(ref_update._target_))(ref_update)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trustregion.config import AdapterReferenceMode
 from trustregion.objectives.objective import describe_method
-from trustregion.reference.rules import rule_class
+from trustregion.reference.rules import rule_class, with_schema
 
 IDENTITY_FILE = "identity.json"  # written into every run dir at its start (training.logger)
 SEED = "trainer.seed"
@@ -181,7 +181,7 @@ def identity_of(cfg: DictConfig) -> RunIdentity:
         settings = {k: v for k, v in values.items() if k not in dropped and not _matches(k, FORMAT)}
         return RunIdentity("sft", setting, seed, False, settings)
     rule = rule_class(str(cfg.ref_update._target_))
-    rule_cfg = OmegaConf.merge(OmegaConf.structured(rule.config_class), cfg.ref_update)
+    rule_cfg = with_schema(rule, cfg.ref_update)
     used = {k: _plain(v) for k, v in rule.settings(rule_cfg).items()}
     dropped |= {k for k in values if k.startswith("ref_update.") and k.removeprefix("ref_update.") not in used}
     settings = {k: v for k, v in values.items() if k not in dropped and not _matches(k, FORMAT)}
@@ -196,7 +196,7 @@ def ignored_settings(cfg: DictConfig) -> list[str]:
     if "method" not in cfg:
         return []
     rule = rule_class(str(cfg.ref_update._target_))
-    rule_cfg = OmegaConf.merge(OmegaConf.structured(rule.config_class), cfg.ref_update)
+    rule_cfg = with_schema(rule, cfg.ref_update)
     used, defaults = rule.settings(rule_cfg), OmegaConf.structured(rule.config_class)
     return [
         f"ref_update.{k}={rule_cfg[k]}"

@@ -1,0 +1,39 @@
+"""The commands as installed: the console scripts find the shipped configs from any directory, and the package
+list ships every subpackage and every config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tests.helpers import FAST, REPO, TOY
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("script, extra", [("trustregion-train", []), ("trustregion-sft", ["trainer=sft"])])
+def test_a_console_script_runs_from_another_directory(tmp_path, script, extra):
+    args = [*FAST, *TOY, "trainer.max_steps=2", *extra, f"hydra.run.dir={tmp_path / 'run'}"]
+    if script == "trustregion-sft":  # the SFT stage has no method, update rule or generation settings
+        args = [a for a in args if not a.startswith(("eval.", "experiment="))] + ["trainer.batch_size=8"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    out = subprocess.run([BIN / script, *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "policy").is_dir()
+
+
+@pytest.mark.unit
+def test_the_wheel_lists_every_subpackage_and_ships_every_config():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "trustregion").rglob("__init__.py")} | {
+        "trustregion.conf"
+    }
+    assert set(setuptools["packages"]) == packages
+    from importlib.resources import files
+
+    assert (files("trustregion.conf") / "method" / "dpo.yaml").is_file()  # conf/ is the package trustregion.conf
