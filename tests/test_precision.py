@@ -9,13 +9,16 @@ import torch
 from tests.helpers import FAST, FAULTS, TOY, cli, losses, torchrun, train_rows
 from trustregion.train import train
 from trustregion.training.recipe import Recipe
+from trustregion.training.stages import PreferenceStage
 
 BF16 = ["model.dtype=bfloat16", "trainer.precision=bf16-mixed"]
 
 
 def test_bf16_mixed_at_lr_1e6_moves_every_trainable_tensor(fast_cfg, tmp_path):
     # An Adam step of ~1e-6 is below bf16's spacing (0.0078 at 1.0): without fp32 masters most of it rounds away.
-    recipe = Recipe(fast_cfg(*BF16, "trainer.lr=1e-6", "trainer.max_steps=5", "ref_update=none"), tmp_path)
+    recipe = Recipe(
+        fast_cfg(*BF16, "trainer.lr=1e-6", "trainer.max_steps=5", "ref_update=none"), tmp_path, PreferenceStage()
+    )
     recipe.setup()
     policy = recipe.engine.policy
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}

@@ -20,6 +20,7 @@ from trustregion.sft import run_sft
 from trustregion.train import train
 from trustregion.training.hooks import BaseHook, StepTimeHook
 from trustregion.training.recipe import Recipe
+from trustregion.training.stages import PreferenceStage
 
 FIX = REPO / "tests" / "fixtures"
 SFT_FAST = [
@@ -176,7 +177,9 @@ class NaNOnFirstMicroBatch:
 
 
 def test_non_finite_loss_on_a_micro_batch_before_the_last_names_its_step(fast_cfg, tmp_path):
-    recipe = Recipe(fast_cfg("trainer.grad_accum=2", "trainer.log_every=10", "trainer.max_steps=4"), tmp_path)
+    recipe = Recipe(
+        fast_cfg("trainer.grad_accum=2", "trainer.log_every=10", "trainer.max_steps=4"), tmp_path, PreferenceStage()
+    )
     recipe.setup()
     recipe.objective = NaNOnFirstMicroBatch(recipe.objective, recipe, at=2)
     with pytest.raises(TrainingError, match="non-finite loss at step 2;"):
@@ -246,7 +249,7 @@ class Recorder(BaseHook):
 def test_hooks_see_every_step_log_evaluation_and_checkpoint_in_order(fast_cfg, tmp_path):
     hook = Recorder()
     cfg = fast_cfg("trainer.log_every=2", "trainer.eval_every=2", "trainer.save_every=3")
-    Recipe(cfg, tmp_path, extra_hooks=[hook]).run()
+    Recipe(cfg, tmp_path, PreferenceStage(), extra_hooks=[hook]).run()
     assert hook.events == [
         ("eval", 0),
         ("start", 0),

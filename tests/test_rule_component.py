@@ -8,6 +8,7 @@ import torch
 
 from tests.helpers import FAST, REPO, TOY, cli, compose, logged, losses, torchrun, train_rows
 from trustregion.training.recipe import Recipe
+from trustregion.training.stages import PreferenceStage
 
 # The user's rule and its YAML live outside the package (tests/fixtures/user_rule.py, tests/fixtures/conf/).
 DRIFT = [f"hydra.searchpath=[file://{REPO}/tests/fixtures/conf]", "ref_update=drift"]
@@ -66,7 +67,7 @@ def test_resume_refuses_another_model_naming_the_key(fast_cfg, tmp_path):
 
 
 def test_a_frozen_reference_under_deepspeed_on_one_process_is_never_built(fast_cfg, tmp_path):
-    recipe = Recipe(fast_cfg("ref_update=none", "deepspeed=zero3"), tmp_path)
+    recipe = Recipe(fast_cfg("ref_update=none", "deepspeed=zero3"), tmp_path, PreferenceStage())
     recipe.run()
     assert recipe.engine.reference is None and recipe.objective.reference_from_cache
     assert torch.load(tmp_path / "checkpoints" / "step_000004" / "reference_rank0.pt", weights_only=True) == []
@@ -77,6 +78,7 @@ def zero3_engine(tmp_path_factory):
     recipe = Recipe(
         compose(*FAST, *TOY, "deepspeed=zero3", "deepspeed.param_persistence_threshold=300"),
         tmp_path_factory.mktemp("z"),
+        PreferenceStage(),
     )
     recipe.setup()
     yield recipe.engine

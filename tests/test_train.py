@@ -75,8 +75,9 @@ def test_frozen_reference_from_cache_matches_running_the_reference(fast_cfg, tmp
 
 def test_frozen_reference_with_cached_logps_is_never_built_yet_exported(fast_cfg, tmp_path):
     from trustregion.training.recipe import Recipe
+    from trustregion.training.stages import PreferenceStage
 
-    recipe = Recipe(fast_cfg("ref_update=none"), tmp_path / "cached")
+    recipe = Recipe(fast_cfg("ref_update=none"), tmp_path / "cached", PreferenceStage())
     recipe.run()
     assert recipe.reference is None and recipe.engine.reference is None
     train(fast_cfg("ref_update=none", "trainer.cache_reference=false"), tmp_path / "built")

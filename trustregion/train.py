@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 from trustregion.cli import app as cli
 from trustregion.training.recipe import Recipe
+from trustregion.training.stages import PreferenceStage
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Run one experiment into ``run_dir``; returns the last logged metrics."""
-    return Recipe(cfg, run_dir).run()
+    return Recipe(cfg, run_dir, PreferenceStage()).run()
 
 
 main = cli.entry_point("config", train)

@@ -102,8 +102,9 @@ class LoopTimer(BaseHook):
 def run_loop(cfg, run_dir: Path, timer: LoopTimer) -> None:
     """Our real loop (``trustregion.training.recipe.Recipe``) with the timer as an extra hook, until it stops the run."""
     from trustregion.training.recipe import Recipe
+    from trustregion.training.stages import PreferenceStage
 
-    recipe = Recipe(cfg, run_dir, extra_hooks=[timer])
+    recipe = Recipe(cfg, run_dir, PreferenceStage(), extra_hooks=[timer])
     recipe.setup()
     try:
         recipe.train()

@@ -1,17 +1,19 @@
-"""The training recipe: setup in named steps, one loop that reads like the method, cleanup.
+"""The training recipe: one run of a stage (preference alignment or SFT), set up in named steps, then one loop.
 
-    recipe = Recipe(cfg, run_dir)      # or SFTRecipe(cfg, run_dir)
-    recipe.setup()                     # runtime, data, model + tokenizer, engine, reference update, state, logger
-    last = recipe.train()              # per optimizer step: forward, loss, step, reference update, log, eval, save
+    recipe = Recipe(cfg, run_dir, PreferenceStage())   # or SFTStage()
+    recipe.setup()      # runtime, data, model + tokenizer, engine + reference, reference update, state, logger, hooks
+    last = recipe.train()   # per optimizer step: forward, loss, step, reference update, log, eval, save
     recipe.cleanup()
 
-``run()`` does all three and returns the last logged metrics. Optional work (timers, generation evaluation,
-export, a user's extensions) is done by hooks (``trustregion.training.hooks``).
+``run()`` does all three and returns the last logged metrics. What tells the stages apart (objective, rule, exports,
+data summary, banner, default hooks) is the stage's (``trustregion.training.stages``); which reference a run builds,
+``trustregion.reference.build``'s; what a checkpoint holds besides the engine's state, and resuming from one,
+``trustregion.training.run_state``'s. Optional work (timers, generation evaluation, export, a user's extensions) is
+done by hooks (``trustregion.training.hooks``).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,7 +24,6 @@ from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
 from trustregion.data import load_preferences
 from trustregion.data.batches import BatchStream, to_device
-from trustregion.data.rows import truncated, truncation_warning
 from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
 from trustregion.engines.local import LocalEngine
@@ -30,20 +31,18 @@ from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
 from trustregion.errors import ConfigError, StopRequested, TrainingError
 from trustregion.metrics import MetricBuffer
 from trustregion.models.flops import flops_per_token
-from trustregion.models.loading import check_model_path, load_policy, make_reference
-from trustregion.models.logps import logps_function
+from trustregion.models.loading import check_model_path, load_policy
 from trustregion.models.lora import wrap_policy
-from trustregion.objectives.objective import SFT, Objective, build_objective, evaluate_objective, reference_logps
-from trustregion.reference.adapter import build_reference
-from trustregion.reference.rules import Frozen, Rule, build_rule
-from trustregion.reference.select import make_applier
-from trustregion.reference.update import ReferenceUpdate
-from trustregion.training import checkpoint, hooks
+from trustregion.objectives.objective import evaluate_objective
+from trustregion.reference.build import ReferencePlan
+from trustregion.training import checkpoint, hooks, run_state
 from trustregion.training.guard import Diverged, DivergenceGuard
 from trustregion.training.logger import RunLogger
 from trustregion.training.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
 from trustregion.training.rundir import lock_run_dir
-from trustregion.training.sft_logps import SFTLogpsCache
+from trustregion.training.sft_logps import sft_logps
+from trustregion.training.splits import Splits
+from trustregion.training.stages import Stage
 from trustregion.training.state import StepMetrics, TrainState, seed_everything
 from trustregion.training.steps import total_optimizer_steps
 
@@ -80,30 +79,18 @@ def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
     return DeepSpeedEngine(policy, reference, optim, zero)
 
 
-@contextmanager
-def evaluation_mode(model: torch.nn.Module):
-    """``model`` in eval mode (no dropout) inside the block, its own mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 class Recipe:
-    """Preference alignment (DPO, IPO, KTO, ...) against a frozen or moving reference."""
+    """One training run of ``stage``: preference alignment (``PreferenceStage``) or SFT (``SFTStage``)."""
 
-    job_type = "align"
-    exports: tuple[str, ...] = ("policy", "reference")
-    rows_name = "training pairs"  # what a training row is, in messages
-
-    def __init__(self, cfg: DictConfig, run_dir: Path, extra_hooks: list[hooks.Hook] | None = None) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, stage: Stage, extra_hooks: list[hooks.Hook] | None = None
+    ) -> None:
+        self.cfg, self.run_dir, self.stage = cfg, Path(run_dir), stage
         self.buffer = MetricBuffer()  # the metric window since the last log (checkpointed)
         self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
         self.extra_hooks = list(extra_hooks or [])
         self.state = TrainState()
+        self.lora = OmegaConf.select(cfg, "peft.name", default="none") == "lora"
         self.reference = self.sft_model = self.reference_update = None
 
     # --- setup, in named steps ------------------------------------------------------------------
@@ -117,14 +104,11 @@ class Recipe:
         self.setup_logger()
         self.setup_hooks()
 
-    def make_rule(self) -> Rule:
-        return build_rule(self.cfg.ref_update)
-
     def setup_runtime(self) -> None:
-        """Checks, threads, seeds, and the process group under DeepSpeed."""
+        """The stage's rule, checks, threads, seeds, and the process group under DeepSpeed."""
         cfg, t = self.cfg, self.cfg.trainer
-        self.rule = self.make_rule()
-        validate(cfg, reference_moves=self.rule.moves)
+        self.rule = self.stage.rule(cfg)
+        validate(cfg, reference_moves=self.rule is not None and self.rule.moves)
         check_model_path(cfg.model)  # before the data is read
         self.guard = DivergenceGuard(t.divergence_factor)
         quiet_third_party(bool(cfg.verbose))
@@ -142,154 +126,84 @@ class Recipe:
                 "set deepspeed=zero2 or deepspeed=zero3, or launch one process"
             )
 
-    def make_objective(self, data) -> Objective:
-        return build_objective(self.cfg.method, data.kind, self.cfg.dataset.name, logps_function(self.cfg.model))
-
     def setup_data(self) -> None:
         self.data = load_preferences(self.cfg.dataset)
-        self.objective = self.make_objective(self.data)
+        self.objective = self.stage.objective(self.cfg, self.data)
 
     def setup_model(self) -> None:
         """The policy and its tokenizer (trained on the data for the tiny model), then the tokenized rows."""
-        cfg, d = self.cfg, self.cfg.dataset
+        cfg = self.cfg
         texts = self.data.texts() if cfg.model.path is None else None
         self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
         if self.lora:
             self.policy = wrap_policy(self.policy, cfg.peft)
-        self.train_rows, self.truncation = self.objective.tokenize(
-            self.objective.rows(self.data, "train"), self.tokenizer, d
-        )
-        eval_split = self.objective.rows(self.data, "eval")
-        self.eval_rows, eval_truncation = (
-            (None, None) if eval_split is None else self.objective.tokenize(eval_split, self.tokenizer, d)
-        )
-        self.collator = self.objective.collator(self.tokenizer.pad_token_id)
+        self.splits = Splits.tokenize(self.objective, self.data, self.tokenizer, cfg.dataset)
         if launched_rank() == 0:  # kept, skipped and truncated rows per split; a warning when truncation is common
-            for line in self.data_summary(eval_truncation):
+            for line in self.stage.data_summary(self.data, self.splits):
                 say(line)
 
-    def data_summary(self, eval_truncation) -> list[str]:
-        """Console lines: the rows each split kept, skipped and truncated."""
-        return self.data.report.summary_lines(self.truncation, eval_truncation)
-
     def setup_engine(self) -> None:
-        """The reference (and the SFT model kept for generation evaluation), the engine, the batch stream."""
+        """The reference and the SFT model that the plan asks for (``ReferencePlan``), the engine, the batch stream."""
         cfg, t = self.cfg, self.cfg.trainer
-        # A frozen reference on one process is needed only for its log-probs, which equal the starting policy's:
-        # they are cached before training and the reference model is never built (one model's memory saved).
-        # A LoRA reference is a view of the policy's own base, nearly free: it is built.
-        uses = self.objective.uses_reference
-        cached = uses and not self.rule.moves and t.cache_reference and launched_world_size() == 1
-        if uses and (self.lora or not cached):
-            self.reference = self.make_reference(moving=self.rule.moves)
-        if self.wants_generation():
-            self.sft_model = self.make_reference(moving=False, name="sft")
+        self.plan = ReferencePlan.decide(
+            uses_reference=self.objective.uses_reference,
+            moves=self.rule is not None and self.rule.moves,
+            cache=t.cache_reference,
+            world_size=launched_world_size(),
+            lora=self.lora,
+            generate=self.stage.generation(cfg, self.data),
+        )
+        self.reference, self.sft_model = self.plan.build(
+            self.policy, cfg.peft if self.lora else None, sharded=cfg.deepspeed.stage == 3
+        )
         world = launched_world_size() if cfg.deepspeed.stage > 0 else 1
-        self.total_steps = total_optimizer_steps(t, len(self.train_rows), world, self.rows_name)
+        self.total_steps = total_optimizer_steps(t, len(self.splits.train), world, self.stage.rows_name)
         self.engine = make_engine(cfg, self.policy, self.reference, self.total_steps)
         if self.sft_model is not None:
             self.sft_model = self.engine.prepare_frozen(self.sft_model)
-        self.objective.reference_from_cache = cached
+        self.objective.reference_from_cache = self.plan.cached
         group = OmegaConf.select(cfg.dataset, "group_by_length", default=False)
         self.stream = BatchStream(
-            len(self.train_rows),
+            len(self.splits.train),
             t.batch_size,
             self.engine.world_size,
             self.engine.rank,
             t.seed,
             t.shuffle,
-            lengths=self.train_rows["length"] if group else None,
+            lengths=self.splits.train["length"] if group else None,
         )
 
     def setup_reference_update(self) -> None:
         """The rule and the way to apply it, where the reference moves."""
-        if self.reference is not None and self.rule.moves:
-            self.reference_update = ReferenceUpdate(self.rule, make_applier(self.engine), self.engine)
-
-    @property
-    def lora(self) -> bool:
-        return OmegaConf.select(self.cfg, "peft.name", default="none") == "lora"
-
-    def make_reference(self, moving: bool, name: str = "reference"):
-        """A frozen copy of the policy; under LoRA a view of the policy's own base (``AdapterReference``)."""
-        if self.lora:
-            return build_reference(self.policy, self.cfg.peft, moving, name, sharded=self.cfg.deepspeed.stage == 3)
-        return make_reference(self.policy)
-
-    def wants_generation(self) -> bool:
-        if self.cfg.eval.generate and self.data.task is None and launched_rank() == 0:
-            say(
-                f"note: generation-based evaluation skipped: dataset={self.cfg.dataset.name} has no "
-                "gold judge (held-out preference metrics still run); set eval.generate=false to say so"
-            )
-        return bool(self.cfg.eval.generate) and self.data.task is not None
+        self.reference_update = self.plan.update(self.rule, self.engine)
 
     def setup_state(self) -> None:
-        """Resume from ``trainer.resume``, or cache the SFT model's log-probs of a fresh run."""
-        t = self.cfg.trainer
-        if not self.resume(checkpoint.resume_candidates(t.resume, self.run_dir)) and self.objective.uses_reference:
+        """Resume from ``trainer.resume``, or score the SFT model's log-probs of a fresh run."""
+        engine = self.engine
+        identity = run_state.identity(self.cfg, engine.world_size, self.stage.method(self.cfg), self.lora)
+        self.run_state = run_state.RunState(
+            engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity
+        )
+        candidates = checkpoint.resume_candidates(self.cfg.trainer.resume, self.run_dir)
+        if not self.run_state.resume(candidates, self.cfg) and self.objective.uses_reference:
             # the SFT model: the reference, or the policy itself before its first step when no reference is built
-            model = self.engine.reference if self.reference is not None else self.engine.policy
-            self.state.sft_train, self.state.sft_eval = self.sft_logps(model)
-
-    def sft_logps(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """The SFT model's log-probs of the training and held-out rows: scored here, or read from
-        ``trainer.sft_logps_cache`` where an earlier run of the same model, rows and settings left them."""
-        cfg, t = self.cfg, self.cfg.trainer
-        cache = None
-        if t.sft_logps_cache:
-            settings = {
-                "chunks": ",".join(self.collator.chunks),
-                "average": self.objective.average,
-                "logps": f"{cfg.model.logps}/{cfg.model.logits_chunk_tokens}/{cfg.model.share_prompt}",
-                "precision": t.precision,
-                "batch_size": t.batch_size,
-                "device": self.engine.device.type,
-            }
-            cache = SFTLogpsCache(t.sft_logps_cache, model, self.train_rows, self.eval_rows, settings)
-            if (cached := cache.load()) is not None:
-                return cached
-        average, fn = self.objective.average, self.objective.logps
-        with evaluation_mode(model), self.engine.autocast():
-            train = reference_logps(self.engine, model, self.train_rows, self.collator, t.batch_size, average, fn)
-            held = reference_logps(self.engine, model, self.eval_rows, self.collator, t.batch_size, average, fn)
-        if cache is not None:
-            cache.save(train, held)
-        return train, held
-
-    def resume(self, candidates: list[Path]) -> bool:
-        """Load the first sound checkpoint of ``candidates``; a damaged one falls back to the next with a warning (on
-        several ranks, when every rank saw the damage alike). False when there is none to resume."""
-        for i, path in enumerate(candidates):
-            try:
-                step, shared, mine = checkpoint.load(
-                    path, self.engine, self.identity(), self.merge_rank_states, self.cfg
-                )
-            except checkpoint.DamagedCheckpoint as e:
-                alike = isinstance(e, checkpoint.SeenByAllRanks) or self.engine.world_size == 1
-                if i + 1 == len(candidates) or not alike:
-                    raise
-                say(f"warning: {e}; trying {candidates[i + 1].name}")
-                continue
-            self.load_state_dict(step, shared, mine)
-            if self.engine.is_main:
-                say(f"resuming {path} at step {step}")
-            return True
-        return False
+            model = engine.reference if self.reference is not None else engine.policy
+            self.state.sft_train, self.state.sft_eval = sft_logps(self.cfg, engine, model, self.objective, self.splits)
 
     def setup_logger(self) -> None:
         engine, cfg = self.engine, self.cfg
         resume_step = self.state.step if self.state.resumed else None
         self.logger = RunLogger(
-            self.run_dir, cfg, enabled=engine.is_main, job_type=self.job_type, resume_step=resume_step
+            self.run_dir, cfg, enabled=engine.is_main, job_type=self.stage.job_type, resume_step=resume_step
         )
         if engine.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
-            say(self.banner())
-            say(self.checkpoint_note())
+            say(self.stage.banner(self.splits, self.total_steps, engine, self.run_dir))
+            say(run_state.checkpoint_note(cfg.trainer, engine, self.reference, self.lora))
 
     def setup_hooks(self) -> None:
-        self.hooks = self.default_hooks() + hooks.user_hooks(list(self.cfg.hooks)) + self.extra_hooks
+        defaults = self.stage.default_hooks(self.cfg, self.lora, generation=self.sft_model is not None)
+        self.hooks = defaults + hooks.user_hooks(list(self.cfg.hooks)) + self.extra_hooks
         self.context = hooks.HookContext(
             cfg=self.cfg,
             run_dir=self.run_dir,
@@ -305,107 +219,11 @@ class Recipe:
             flops_per_token=flops_per_token(
                 self.engine.policy_numel(),
                 self.engine.unwrap("policy").config,
-                reference_forward=self.reference is not None and not self.objective.reference_from_cache,
+                reference_forward=self.plan.reference_forward,
             ),
             stop_requested=self.stop_requested,
             total_steps=self.total_steps,
         )
-
-    def banner(self) -> str:
-        return (
-            f"{len(self.train_rows)} train / {len(self.eval_rows)} eval pairs, {self.total_steps} "
-            f"steps, {self.engine.policy_numel() / 1e6:.2f}M params, run dir {self.run_dir}"
-        )
-
-    def checkpoint_note(self) -> str:
-        """What one checkpoint will cost on disk (policy, reference and optimizer state), so keep_last is a choice."""
-        t = self.cfg.trainer
-        weights = self.engine.policy_bytes()
-        reference = 0
-        if self.reference is not None:  # LoRA: the reference's state is its delta alone
-            reference = sum(b.numel() * b.element_size() for b in self.reference.buffers()) if self.lora else weights
-        size = weights + reference + 8 * self.engine.policy_numel(trainable=True)  # + Adam's two fp32 moments
-        what = "policy, reference, optimizer" if self.reference is not None else "policy, optimizer"
-        when = [f"every {t.save_every} steps"] if t.save_every else []
-        when += ["at the end"] if t.save_final else []
-        if not when:
-            return f"no checkpoints (trainer.save_every=0, trainer.save_final=false); one ≈ {_bytes(size)} ({what})"
-        return (
-            f"one checkpoint ≈ {_bytes(size)} ({what}), written "
-            f"{' and '.join(when)}; trainer.keep_last={t.keep_last} keeps at most {t.keep_last}"
-        )
-
-    def default_hooks(self) -> list[hooks.Hook]:
-        # Export first: a reference exported at the start is written before the step timers start.
-        exports = self.exports if self.cfg.trainer.save_models else ()
-        found: list[hooks.Hook] = [hooks.ExportHook(exports)]
-        if self.lora:  # the policy adapter by save_pretrained; the reference adapter and merged models by the next
-            found = [hooks.ExportHook(("policy",) if exports else ()), hooks.AdapterExportHook(exports)]
-        found += [hooks.ThroughputHook(), hooks.EpochHook()]
-        if self.sft_model is not None:
-            found.append(hooks.GenerationEvalHook())
-        return found + [hooks.ProgressHook(hooks.progress_interval(self.cfg.trainer.progress_every_s))]
-
-    # --- state ------------------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with its checkpoint (``checkpoint.check_compatible`` ignores the model's
-        execution-only settings)."""
-        model = OmegaConf.to_container(self.cfg.model, resolve=True)
-        if self.lora:  # the adapters' shape and the reference's kind (full fine-tuning checkpoints have no entry)
-            p = self.cfg.peft
-            model["peft"] = {k: str(p[k]) for k in ("rank", "alpha", "target_modules", "adapter_path", "reference")}
-        return {
-            "model": model,
-            "method": self.objective.name if isinstance(self.objective, SFT) else str(self.cfg.method.name),
-            "world_size": self.engine.world_size,
-            "deepspeed_stage": int(self.cfg.deepspeed.stage),
-            "global_batch": int(self.cfg.trainer.batch_size) * self.engine.world_size,
-        }
-
-    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(state shared by every rank, this rank's own state) for ``checkpoint.save``."""
-        shared = {
-            "guard": self.guard.state_dict(),
-            "stream": self.stream.state_dict(),
-            "sft_train": self.state.sft_train,
-            "sft_eval": self.state.sft_eval,
-            "finished": self.state.finished,
-            "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
-        }
-        mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
-        if self.reference_update is not None:
-            mine["updater"] = self.reference_update.state_dict()
-        return shared, mine
-
-    def merge_rank_states(self, states: list[dict[str, Any]]) -> dict[str, Any]:
-        """This rank's state from every saved rank's, on a resume at another world size: its own RNG where the saved
-        run had this rank (else rank 0's), the merged metric window, the token count on rank 0, the update's
-        fp32 masters re-sharded like the reference."""
-        rank = self.engine.rank
-        mine = dict(states[rank] if rank < len(states) else states[0])
-        if "metrics" in mine:
-            mine["metrics"] = MetricBuffer.merge([s["metrics"] for s in states])
-            tokens = sum(s["tokens"] for s in states)
-            mine["tokens"] = tokens if rank == 0 else torch.zeros_like(tokens)
-        if self.reference_update is not None:
-            updater = dict(states[0]["updater"])
-            if "masters" in updater:
-                updater["masters"] = self.engine.reshard([s["updater"]["masters"] for s in states])
-            mine["updater"] = updater
-        return mine
-
-    def load_state_dict(self, step: int, shared: dict[str, Any], mine: dict[str, Any]) -> None:
-        self.state.step, self.state.resumed = step, True
-        self.stream.load_state_dict(shared["stream"])
-        if "guard" in shared:  # checkpoints from before the guard have none
-            self.guard.load_state_dict(shared["guard"])
-        self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
-        self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
-        if self.reference_update is not None:
-            self.reference_update.load_state_dict(mine["updater"])
-        if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)
-            self.buffer.load_state_dict(mine["metrics"], self.engine.device)
-            self.state.tokens = mine["tokens"]
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -436,7 +254,7 @@ class Recipe:
         if state.finished and state.step >= self.total_steps:
             return self.finish_again()
         if state.step == 0:
-            self.log_data_report()
+            self.logger.log(0, self.stage.data_row(self.data, self.splits, engine.world_size))
             if t.eval_at_start:
                 state.last = self.evaluate()
         self.fire("on_train_start")
@@ -490,7 +308,7 @@ class Recipe:
         metrics, loss = [], torch.zeros((), device=engine.device)
         for _ in range(t.grad_accum):
             idx = self.stream.next()
-            batch = to_device(self.collator([self.train_rows[i] for i in idx]), engine.device)
+            batch = to_device(self.splits.collator([self.splits.train[i] for i in idx]), engine.device)
             cached = state.sft_train[idx] if state.sft_train is not None else None
             with engine.autocast():
                 out = self.objective(engine, batch, cached)
@@ -501,22 +319,6 @@ class Recipe:
             state.seq_tokens = state.seq_tokens + batch["attention_mask"].sum()
             loss = loss + out.loss.detach().float() / t.grad_accum
         return metrics, loss
-
-    def log_data_report(self) -> None:
-        """The step-0 row of a fresh run: world size, training rows, skipped and truncated rows."""
-        trunc = self.truncation
-        self.logger.log(
-            0,
-            {
-                "world_size": self.engine.world_size,
-                "data/train_pairs": len(self.train_rows),
-                "data/skipped_rows": self.data.report.skipped,
-                "data/truncated_prompts": trunc.truncated_prompts,
-                "data/truncated_responses": trunc.truncated_responses,
-                "data/truncated_rows": trunc.truncated_rows,
-                **({"data/notes": " | ".join(self.data.report.notes)} if self.data.report.notes else {}),
-            },
-        )
 
     def log(self) -> None:
         metrics = self.buffer.drain(self.engine)
@@ -533,10 +335,11 @@ class Recipe:
         try:
             self.guard.check(self.engine)
         except Diverged as e:
-            hint = "trainer.lr" if isinstance(self.objective, SFT) else "trainer.lr or method.beta"
             kept = checkpoint.complete_checkpoints(self.run_dir)
             where = f"resume from {kept[-1].name} (trainer.resume=latest)" if kept else "start again"
-            raise TrainingError(f"{e}; lower {hint} and {where}; metrics so far are in {self.run_dir}") from e
+            raise TrainingError(
+                f"{e}; lower {self.stage.divergence_fix} and {where}; metrics so far are in {self.run_dir}"
+            ) from e
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the objective, plus what the hooks add (generation); logged as one row."""
@@ -545,12 +348,12 @@ class Recipe:
         try:
             with engine.autocast():
                 metrics: dict[str, Any] = {}
-                if self.eval_rows is not None:
+                if self.splits.eval is not None:
                     metrics = evaluate_objective(
                         engine,
                         self.objective,
-                        self.eval_rows,
-                        self.collator,
+                        self.splits.eval,
+                        self.splits.collator,
                         state.sft_eval,
                         self.cfg.trainer.batch_size,
                         self.stop_requested,
@@ -565,7 +368,7 @@ class Recipe:
         return metrics
 
     def save(self) -> None:
-        """A checkpoint of this step (``trustregion.training.checkpoint``), written only when every step so far passed
+        """A checkpoint of this step (``RunState.save``), written only when every step so far passed
         the divergence guard and the weights are finite; hooks may add to it (``on_save``)."""
         self.check_divergence()
         if not self.engine.weights_finite():
@@ -573,15 +376,11 @@ class Recipe:
                 f"the policy's weights are not finite after step {self.state.step}: no checkpoint written; lower "
                 f"trainer.lr and resume from the last checkpoint (trainer.resume=latest) in {self.run_dir}"
             )
-        step = self.state.step
-        shared, mine = self.state_dict()
-        checkpoint.save(
+        self.run_state.save(
             self.run_dir,
-            self.engine,
-            checkpoint.Snapshot(step, shared, mine, self.identity()),
             self.cfg,
             after_engine=lambda directory: self.fire("on_save", directory),
-            optimizer=self.cfg.trainer.final_optimizer_state or step < self.total_steps,
+            optimizer=self.cfg.trainer.final_optimizer_state or self.state.step < self.total_steps,
         )
 
     def stop_for_preemption(self, phase: str = "") -> NoReturn:
@@ -601,50 +400,3 @@ class Recipe:
 
     def cleanup(self) -> None:
         self.logger.finish()
-
-
-def _bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-class SFTRecipe(Recipe):
-    """Supervised fine-tuning on the data source's SFT corpus; saves ``run_dir/policy``."""
-
-    job_type = "sft"
-    exports = ("policy",)
-    rows_name = "SFT examples"
-
-    def make_rule(self) -> Rule:
-        return Frozen(None)  # no reference
-
-    def make_objective(self, data) -> Objective:
-        return SFT(None, logps_function(self.cfg.model))
-
-    def wants_generation(self) -> bool:
-        return False
-
-    def banner(self) -> str:
-        return f"SFT: {len(self.train_rows)} examples, {self.total_steps} steps, run dir {self.run_dir}"
-
-    def default_hooks(self) -> list[hooks.Hook]:
-        found = [hooks.StepTimeHook(), hooks.ExportHook(self.exports)]
-        found += [hooks.AdapterExportHook(self.exports)] if self.lora else []
-        every = hooks.progress_interval(self.cfg.trainer.progress_every_s)
-        return found + [hooks.ProgressHook(every, loss_key="sft/loss")]
-
-    def data_summary(self, eval_truncation) -> list[str]:
-        """Console lines: the SFT examples and how many were truncated, the source rows skipped."""
-        warning = truncation_warning("SFT", self.truncation)
-        head = f"data: SFT {len(self.train_rows)} examples, {truncated(self.truncation)}"
-        return [head, *self.data.report.skipped_lines(), *([warning] if warning else [])]
-
-    def log_data_report(self) -> None:
-        """The step-0 row of a fresh SFT run: examples, skipped source rows, truncated examples."""
-        self.logger.log(
-            0,
-            {
-                "data/sft_examples": len(self.train_rows),
-                "data/skipped_rows": self.data.report.skipped,
-                "data/truncated_rows": self.truncation.truncated_rows,
-            },
-        )

@@ -1,4 +1,5 @@
-"""The SFT model's log-probs of the training and held-out rows, kept on disk for the next run of the same setting.
+"""The SFT model's log-probs of the training and held-out rows: scored before the first step (``sft_logps``), and
+kept on disk for the next run of the same setting.
 
 Every run of a sweep over update rules (α, τ, seeds of the rule alone) on one SFT model and one dataset starts by
 scoring the same rows with the same model: ``trainer.sft_logps_cache=<dir>`` scores them once. A file is keyed by a
@@ -11,13 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from trustregion.console import say
+from trustregion.engines.base import Engine
+from trustregion.objectives.objective import Objective, reference_logps
+from trustregion.training.splits import Splits
 
 FORMAT = 1
 
@@ -86,3 +93,42 @@ class SFTLogpsCache:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             say(f"warning: trainer.sft_logps_cache: could not write {self.path} ({e}); this run goes on without it")
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (no dropout) inside the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def sft_logps(
+    cfg: DictConfig, engine: Engine, model: nn.Module, objective: Objective, splits: Splits
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SFT model's log-probs of the training and held-out rows: scored here, or read from
+    ``trainer.sft_logps_cache`` where an earlier run of the same model, rows and settings left them."""
+    t = cfg.trainer
+    cache = None
+    if t.sft_logps_cache:
+        settings = {
+            "chunks": ",".join(splits.collator.chunks),
+            "average": objective.average,
+            "logps": f"{cfg.model.logps}/{cfg.model.logits_chunk_tokens}/{cfg.model.share_prompt}",
+            "precision": t.precision,
+            "batch_size": t.batch_size,
+            "device": engine.device.type,
+        }
+        cache = SFTLogpsCache(t.sft_logps_cache, model, splits.train, splits.eval, settings)
+        if (cached := cache.load()) is not None:
+            return cached
+    average, fn = objective.average, objective.logps
+    with evaluation_mode(model), engine.autocast():
+        train = reference_logps(engine, model, splits.train, splits.collator, t.batch_size, average, fn)
+        held = reference_logps(engine, model, splits.eval, splits.collator, t.batch_size, average, fn)
+    if cache is not None:
+        cache.save(train, held)
+    return train, held
