@@ -137,11 +137,11 @@ def rule_class(target: str) -> type[Rule]:
     return cls
 
 
-def with_schema(cls: type[Rule], ref_update: Any) -> DictConfig:
+def with_schema(cls: type[Rule], ref_update: Any | None) -> DictConfig:
     """``ref_update`` merged into the rule's schema (defaults filled in); one line for a key the schema lacks or a value
-    of the wrong type."""
+    of the wrong type; None: the schema's defaults."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update)
+        return OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update or {})
     except ConfigKeyError as e:
         raise ConfigError(
             f"ref_update.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
