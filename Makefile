@@ -40,7 +40,7 @@ train: install
 	$(BIN)/python -m trustregion.sft experiment=toy_sft hydra.run.dir=$(RUN)/sft
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy ref_update=none hydra.run.dir=$(RUN)/frozen
 	$(BIN)/python -m trustregion.train $(ALIGN) model.path=$(RUN)/sft/policy $(TR) hydra.run.dir=$(RUN)/trust-region
-	$(BIN)/python -m trustregion.report --compare $(RUN)/frozen $(RUN)/trust-region --out $(RUN)
+	$(BIN)/python -m trustregion.report "compare=[$(RUN)/frozen,$(RUN)/trust-region]" out=$(RUN)
 	@echo "run dirs: $(RUN)/{sft,frozen,trust-region}; side by side: $(RUN)/compare.png"
 
 # A real pretrained model end to end on the CPU: SmolLM2-135M-Instruct (49k-token vocabulary, GGUF weights from

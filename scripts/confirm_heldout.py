@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trustregion.report import Interval, Run, find_run_dirs, gold_at_kl, load_run, t_interval
+from trustregion.report.runs import Run, find_run_dirs, gold_at_kl, load_run
+from trustregion.report.statistics import Interval, t_interval
 
 
 def candidates(root: Path) -> dict[str, dict[int, Run]]:

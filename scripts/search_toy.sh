@@ -112,5 +112,5 @@ heldout kl_budget_winner ref_update=kl_budget $kl_best &
 wait
 
 "$PY" scripts/confirm_heldout.py "$OUT/heldout" --reference grid_best --out "$OUT" | tee "$OUT/logs/confirm.log"
-"$PY" -m trustregion.report "$OUT/heldout" --out "$OUT/heldout" > "$OUT/logs/report.log" 2>&1 || tail -3 "$OUT/logs/report.log"
+"$PY" -m trustregion.report "runs=[$OUT/heldout]" "out=$OUT/heldout" > "$OUT/logs/report.log" 2>&1 || tail -3 "$OUT/logs/report.log"
 say "finished in $(( $(date +%s) - start ))s: $OUT/heldout.md, $OUT/heldout/report.md"

@@ -94,6 +94,6 @@ done
 wait
 
 say "report -> $OUT/report.md"
-"$PY" -m trustregion.report "$OUT" --out "$OUT" > "$OUT/logs/report.log" 2>&1 || { tail -5 "$OUT/logs/report.log"; exit 1; }
+"$PY" -m trustregion.report "runs=[$OUT]" "out=$OUT" > "$OUT/logs/report.log" 2>&1 || { tail -5 "$OUT/logs/report.log"; exit 1; }
 "$PY" scripts/study_samples.py "$OUT" > "$OUT/samples.md" || say "no samples.md (see above)"
 say "finished in $(( $(date +%s) - start ))s (load average $(cut -d' ' -f1-3 /proc/loadavg)); report: $OUT/report.md"

@@ -45,5 +45,5 @@ wait
 targets=("$OUT")
 if [[ -n "${FT:-}" ]]; then targets+=("$FT/dpo-b$BETA-frozen" "$FT/dpo-b$BETA-soft"); fi
 say "report -> $OUT/report.md"
-"$PY" -m trustregion.report "${targets[@]}" --out "$OUT"
+"$PY" -m trustregion.report "runs=[$(IFS=,; echo "${targets[*]}")]" "out=$OUT"
 say "finished in $(( $(date +%s) - start ))s"

@@ -106,5 +106,5 @@ done
 wait
 
 say "report -> $OUT/report.md"
-"$PY" -m trustregion.report "$OUT" --out "$OUT"
+"$PY" -m trustregion.report "runs=[$OUT]" "out=$OUT"
 say "finished in $(( $(date +%s) - start ))s"

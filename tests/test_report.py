@@ -1,22 +1,40 @@
-"""The sweep report: matched-KL readings, intervals over seeds, paired verdicts against the frozen reference."""
+"""The sweep report: families from each run's identity, matched-KL readings, intervals over seeds, paired verdicts
+against the frozen reference, and the Hydra entry point."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
-from tests.helpers import FAST, cli, metrics
+from tests.helpers import FAST, REPO, TOY, cli, compose, metrics
 from trustregion.errors import DataError
-from trustregion.report import Family, build_report, compare, gold_at_kl, load_run, t_interval
+from trustregion.report.compare import compare
+from trustregion.report.runs import gold_at_kl, load_run, load_runs, read_identity
+from trustregion.report.statistics import t_interval
+from trustregion.report.study import Study
+from trustregion.report.sweep import build_report
+from trustregion.training.identity import identity_of
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
+USER_RULES = f"hydra.searchpath=[file://{REPO}/tests/fixtures/conf]"
+
+
+@functools.cache
+def composed(overrides: tuple[str, ...]):
+    """The config the CLI composes from the small settings and ``overrides`` (once per distinct list)."""
+    return compose(*FAST, *TOY, *overrides)
 
 
 def write_run(
@@ -32,15 +50,27 @@ def write_run(
     max_steps: int | None = None,
     sem: float = 0.05,
     first_step: int = 0,
+    overrides: Sequence[str] = (),
+    record: str = "identity",
 ) -> Path:
-    """A run dir as train() leaves it: config.yaml and metrics.jsonl with an eval row every 10 steps."""
+    """A run dir as train() leaves it: config.yaml (resolved) and metrics.jsonl with an eval row every 10 steps, and
+    ``record``: identity.json ("identity"), Hydra's record of the composed config (".hydra"), or neither ("")."""
+    rule = (
+        ("ref_update=none",)
+        if tau is None
+        else ("ref_update=soft", f"ref_update.alpha={alpha}", f"ref_update.tau={tau}")
+    )
+    if any(o.startswith("ref_update=") for o in overrides):
+        rule = ()
+    cfg = copy.deepcopy(composed((f"method={method}", f"method.beta={beta}", *rule, *overrides)))
+    cfg.trainer.seed, cfg.trainer.max_steps = seed, max_steps or 10 * (len(kl) - 1)
     path.mkdir(parents=True)
-    cfg = {
-        "method": {"name": method, "beta": beta},
-        "ref_update": {"name": "none" if tau is None else "soft", "alpha": alpha, "tau": tau},
-        "trainer": {"seed": seed, "max_steps": max_steps or 10 * (len(kl) - 1), "batch_size": 8, "epochs": 1},
-    }
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    OmegaConf.save(cfg, path / "config.yaml", resolve=True)
+    if record == "identity":
+        (path / "identity.json").write_text(json.dumps(identity_of(cfg).to_json(), default=str))
+    elif record == ".hydra":
+        (path / ".hydra").mkdir()
+        OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
     with open(path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 0, "data/train_pairs": 64}) + "\n")
         for i, (k, g) in enumerate(zip(kl, gold), first_step // 10):
@@ -194,10 +224,9 @@ def test_the_report_flags_families_with_fewer_than_three_seeds(sweep):
 
 def test_runs_of_two_models_are_refused_rather_than_pooled_into_one_family(tmp_path):
     for model, seed in (("tiny", 1), ("smollm2-135m", 2)):
-        run = write_run(tmp_path / model, "dpo", None, 1.0, 0.1, FROZEN_KL, [0.1] * 5, seed=seed)
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        cfg.update(model={"name": model}, dataset={"name": "toy"})
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        write_run(
+            tmp_path / model, "dpo", None, 1.0, 0.1, FROZEN_KL, [0.1] * 5, seed=seed, overrides=[f"model.name={model}"]
+        )
     with pytest.raises(DataError, match=r"mix settings: model=\S+ dataset=toy \(1 runs\), .*report each setting"):
         build_report([str(tmp_path)])
 
@@ -245,7 +274,7 @@ def test_compare_prints_both_runs_at_matched_kl_and_draws_both_curves(tmp_path):
 
 
 def test_the_report_is_logged_to_wandb_as_an_artifact(sweep, monkeypatch):
-    from trustregion.report import Study, load_runs, log_to_wandb
+    from trustregion.report.wandb_artifact import log_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     build_report([str(sweep)])
@@ -261,15 +290,21 @@ def test_report_reads_a_real_training_run(fast_cfg, tmp_path):
     from trustregion.train import train
 
     (tmp_path / "run").mkdir()
-    train(fast_cfg("eval.generate=true", "eval.prompts=4", "trainer.eval_every=2"), tmp_path / "run")
+    cfg = fast_cfg("eval.generate=true", "eval.prompts=4", "trainer.eval_every=2")
+    train(cfg, tmp_path / "run")
     run = load_run(tmp_path / "run")
-    assert run.steps == [0, 2, 4] and run.finished and run.family == Family("dpo", 0.1, 1, 0.6)
-    assert run.kl[0] == pytest.approx(0.0, abs=1e-5)
+    assert run.steps == [0, 2, 4] and run.finished and run.family.name == "dpo β=0.1 soft α=0.6 τ=1"
+    assert run.identity.family == identity_of(cfg).family and run.kl[0] == pytest.approx(0.0, abs=1e-5)
+    # a run from before identity.json, launched by the CLI: its config.yaml and Hydra's record give the same family
+    (tmp_path / "run" / "identity.json").unlink()
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    assert read_identity(tmp_path / "run").family == run.identity.family
 
 
 def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "trustregion.report", str(tmp_path / "missing")], capture_output=True, text=True
+        [sys.executable, "-m", "trustregion.report", f"runs=[{tmp_path / 'missing'}]"], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -278,34 +313,162 @@ def test_cli_says_in_one_line_when_there_is_nothing_to_report(tmp_path):
     ]
 
 
-def test_a_lora_trust_region_family_is_paired_with_the_lora_frozen_family():
-    lora = Family("dpo", 0.5, 1, 0.03, peft="LoRA exact")
-    assert lora.baseline == Family("dpo", 0.5, peft="LoRA") != Family("dpo", 0.5)
-    assert Family("dpo", 0.5, 1, 0.03).baseline == Family("dpo", 0.5)
-    assert lora.name == "dpo β=0.5 LoRA exact soft α=0.03 τ=1"
+def test_a_lora_trust_region_family_is_paired_with_the_lora_frozen_family(tmp_path):
+    gold = [frozen_curve(k) for k in FROZEN_KL]
+    for name, tau, peft in (
+        ("full", None, ()),
+        ("lora", None, ("peft=lora",)),
+        ("exact", 1, ("peft=lora", "peft.reference=exact")),
+    ):
+        write_run(tmp_path / name, "dpo", tau, 0.03, 0.5, FROZEN_KL, gold, seed=1, overrides=peft)
+    study = Study.of(load_runs([str(tmp_path)])[0])
+    by_name = {f.name: f for f in study.families}
+    lora = by_name["dpo β=0.5 LoRA exact soft α=0.03 τ=1"]
+    assert study.baseline(lora) == by_name["dpo β=0.5 LoRA frozen"] != by_name["dpo β=0.5 frozen"]
+    assert lora.legend == "LoRA exact soft α=0.03 τ=1" and lora.rule == "soft α=0.03 τ=1" and lora.style == "--"
 
 
 def test_a_rule_beyond_fixed_alpha_tau_is_its_own_family_paired_with_frozen_and_the_best_fixed_rule(sweep):
     for seed, e in SEED_OFFSET.items():
         gold = [frozen_curve(k) + (0.2 if k > 0 else 0.0) + e for k in TR_KL]
-        path = write_run(sweep / f"budget-{seed}", "dpo", 8, 1.0, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-        cfg["ref_update"] = {
-            "_target_": "trustregion.reference.kl_budget.KLBudget",
-            "name": "kl_budget",
-            "alpha": 1.0,
-            "tau": 8,
-            "budget": 0.1,
-            "smoothing": 0.2,
-        }
-        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        budget = ("ref_update=kl_budget", "ref_update.budget=0.1")
+        write_run(
+            sweep / f"budget-{seed}", "dpo", 8, 1.0, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed, overrides=budget
+        )
     out = report_json(sweep)
-    name = "dpo β=0.1 kl_budget budget=0.1 smoothing=0.2 α=1 τ=8"
+    name = "dpo β=0.1 kl_budget α=1 τ=8 budget=0.1 smoothing=0.2"
     assert out["families"][name]["seeds"] == [1, 2, 3]
     assert out["paired"][name]["at_kl_verdict"] == "better"  # against frozen
     versus = out["versus_best_fixed"][name]
     assert versus["best_fixed"] == "dpo β=0.1 soft α=0.01 τ=1"  # the highest mean peak of the soft families
     assert versus["peak"]["mean"] == pytest.approx(0.2 - 0.12)  # lifts 0.2 vs 0.12, 0.09, 0.15 (mean 0.12)
+
+
+# --- families from each run's identity ------------------------------------------------------------
+def test_duplicate_runs_are_counted_once_not_as_seeds(tmp_path):
+    """ref_update=none,soft ref_update.alpha=0.03,0.3 trainer.seed=1,2: the frozen runs at α 0.03 and 0.3 are one
+    experiment (a frozen rule ignores α), so two runs per seed, not four seeds."""
+    gold = [frozen_curve(k) for k in FROZEN_KL]
+    for seed in (1, 2):
+        for alpha in (0.03, 0.3):
+            frozen = ("ref_update=none", f"ref_update.alpha={alpha}")
+            write_run(
+                tmp_path / f"none-a{alpha}-s{seed}",
+                "dpo",
+                None,
+                alpha,
+                0.1,
+                FROZEN_KL,
+                gold,
+                seed=seed,
+                overrides=frozen,
+            )
+            write_run(tmp_path / f"soft-a{alpha}-s{seed}", "dpo", 1, alpha, 0.1, FROZEN_KL, gold, seed=seed)
+    out = report_json(tmp_path)
+    assert out["families"]["dpo β=0.1 frozen"]["seeds"] == [1, 2]
+    assert out["families"]["dpo β=0.1 soft α=0.3 τ=1"]["seeds"] == [1, 2]
+    assert sorted(d["dropped"][0] for d in out["duplicates"]) == ["none-a0.03-s1", "none-a0.03-s2"]  # the later kept
+    text = (tmp_path / "report.md").read_text()
+    assert "6 runs in 3 families" in text
+    line = next(x for x in text.splitlines() if x.startswith("Duplicate runs"))
+    assert "`none-a0.3-s1` (not `none-a0.03-s1`)" in line and "`none-a0.3-s2` (not `none-a0.03-s2`)" in line
+
+
+def test_runs_that_differ_in_lr_are_not_pooled_and_the_split_names_the_key(tmp_path):
+    for lr, lift in (("1e-3", 0.1), ("3e-4", -0.1)):
+        for seed in (1, 2, 3):
+            e = SEED_OFFSET[seed]
+            frozen = [frozen_curve(k) + e for k in FROZEN_KL]
+            tr = [frozen_curve(k) + (lift if k > 0 else 0.0) + e for k in FROZEN_KL]
+            lr_of = [f"trainer.lr={lr}"]
+            write_run(
+                tmp_path / f"frozen-{lr}-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL, frozen, seed=seed, overrides=lr_of
+            )
+            write_run(tmp_path / f"soft-{lr}-{seed}", "dpo", 1, 0.1, 0.1, FROZEN_KL, tr, seed=seed, overrides=lr_of)
+    out = report_json(tmp_path)
+    assert set(out["families"]) == {
+        "dpo β=0.1 frozen trainer.lr=0.001", "dpo β=0.1 frozen trainer.lr=0.0003",
+        "dpo β=0.1 soft α=0.1 τ=1 trainer.lr=0.001", "dpo β=0.1 soft α=0.1 τ=1 trainer.lr=0.0003",
+    }  # fmt: skip
+    assert all(f["seeds"] == [1, 2, 3] for f in out["families"].values())
+    paired = out["paired"]  # each lr against the frozen runs of its own lr
+    assert paired["dpo β=0.1 soft α=0.1 τ=1 trainer.lr=0.001"]["peak"]["mean"] == pytest.approx(0.1)
+    assert paired["dpo β=0.1 soft α=0.1 τ=1 trainer.lr=0.0003"]["peak"]["mean"] == pytest.approx(-0.1)
+    assert out["splits"] == {"dpo β=0.1 frozen": ["trainer.lr"], "dpo β=0.1 soft α=0.1 τ=1": ["trainer.lr"]}
+    line = next(x for x in (tmp_path / "report.md").read_text().splitlines() if x.startswith("Families that share"))
+    assert "`dpo β=0.1 frozen` by `trainer.lr`" in line
+
+
+def test_a_moving_rule_with_tau_null_is_not_labelled_frozen(tmp_path):
+    for seed in (1, 2):
+        gold = [frozen_curve(k) for k in FROZEN_KL]
+        write_run(tmp_path / f"frozen-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL, gold, seed=seed)
+        user = (USER_RULES, "ref_update=drift")  # tau: null; no identity.json, as an older run launched by the CLI
+        write_run(
+            tmp_path / f"drift-{seed}",
+            "dpo",
+            None,
+            1.0,
+            0.1,
+            FROZEN_KL,
+            gold,
+            seed=seed,
+            overrides=user,
+            record=".hydra",
+        )
+    out = report_json(tmp_path)
+    name = "dpo β=0.1 drift α=0.5 τ=null threshold=0.002"
+    assert set(out["families"]) == {"dpo β=0.1 frozen", name}
+    assert out["families"][name]["seeds"] == [1, 2] and out["paired"][name]["at_kl_verdict"] == "identical"
+
+
+def test_a_user_rules_family_is_named_by_its_own_settings(tmp_path):
+    gold = [frozen_curve(k) for k in FROZEN_KL]
+    for threshold in (0.002, 0.01):
+        user = (USER_RULES, "ref_update=drift", f"ref_update.threshold={threshold}")
+        write_run(tmp_path / f"drift-{threshold}", "dpo", None, 1.0, 0.1, FROZEN_KL, gold, seed=1, overrides=user)
+    out = report_json(tmp_path)
+    assert set(out["families"]) == {
+        "dpo β=0.1 drift α=0.5 τ=null threshold=0.002", "dpo β=0.1 drift α=0.5 τ=null threshold=0.01",
+    }  # fmt: skip
+    assert out["splits"] == {} and out["families"]["dpo β=0.1 drift α=0.5 τ=null threshold=0.01"]["rule"] == (
+        "drift α=0.5 τ=null threshold=0.01"
+    )
+
+
+def test_a_run_without_identity_json_takes_its_identity_from_config_yaml_and_hydras_record(tmp_path):
+    """Older runs: config.yaml is resolved (dataset.pair_seed = the seed); Hydra's record says it follows the seed."""
+    gold = [frozen_curve(k) for k in FROZEN_KL]
+    for seed, record in ((1, "identity"), (2, ".hydra"), (3, ".hydra")):
+        write_run(tmp_path / f"frozen-{seed}", "dpo", None, 1.0, 0.1, FROZEN_KL, gold, seed=seed, record=record)
+    assert report_json(tmp_path)["families"]["dpo β=0.1 frozen"]["seeds"] == [1, 2, 3]
+    write_run(tmp_path / "bare", "dpo", None, 1.0, 0.1, FROZEN_KL, gold, seed=4, record="")
+    assert "dataset.pair_seed" in read_identity(tmp_path / "bare").settings  # only trainer.seed is the seed there
+
+
+def test_cli_compare_writes_into_out_and_nothing_into_the_working_dir(tmp_path):
+    frozen = write_run(tmp_path / "frozen", "dpo", None, 1.0, 0.1, FROZEN_KL, [frozen_curve(k) for k in FROZEN_KL])
+    tr = write_run(tmp_path / "tr", "dpo", 1, 0.01, 0.1, TR_KL, [frozen_curve(k) + 0.1 * (k > 0) for k in TR_KL])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    report = [sys.executable, "-m", "trustregion.report"]
+    proc = subprocess.run(
+        [*report, f"compare=[{frozen},{tr}]", f"out={tmp_path / 'out'}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| peak gold | 0.520 | 0.650 |" in proc.stdout and (tmp_path / "out" / "compare.md").exists()
+    proc = subprocess.run([*report, f"runs=[{tmp_path}]"], cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and (tmp_path / "report.md").exists(), proc.stderr[-2000:]
+    assert list(cwd.iterdir()) == []  # no Hydra run dir, .hydra/ or log file
+    proc = subprocess.run([*report, f"compare=[{frozen}]"], cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: compare takes two run dirs, frozen then Trust-Region: compare=[A,B], got 1"
+    ]
 
 
 # --- a sweep without a gold reward ----------------------------------------------------------------
@@ -339,7 +502,7 @@ def hh_sweep(tmp_path_factory):
 
 
 def test_a_sweep_without_gold_reward_reports_held_out_preference_metrics_per_family_over_seeds(hh_sweep):
-    proc = cli(str(hh_sweep), "--no-wandb", module="trustregion.report")
+    proc = cli(f"runs=[{hh_sweep}]", "wandb_project=null", module="trustregion.report")
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {"none": "dpo β=0.1 frozen", "soft": "dpo β=0.1 soft α=0.6 τ=1"}
     finals: dict[str, list[dict]] = {}  # family -> each seed's final evaluation row, read from metrics.jsonl
@@ -363,7 +526,7 @@ def test_a_sweep_without_gold_reward_reports_held_out_preference_metrics_per_fam
 
 
 def test_a_report_without_gold_reward_goes_to_wandb_with_only_the_files_it_wrote(hh_sweep, monkeypatch):
-    from trustregion.report import Study, load_runs, log_to_wandb
+    from trustregion.report.wandb_artifact import log_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for stale in hh_sweep.glob("*.png"):

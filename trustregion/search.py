@@ -18,10 +18,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trustregion import report
 from trustregion.cli import app as cli
 from trustregion.config import Config
 from trustregion.errors import ConfigError, DataError
+from trustregion.report.runs import gold_at_kl, load_run, reach
 from trustregion.train import train
 
 READINGS = ("peak_gold", "gold_at_kl")
@@ -62,13 +62,13 @@ def check(search: DictConfig) -> None:
 
 def reading(run_dir: Path, objective: str, kl: float) -> float:
     """One run's value of the study objective, as the report reads it."""
-    run = report.load_run(run_dir)
+    run = load_run(run_dir)
     if isinstance(run, str):
         raise DataError(f"{run_dir}: {run}; the objective needs generation evaluations (eval.generate=true)")
     if objective == "peak_gold":
         return run.peak_gold
-    at = report.gold_at_kl(run, kl)
-    return at if at is not None else report.gold_at_kl(run, report.reach(run))
+    at = gold_at_kl(run, kl)
+    return at if at is not None else gold_at_kl(run, reach(run))
 
 
 def trial(cfg: DictConfig, job_dir: Path) -> float:

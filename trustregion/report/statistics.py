@@ -1,0 +1,70 @@
+"""Means over seeds with a t-interval, and the verdict a paired difference earns."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+FEW_SEEDS = 3  # below this many seeds an interval is reported but flagged
+
+
+@dataclass
+class Interval:
+    """Mean over seeds with a two-sided t-interval; ``lo``/``hi`` are NaN with fewer than two values."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    sd: float
+
+    @property
+    def few(self) -> bool:
+        return self.n < FEW_SEEDS
+
+    def text(self, digits: int = 3) -> str:
+        """``mean [lo, hi]`` (``†`` with few seeds), ``mean (1 seed)``, or ``-`` without a value."""
+        if self.n == 0:
+            return "-"
+        if self.n < 2:
+            return f"{self.mean:.{digits}f} (1 seed)"
+        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]" + ("†" if self.few else "")
+
+    def verdict(self) -> str:
+        """Of a paired difference: better/worse where the interval excludes 0, identical where every value is 0."""
+        if self.n >= 1 and self.sd == 0.0 and self.mean == 0.0:
+            return "identical"  # e.g. no reference update happened before the matched KL
+        if self.n < 2:
+            return "too few seeds"
+        if self.lo > 0:
+            return "better"
+        if self.hi < 0:
+            return "worse"
+        return "within noise"
+
+    def direction(self) -> str:
+        """The verdict on a difference of a preference metric: higher/lower where the interval excludes 0."""
+        return {"better": "higher", "worse": "lower"}.get(self.verdict(), self.verdict())
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "sd": self.sd}
+
+
+def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Interval:
+    """Mean ± t_{(1+c)/2, n-1} · sd / √n over ``values`` (seeds); None and non-finite values are left out."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, 1, 0.0 if mean == 0.0 else math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd)
