@@ -186,17 +186,19 @@ def entry_point(
     job: Callable[[Any, Path], Any],
     register_schemas: Callable[[], None] = register,
     show: Callable[[Any, Any], None] | None = None,
+    records: bool = True,
 ) -> Callable[[], Any]:
     """The ``main`` of a command: its schemas registered, the launch adapted to Hydra (``prepare_launch``), every sweep
-    point checked before any job starts (``preflight``), then per Hydra job ``job(cfg, run_dir)`` holding the run dir
-    and its records, with one-line errors; ``show(cfg, result)`` prints what the job returned, which Hydra gets back
-    (an Optuna sweep maximises it)."""
+    point checked before any job starts (``preflight``), then per Hydra job ``job(cfg, run_dir)`` with one-line errors,
+    holding the run dir and writing its records (``.hydra/``) unless ``records`` is false (a command that writes no
+    run dir); ``show(cfg, result)`` prints what the job returned, which Hydra gets back (an Optuna sweep maximises
+    it)."""
     import hydra
 
     @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name=config_name, version_base="1.3")
     def hydra_main(cfg: Any) -> Any:
         try:
-            result = exit_on_error(run_locked)(job, cfg)
+            result = exit_on_error(run_locked)(job, cfg) if records else exit_on_error(job)(cfg, hydra_run_dir())
             if show is not None:
                 show(cfg, result)
             return result

@@ -8,27 +8,27 @@ It writes into ``out`` alone: no Hydra run dir, no ``.hydra/``, no log file (``c
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-from trustregion.cli.app import CONF_DIR, exit_on_error
-from trustregion.cli.preflight import preflight
+from trustregion.cli.app import entry_point
 from trustregion.errors import ConfigError
+from trustregion.schema import setting
 
 
 @dataclass
 class ReportConfig:
     """A sweep report over ``runs``, or (``compare``) a frozen and a Trust-Region run side by side."""
 
-    runs: Any = field(default_factory=list)  # sweep dirs, run dirs or globs: a list, or one
-    compare: Any = None  # [FROZEN_RUN, TR_RUN]: the two-run comparison instead of a sweep report
-    out: Optional[str] = None  # default: the first of runs; with compare, the Trust-Region run's parent dir
-    wandb_project: Optional[str] = "trustregion"  # the sweep report as a wandb artifact (WANDB_MODE); null: none
+    runs: Any = setting(meaning="sweep dirs, run dirs or globs: a list, or one", factory=list)
+    compare: Any = setting(None, "[FROZEN_RUN, TR_RUN]: the two-run comparison instead of a sweep report")
+    out: Optional[str] = setting(None, "where to write; null: the first of runs, or with compare the TR run's parent")
+    wandb_project: Optional[str] = setting(
+        "trustregion", "the sweep report as a wandb artifact (WANDB_MODE); null: none"
+    )
 
 
 def register_report() -> None:
@@ -45,7 +45,7 @@ def _paths(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig, _run_dir: Path | None = None) -> None:
     """The sweep report, or the two-run comparison; prints where it went (the comparison: its table)."""
     runs, pair = _paths(cfg.runs), _paths(cfg.compare)
     out = None if cfg.out is None else Path(cfg.out)
@@ -68,18 +68,7 @@ def run(cfg: DictConfig) -> None:
     print(f"{len(study.runs)} runs in {len(study.families)} families -> {path}")
 
 
-# An absolute path: imported as a module (by __main__ or the console script), a relative one would name a package.
-@hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    exit_on_error(run)(cfg)
-
-
-def main() -> None:
-    """``python -m trustregion.report`` / ``trustregion-report``: overrides checked in one line before Hydra runs."""
-    register_report()
-    preflight(sys.argv[1:], "report")
-    _main()
-
+main = entry_point("report", run, register_report, records=False)
 
 if __name__ == "__main__":
     main()
