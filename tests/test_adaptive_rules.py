@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 
 class ScriptedStats:
-    """StepStats whose ``kl/policy_ref`` is scripted; records what the rule asks."""
+    """StepStats whose ``logratio/policy_ref`` is scripted; records what the rule asks."""
 
     def __init__(self, step: int, kl: float, total_steps: int = 100) -> None:
         self.step, self.total_steps, self.kl, self.asked = step, total_steps, kl, []
@@ -33,7 +33,7 @@ def rule(name: str, **settings):
 
 
 def update_steps(r, drifts: list[float], first_step: int = 1) -> list[int]:
-    """The steps at which ``r`` updates when the estimate's input (−kl/policy_ref) follows ``drifts``."""
+    """The steps at which ``r`` updates when the estimate's input (−logratio/policy_ref) follows ``drifts``."""
     return [s for s, d in enumerate(drifts, start=first_step) if r.alpha(ScriptedStats(s, -d)) > 0]
 
 
@@ -62,7 +62,7 @@ def test_kl_budget_asks_for_one_metric_per_step_so_every_rank_asks_alike():
     stats = [ScriptedStats(s, -0.5) for s in range(1, 20)]
     for st in stats:
         r.alpha(st)
-    assert all(st.asked == ["kl/policy_ref"] for st in stats)
+    assert all(st.asked == ["logratio/policy_ref"] for st in stats)
 
 
 def test_kl_budget_resumed_from_its_state_decides_like_the_uninterrupted_rule():

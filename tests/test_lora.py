@@ -315,7 +315,7 @@ def test_sft_trains_an_adapter_that_the_preference_stage_starts_from(fast_cfg, t
     )
     train(cfg, tmp_path / "dpo")
     first = next(r for r in metrics(tmp_path / "dpo") if "loss" in r)
-    assert abs(first["kl/policy_ref"]) < 1e-6  # the reference is the starting adapter, not the bare base
+    assert abs(first["logratio/policy_ref"]) < 1e-6  # the reference is the starting adapter, not the bare base
     assert abs(first["rewards_sft/margins"]) < 1e-6
 
 

@@ -513,7 +513,7 @@ def test_a_sweep_without_gold_reward_reports_held_out_preference_metrics_per_fam
     assert set(families) == set(names.values())
     for name, rows in finals.items():
         assert families[name]["seeds"] == [1, 2] and families[name]["final_step"] == [2, 2]
-        for key in ("rewards_sft/accuracies", "rewards_sft/margins", "rewards/margins", "kl/policy_ref", "loss"):
+        for key in ("rewards_sft/accuracies", "rewards_sft/margins", "rewards/margins", "logratio/policy_ref", "loss"):
             expected, got = t_interval([r[f"eval/{key}"] for r in rows]), families[name]["preference"][key]
             assert (got["mean"], got["lo"], got["hi"]) == (
                 pytest.approx(expected.mean),

@@ -37,6 +37,17 @@ def test_a_rule_written_outside_the_package_on_two_zero3_ranks_matches_one_proce
     assert logged(tmp_path, "ref/drift") == pytest.approx(logged(drift_one_process, "ref/drift"), abs=1e-5)
 
 
+def test_a_rule_on_the_weight_distance_updates_exactly_when_the_distance_reaches_its_budget(tmp_path):
+    distance = [f"hydra.searchpath=[file://{REPO}/tests/fixtures/conf]", "ref_update=distance"]
+    out = cli(*SMALL, *distance, "trainer.max_steps=12", "ref_update.budget=0.004", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = train_rows(tmp_path)
+    updated = [b["ref_updates"] > a["ref_updates"] for a, b in zip([{"ref_updates": 0}, *rows], rows)]
+    assert updated == [r["ref/seen_distance"] >= 0.004 for r in rows]
+    assert 0 < sum(updated) < len(rows)
+    assert all(r["ref/distance"] == 0.0 for r, u in zip(rows, updated) if u)  # alpha 1: the reference is the policy
+
+
 def test_a_misspelt_setting_of_a_users_rule_is_one_line(tmp_path):
     out = cli(*SMALL, *DRIFT, "ref_update.treshold=1", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr

@@ -33,7 +33,7 @@ def saved_rank(loss: float, tokens: int) -> dict:
 def test_the_state_round_trips_through_its_state_dict():
     before = run_state()
     before.state.step, before.state.sft_train, before.state.last = 3, torch.ones(64, 2), {"loss": 0.5}
-    before.state.tokens = torch.tensor(17)
+    before.state.tokens, before.state.evaluation = torch.tensor(17), {"eval/kl_ref": 0.75}
     before.stream.next()
     before.buffer.add({"loss": torch.tensor(0.25)})
     shared, mine = before.state_dict()
@@ -42,6 +42,7 @@ def test_the_state_round_trips_through_its_state_dict():
     assert after.state.step == 7 and after.state.resumed and after.state.last == {"loss": 0.5}
     assert torch.equal(after.state.sft_train, torch.ones(64, 2)) and int(after.state.tokens) == 17
     assert after.stream.state_dict() == before.stream.state_dict()
+    assert after.state.evaluation == {"eval/kl_ref": 0.75}  # what an update rule reads of the latest evaluation
     assert after.buffer.drain(SimpleNamespace(reduce_mean=lambda t: t)) == {"loss": 0.25}
 
 

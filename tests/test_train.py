@@ -36,7 +36,7 @@ def test_run_dir_holds_config_metrics_models_and_tokenizer(fast_cfg, tmp_path):
         "logps/rejected",
         "ref/logps/chosen",
         "ref/logps/rejected",
-        "kl/policy_ref",
+        "logratio/policy_ref",
         "grad_norm",
         "lr",
         "tokens_per_s",

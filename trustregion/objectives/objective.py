@@ -70,7 +70,7 @@ EVAL_METRICS = (
     "rewards/accuracies",
     "rewards_sft/margins",
     "rewards_sft/accuracies",
-    "kl/policy_ref",
+    "logratio/policy_ref",
     "logps/chosen",
     "logps/rejected",
 )
@@ -149,7 +149,7 @@ class Objective:
         sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
         pair_counts = counts[:2]
         log_ratio = pol[:2] - ref[:2]
-        kl = log_ratio.mean() if self.average else log_ratio.sum() / pair_counts.sum().clamp(min=1)
+        per_token = log_ratio.mean() if self.average else log_ratio.sum() / pair_counts.sum().clamp(min=1)
         return {
             "rewards/chosen": cr.mean(),
             "rewards/rejected": rr.mean(),
@@ -164,7 +164,7 @@ class Objective:
             "rewards_sft/rejected": sr.mean(),
             "rewards_sft/margins": (sc - sr).mean(),
             "rewards_sft/accuracies": (sc > sr).float().mean(),
-            "kl/policy_ref": kl.detach(),
+            "logratio/policy_ref": per_token.detach(),
             "lengths/chosen": pair_counts[0].float().mean(),
             "lengths/rejected": pair_counts[1].float().mean(),
         }
@@ -258,7 +258,7 @@ class KTOUnpaired(KTO):
                 "rewards_sft/rejected": (sft_rewards * ~good).sum() / n_bad,
                 "logps/completion": pol[0].detach().mean(),
                 "ref/logps/completion": ref[0].mean(),
-                "kl/policy_ref": kl.detach(),
+                "logratio/policy_ref": kl.detach(),
                 "data/padding_fraction": padding_fraction(batch),
             }
             metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]

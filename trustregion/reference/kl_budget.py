@@ -1,9 +1,9 @@
 """``ref_update=kl_budget``: move the reference when the policy has drifted a budget away from it, not on a clock.
 
-The drift is read from the training batches. Per optimizer step the objective logs ``kl/policy_ref``, the per-token
+The drift is read from the training batches. Per optimizer step the objective logs ``logratio/policy_ref``, the per-token
 mean of log π(y|x) − log π_ref(y|x) over the batch's chosen and rejected responses; the rule's estimate is
 
-    D̂ = bias-corrected EMA, since the last update, of −kl/policy_ref        (nats per response token)
+    D̂ = bias-corrected EMA, since the last update, of −logratio/policy_ref        (nats per response token)
 
 What it estimates, and its bias: when the responses are samples of π_ref, E[log π_ref − log π] = KL(π_ref‖π), the
 reverse of KL(π‖π_ref), which it matches to second order for nearby policies. The preference responses are samples of
@@ -23,7 +23,7 @@ from trustregion.config import RefUpdateConfig
 from trustregion.reference.rules import Rule, StepStats, require_tau
 from trustregion.schema import FRACTION, POSITIVE, at_least, or_null, setting
 
-ESTIMATE_KEY = "kl/policy_ref"
+ESTIMATE_KEY = "logratio/policy_ref"
 
 
 @dataclass
@@ -58,11 +58,11 @@ class KLBudget(Rule):
 
     @property
     def estimate(self) -> float:
-        """D̂: the bias-corrected EMA of −kl/policy_ref since the last update (0 before the first measurement)."""
+        """D̂: the bias-corrected EMA of −logratio/policy_ref since the last update (0 before the first measurement)."""
         return self.ema / self.weight if self.weight > 0 else 0.0
 
     def observe(self, value: float) -> None:
-        """Fold one step's −kl/policy_ref into the EMA."""
+        """Fold one step's −logratio/policy_ref into the EMA."""
         w = float(self.cfg.smoothing)
         self.ema = (1 - w) * self.ema + w * value
         self.weight = (1 - w) * self.weight + w

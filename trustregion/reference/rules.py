@@ -32,14 +32,24 @@ def _text(value: Any) -> str:
 
 
 class StepStats(Protocol):
-    """What a rule may read after optimizer step ``step`` (1-based) of a run of ``total_steps``."""
+    """What a rule may read after optimizer step ``step`` (1-based) of a run of ``total_steps``: the step's training
+    metrics, the policy's distance from the reference, and the latest evaluation. The first two are collectives (every
+    rank must ask the same things in the same order, and only when the rule needs them), so every rank decides alike."""
 
     step: int
     total_steps: int
 
     def mean(self, key: str) -> float:
-        """The step's mean of metric ``key`` (e.g. ``kl/policy_ref``) over every rank's micro-batches. A collective and
-        a host sync: every rank must ask the same keys in the same order, and only when the rule needs them."""
+        """The step's mean of training metric ``key`` over every rank's micro-batches, e.g. ``logratio/policy_ref``:
+        the per-token log π/π_ref on the batch's (off-policy) responses. One all-reduce and a host sync."""
+
+    def distance(self) -> float:
+        """‖θ_ref − θ‖ / ‖θ‖ over every weight of the two models, after this step's optimizer update (before the
+        reference's). One all-reduce and a host sync."""
+
+    def evaluation(self, key: str) -> float | None:
+        """``key`` of the latest evaluation (e.g. ``eval/kl_ref``, the sampled KL(π‖π_ref)), alike on every rank; None
+        before the first evaluation or where the run does not log it. No collective."""
 
 
 class Rule:

@@ -39,15 +39,19 @@ class ReferenceUpdate:
         self.num_updates += 1
         return True
 
-    def log_fields(self) -> dict[str, float]:
-        """``ref_updates``, ``ref/distance`` = ‖θ_ref − θ‖/‖θ‖ over every rank, ``ref/update_ms``, and what the rule
-        and the applier add. At log steps only (one collective)."""
+    def distance(self) -> float:
+        """‖θ_ref − θ‖/‖θ‖ over every weight of every rank (one all-reduce: every rank calls it alike)."""
         diff_sq, norm_sq = self.applier.distance()
         engine = self.engine
         stacked = engine.reduce_sum(torch.stack([diff_sq, norm_sq]).to(engine.device)).cpu()
+        return float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt())
+
+    def log_fields(self) -> dict[str, float]:
+        """``ref_updates``, ``ref/distance`` (``distance``), ``ref/update_ms``, and what the rule and the applier add.
+        At log steps only (one collective)."""
         return {
             "ref_updates": self.num_updates,
-            "ref/distance": float((stacked[0] / stacked[1].clamp(min=1e-30)).sqrt()),
+            "ref/distance": self.distance(),
             "ref/update_ms": self.update_ms if self.updated else 0.0,
             **self.rule.metrics(),
             **self.applier.metrics(),

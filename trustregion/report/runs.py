@@ -32,7 +32,7 @@ PREFERENCE = {
     "eval/rewards_sft/margins": "margin vs SFT",
     "eval/rewards/accuracies": "accuracy vs reference",
     "eval/rewards/margins": "margin vs reference",
-    "eval/kl/policy_ref": "log π/π_ref per token",
+    "eval/logratio/policy_ref": "log π/π_ref per token",
     "eval/loss": "loss",
     "eval/logps/chosen": "logp chosen",
     "eval/logps/rejected": "logp rejected",

@@ -265,8 +265,11 @@ class Recipe:
             state.step += 1
             self.guard.observe(state.step, loss, grad_norm)
             if self.reference_update is not None:
-                stats = StepMetrics(state.step, micro_batches, engine, self.total_steps)
-                self.reference_update.after_step(stats)
+                update = self.reference_update
+                stats = StepMetrics(
+                    state.step, micro_batches, engine, self.total_steps, state.evaluation, update.distance
+                )
+                update.after_step(stats)
             self.fire("on_step_end")
             if state.step % t.log_every == 0 or state.step == self.total_steps:
                 self.log()
@@ -365,6 +368,7 @@ class Recipe:
             engine.policy.train()
         if metrics:
             self.logger.log(state.step, metrics)
+            state.evaluation = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return metrics
 
     def save(self) -> None:

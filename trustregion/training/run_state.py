@@ -64,6 +64,7 @@ class RunState:
             "sft_eval": self.state.sft_eval,
             "finished": self.state.finished,
             "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
+            "evaluation": self.state.evaluation,  # what an update rule reads of the latest evaluation
         }
         mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
         if self.reference_update is not None:
@@ -94,6 +95,7 @@ class RunState:
             self.guard.load_state_dict(shared["guard"])
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
+        self.state.evaluation = dict(shared.get("evaluation", {}))
         if self.reference_update is not None:
             self.reference_update.load_state_dict(mine["updater"])
         if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class TrainState:
         default_factory=lambda: torch.zeros((), dtype=torch.long)
     )  # every token, for FLOPs
     last: dict[str, Any] = field(default_factory=dict)  # the last logged metrics
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the latest evaluation's metrics, alike on every rank
     resumed: bool = False
     preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
     finished: bool = False  # the final evaluation is logged and checkpointed (a resume only exports again)
@@ -38,13 +40,31 @@ class TrainState:
 
 
 class StepMetrics:
-    """The objective's metrics of one optimizer step's micro-batches (``trustregion.reference.rules.StepStats``):
-    nothing is reduced or synced unless a rule asks."""
+    """What an update rule reads after one optimizer step (``trustregion.reference.rules.StepStats``): the objective's
+    metrics of the step's micro-batches, the weight distance, the latest evaluation; nothing is reduced or synced
+    unless the rule asks."""
 
     def __init__(
-        self, step: int, micro_batches: list[dict[str, torch.Tensor]], engine: Engine, total_steps: int = 0
+        self,
+        step: int,
+        micro_batches: list[dict[str, torch.Tensor]],
+        engine: Engine,
+        total_steps: int = 0,
+        evaluated: dict[str, Any] | None = None,
+        weight_distance: Callable[[], float] | None = None,
     ) -> None:
         self.step, self.micro_batches, self.engine, self.total_steps = step, micro_batches, engine, total_steps
+        self.evaluated = evaluated or {}
+        self.weight_distance = weight_distance
+
+    def distance(self) -> float:
+        if self.weight_distance is None:
+            raise ConfigError("the reference-update rule asked for the weight distance, but this run has no reference")
+        return self.weight_distance()
+
+    def evaluation(self, key: str) -> float | None:
+        value = self.evaluated.get(key)
+        return None if value is None else float(value)
 
     def mean(self, key: str) -> float:
         if key not in self.micro_batches[0]:
