@@ -5,6 +5,10 @@ that ends without a result (``scancel``, a crash of the node) is waited for fore
 launcher probes ``sacct`` once; if it fails, job states come from ``squeue --states=all`` instead, and one line
 says so. squeue forgets a job ``MinJobAge`` seconds after it ends: a job of the sweep that it no longer lists and
 that left no result counts as ended (state ``ENDED``), so the sweep stops with submitit's error naming the job.
+
+Every use of submitit's private attributes is here (as ``engines/zero_internals.py`` holds DeepSpeed's): the watcher's
+``_make_command``, ``_registered``, ``_finished`` and ``_delay_s``, and the class attribute ``SlurmJob.watcher`` that
+``install`` replaces; ``tests/test_slurm.py`` runs them on a real one-node Slurm.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 from omegaconf import OmegaConf
 
+from trustregion.data.datasets_internals import fingerprint
 from trustregion.errors import ConfigError
 
 _VERSION = "tokenize-v1"  # bump when the tokenized layout or rules change (invalidates the cache)
@@ -174,7 +175,7 @@ def _tokenize(ds: Dataset, tokenizer, limits: _Limits, layout: _Layout) -> tuple
     key = Hasher.hash(
         (
             _VERSION,
-            ds._fingerprint,
+            fingerprint(ds),
             tokenizer_fingerprint(tokenizer),
             max_length,
             max_prompt_length,

@@ -68,9 +68,8 @@ def tiny_model(cfg, vocab_size: int, seed: int) -> nn.Module:
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
     )
-    if cfg.attn_implementation:
-        config._attn_implementation = cfg.attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(config)

@@ -2,7 +2,7 @@
 
 After every optimizer step the loop asks the rule for that step's α (0: no update); how the mix
 θ_ref ← α·θ + (1 − α)·θ_ref is applied (dense, ZeRO-3 shard by shard, LoRA delta) is not the rule's
-business (``trustregion.reference.appliers``). A rule may keep state (saved in checkpoints) and read
+business (``trustregion.reference.applier``). A rule may keep state (saved in checkpoints) and read
 the step's metrics through ``StepStats``, so data-dependent rules fit. Write one as a subclass of
 ``Rule`` and select it with ``ref_update._target_=<module>.<Class>`` or a YAML that names it.
 """
