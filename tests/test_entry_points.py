@@ -27,6 +27,19 @@ def test_a_console_script_runs_from_another_directory(tmp_path, script, extra):
     assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "policy").is_dir()
 
 
+def test_runs_started_in_the_same_second_with_default_run_dirs_each_get_their_own(tmp_path):
+    args = [*FAST, *TOY, "trainer.max_steps=1", "ref_update=none"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    starts = [
+        subprocess.Popen([BIN / "trustregion-train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in starts]
+    assert [p.returncode for p in starts] == [0, 0, 0], errors
+    dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(dirs) == 3 and all(d.name.endswith("_dpo-b0.1-frozen") for d in dirs)  # named by the family's label
+
+
 @pytest.mark.unit
 def test_the_wheel_lists_every_subpackage_and_ships_every_config():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -256,7 +256,11 @@ def test_cli_multirun_gives_each_alpha_its_own_run_dir(tmp_path):
         if (d / "config.yaml").exists()
     )
     assert alphas == [0.1, 0.5]
-    assert all((tmp_path / str(i) / "metrics.jsonl").exists() for i in (0, 1))
+    # each job's dir says what varies across the sweep, not the overrides every job shares
+    assert sorted(d.name for d in tmp_path.iterdir() if d.is_dir()) == [
+        "0_ref_update.alpha=0.1",
+        "1_ref_update.alpha=0.5",
+    ]
 
 
 def test_killed_run_resumes_to_the_same_metrics(fast_cfg, tmp_path):

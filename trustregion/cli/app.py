@@ -42,6 +42,10 @@ def register() -> None:
 
     if not OmegaConf.has_resolver("run_time"):
         OmegaConf.register_new_resolver("run_time", config._run_time, use_cache=True)
+    if not OmegaConf.has_resolver("run_label"):  # the default run dir: ..._<the family's label>
+        OmegaConf.register_new_resolver("run_label", run_label)
+    if not OmegaConf.has_resolver("job_dir"):  # a sweep job's dir: its number, then what varies (3_trainer.seed=2)
+        OmegaConf.register_new_resolver("job_dir", lambda num, varies="": f"{num}_{varies}" if varies else str(num))
     if not OmegaConf.has_resolver("fraction"):  # ${fraction:${.max_length},0.5}: a length that follows another
         OmegaConf.register_new_resolver("fraction", lambda n, f: int(int(n) * float(f)))
     cs = ConfigStore.instance()
@@ -55,6 +59,20 @@ def register() -> None:
         cs.store(group="schema/ref_update", name=name, node=rule.config_class)
     for name, source in sources().items():
         cs.store(group="schema/dataset", name=name, node=source.schema)
+
+
+def run_label(*, _root_: Any) -> str:
+    """``${run_label:}``: the run's family label in file-name form (``dpo-b0.5-soft-a0.03-t1``,
+    ``training.identity``); ``run`` where the config cannot say yet (the run then names what is wrong)."""
+    from omegaconf import OmegaConf
+
+    from trustregion.training.identity import identity_of
+
+    task = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    try:
+        return identity_of(task).slug
+    except Exception:  # noqa: BLE001 - a bad rule or setting is reported by the run itself, in one line
+        return "run"
 
 
 def compose(*overrides: str, config_name: str = "config"):
@@ -206,11 +224,12 @@ def entry_point(
             shutdown_distributed()
 
     def main() -> Any:
-        from trustregion.cli.preflight import preflight
+        from trustregion.cli.preflight import name_jobs_by_what_varies, preflight
 
         register_schemas()
         sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
         preflight(sys.argv[1:], config_name)
+        sys.argv += name_jobs_by_what_varies(sys.argv[1:])
         return hydra_main()
 
     return main

@@ -58,6 +58,19 @@ def sweep_points(argv: Sequence[str]) -> list[list[str]] | None:
     return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in combos]
 
 
+def name_jobs_by_what_varies(argv: Sequence[str]) -> list[str]:
+    """For a ``--multirun``: the Hydra override that keeps out of each job's dir name (``hydra.job.override_dirname``)
+    every override that is the same at every point, so a job dir reads ``3_ref_update=soft,trainer.seed=2``; none
+    for a single run or a sweep Hydra expands itself (a glob)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not {"-m", "--multirun"} & set(argv) or sweep_points(argv) is None:
+        return []
+    plain = [a for a in argv if a not in ("-m", "--multirun") and not a.startswith("hydra.")]
+    same = [o.key_or_group for o in OverridesParser.create().parse_overrides(plain) if not o.is_sweep_override()]
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(same)}]"] if same else []
+
+
 def first_values(argv: Sequence[str]) -> list[str] | None:
     """The overrides of ``argv`` with each sweep at its first value (None for a flag other than ``--multirun``)."""
     points = sweep_points(argv)
