@@ -121,7 +121,7 @@ def test_alpha_sweep_through_sbatch_gives_every_point_its_run_dir_metrics_and_wa
     out = sweep(tmp_path, *SMALL, "ref_update=soft", "ref_update.alpha=0.1,0.5,0.9")
     assert out.returncode == 0, out.stderr[-3000:]
     for job, alpha in enumerate((0.1, 0.5, 0.9)):
-        run = tmp_path / str(job)
+        run = tmp_path / f"{job}_ref_update.alpha={alpha}"  # a job dir names what varies
         assert rows(run)[-1]["step"] == 4
         assert f"ref_update.alpha={alpha}" in (run / ".hydra" / "overrides.yaml").read_text()
         (wandb_id,) = wandb_ids(run)
