@@ -327,3 +327,62 @@ def test_a_bad_line_in_a_directory_split_is_named_by_its_file_and_line(tmp_path)
     assert load_error("dataset=local", f"dataset.path={tmp_path}", "dataset.eval_split=test") == (
         f"{tmp_path}/train.jsonl line 4: not JSON (Expecting value at column 1) {SKIP_HINT}"
     )
+
+
+def pairs(n: int = 12) -> list[dict]:
+    return [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}, really"} for i in range(n)]
+
+
+def test_one_json_array_saved_as_jsonl_is_read_as_json_with_a_note(tmp_path, caplog):
+    caplog.set_level("INFO", logger="trustregion")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(pairs(), indent=1))
+    data = load_preferences(compose_cfg("dataset=local", f"dataset.path={tmp_path}/pairs.jsonl").dataset)
+    assert len(data.train) + len(data.eval) == 12
+    assert "is one JSON array, not JSON lines (one object per line): read as JSON" in caplog.text
+
+
+def write_tsv(path: Path) -> Path:
+    path.write_text(
+        "prompt\tchosen\trejected\n" + "".join(f"{r['prompt']}\t{r['chosen']}\t{r['rejected']}\n" for r in pairs())
+    )
+    return path
+
+
+def test_a_tsv_file_is_read_with_tabs(tmp_path):
+    tsv = write_tsv(tmp_path / "pairs.tsv")
+    data = load_preferences(compose_cfg("dataset=local", f"dataset.path={tsv}").dataset)
+    assert "bad 0, really" in list(data.train["rejected"]) + list(data.eval["rejected"])
+
+
+def test_a_tsv_file_read_as_csv_says_to_set_the_format_to_tsv(tmp_path):
+    tsv = write_tsv(tmp_path / "pairs.tsv")
+    assert load_error("dataset=local", f"dataset.path={tsv}", "dataset.format=csv") == (
+        f"{tsv}: its columns are separated by tabs, not commas; set dataset.format=tsv"
+    )
+
+
+def test_an_unknown_format_is_refused_before_anything_is_read():
+    from trustregion.config import validate
+
+    with pytest.raises(ConfigError, match=r"^dataset.format=tsvv is invalid: set dataset.format to one of json, "):
+        validate(compose_cfg("dataset=local", "dataset.path=x.tsv", "dataset.format=tsvv"))
+
+
+def test_a_csv_parse_error_is_one_line_and_nothing_else_on_stderr(tmp_path, capfd):
+    from trustregion.console import quiet_third_party
+
+    quiet_third_party(False)
+    (tmp_path / "bad.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,a,b,c,d\nq3,a,b\n")
+    line = load_error("dataset=local", f"dataset.path={tmp_path}/bad.csv")
+    assert "Expected 3 fields in line 3, saw 5" in line and capfd.readouterr().err == ""
+
+
+def test_a_files_key_given_to_the_toy_task_names_the_group_option_that_has_it():
+    from trustregion.cli.preflight import describe
+
+    overrides = ("dataset.path=pairs.jsonl",)
+    with pytest.raises(Exception) as e:
+        compose_cfg(*overrides)
+    assert describe(e.value, overrides, "config").startswith(
+        "dataset.path is not a key of dataset=toy: dataset=local has it (so do "
+    )

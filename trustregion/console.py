@@ -35,6 +35,8 @@ def quiet_third_party(verbose: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    # Its file readers log a parse error before raising it; the loader reports it in one line (data/files.py)
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     # DeepSpeed's op builders probe the C compiler (``gcc ... -laio``); setuptools logs each command line at INFO
     logging.getLogger("compilers").setLevel(logging.WARNING)
     if not torch.cuda.is_available():

@@ -102,12 +102,43 @@ def describe(error: Exception, overrides: Sequence[str], config_name: str) -> st
         except Exception:  # noqa: BLE001 - another override is wrong too: name this one without a hint
             keys = []
         near = difflib.get_close_matches(leaf, [str(k) for k in keys], n=1)
-        hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else "`--cfg job` lists the keys"
-        return f"{full_key} is not a key of {parent or 'the config'}: {hint}"
+        if near:
+            return f"{full_key} is not a key of {parent or 'the config'}: did you mean {parent + '.' if parent else ''}{near[0]}?"
+        chosen, having = options_having(parent, leaf, others, config_name)
+        if having:
+            having.sort(key=lambda option: option != "local")  # your own files first: the likeliest slip
+            also = f" (so do {', '.join(having[1:])})" if len(having) > 1 else ""
+            return f"{full_key} is not a key of {parent}={chosen}: {parent}={having[0]} has it{also}; add {parent}={having[0]}"
+        return f"{full_key} is not a key of {parent or 'the config'}: `--cfg job` lists the keys"
     if full_key:
         given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == full_key), "?")
         return f"{full_key}={given} is invalid: {message}"
     return message
+
+
+def options_having(group: str, key: str, others: Sequence[str], config_name: str) -> tuple[str, list[str]]:
+    """(the option of config group ``group`` these overrides select, the group's options that have setting ``key``):
+    for a key given to the wrong option, as ``dataset.path`` with the toy data instead of ``dataset=local``."""
+    from omegaconf import OmegaConf
+
+    if not group or "." in group or not (conf_dir() / group).is_dir():
+        return "?", []
+    chosen = next((o.split("=", 1)[1] for o in others if o.split("=", 1)[0] == group), None)
+    having = []
+    for option in sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")):
+        rest = [o for o in others if o.split("=", 1)[0] != group]
+        try:
+            node = compose(*rest, f"{group}={option}", config_name=config_name)
+        except Exception:  # noqa: BLE001 - an option that does not compose with the other overrides is no hint
+            continue
+        if key in OmegaConf.select(node, group):
+            having.append(option)
+    if chosen is None:
+        try:
+            chosen = str(OmegaConf.select(compose(*others, config_name=config_name), f"{group}.name"))
+        except Exception:  # noqa: BLE001 - the hint names the options that have the key all the same
+            chosen = "?"
+    return chosen, having
 
 
 def check_point(cfg, config_name: str) -> None:

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from trustregion.config import DatasetConfig
 from trustregion.console import say
 from trustregion.data import PreferenceData, Source
-from trustregion.data.jsonl_scan import ScannedFile, is_json_lines, scan, write_good_lines
+from trustregion.data.jsonl_scan import ScannedFile, is_json_array, is_json_lines, scan, write_good_lines
 from trustregion.data.rows import (
     FIELDS,
     BadRow,
@@ -38,6 +38,7 @@ from trustregion.data.rows import (
     text_field,
 )
 from trustregion.errors import ConfigError, DataError
+from trustregion.schema import one_of, or_null, setting
 
 
 @dataclass
@@ -48,7 +49,11 @@ class FileDatasetConfig(DatasetConfig):
     path: Optional[str] = None  # hub name, a local file or directory, or a save_to_disk directory
     data_files: Optional[Any] = None  # a file, a list, or {split: file(s)}; used instead of path's files
     subset: Optional[str] = None  # the hub dataset's config name (load_dataset's second argument)
-    format: Optional[str] = None  # json | parquet | arrow | csv; inferred from the file name if null
+    format: Optional[str] = setting(
+        None,
+        "json (a JSON array or JSON lines), jsonl, parquet, arrow, csv or tsv; null: from the file name",
+        or_null(one_of("json", "jsonl", "parquet", "arrow", "csv", "tsv")),
+    )
     split: str = "train"
     eval_split: Optional[str] = None  # null: hold out eval_samples rows of `split` (seeded)
     prompt_field: str = "prompt"
@@ -60,18 +65,33 @@ class FileDatasetConfig(DatasetConfig):
     group_by_length: bool = False  # batches of similar lengths, to cut padding (see tokenize.length_grouped_order)
 
 
-_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "tsv"}
+# What datasets' builder each format is read with, and with what options (tsv: csv with tabs).
+_BUILDERS = {"json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {}), "arrow": ("arrow", {}),
+             "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t"})}  # fmt: skip
 
 
 def _format_of(path: str, explicit: str | None) -> str:
+    """The format a file is read as (``json`` for JSON lines too): ``dataset.format``, else its name's suffix."""
     if explicit:
-        return explicit
+        return "json" if explicit == "jsonl" else explicit
     for suffix in reversed(Path(path).suffixes):
         if suffix in _FORMATS:
             return _FORMATS[suffix]
     raise ConfigError(
-        f"dataset.path={path}: cannot tell the file format; set dataset.format to json, parquet, arrow or csv"
+        f"dataset.path={path}: cannot tell the file format; set dataset.format to json, parquet, arrow, csv or tsv"
     )
+
+
+def _read_files(fmt: str, data_files: Any, split: str) -> Dataset:
+    """``datasets.load_dataset`` with the builder and options of ``fmt``; a tab-separated file read as CSV is named
+    as such (pandas sees one column whose name holds the tabs)."""
+    builder, options = _BUILDERS[fmt]
+    ds = datasets.load_dataset(builder, data_files=data_files, split=split, **options)
+    if fmt == "csv" and any("\t" in name for name in ds.column_names):
+        first = _local_files(data_files)[0]
+        raise DataError(f"{first}: its columns are separated by tabs, not commas; set dataset.format=tsv")
+    return ds
 
 
 def _local_files(data_files: Any) -> list[str]:
@@ -236,9 +256,9 @@ def _load(
         if isinstance(data_files, dict):  # each split on its own, so each infers its own schema
             data_files = data_files[split]
             first = _local_files(data_files)[0]
-            return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split="train")
+            return _read_files(_format_of(first, fmt), data_files, "train")
         first = _local_files(data_files)[0]
-        return datasets.load_dataset(_format_of(first, fmt), data_files=data_files, split=split)
+        return _read_files(_format_of(first, fmt), data_files, split)
     if os.path.isdir(local) and (Path(local) / "dataset_dict.json").exists():
         saved = datasets.load_from_disk(local)
         if split not in saved:
@@ -250,7 +270,7 @@ def _load(
     if os.path.isdir(local) and (Path(local) / "dataset_info.json").exists():
         return datasets.load_from_disk(local)
     if os.path.isfile(local):
-        return datasets.load_dataset(_format_of(local, fmt), data_files=local, split=split)
+        return _read_files(_format_of(local, fmt), local, split)
     if os.path.isdir(local):
         return datasets.load_dataset(local, subset, split=split)
     if path.startswith((".", "/", "~")) or Path(path).suffix in _FORMATS:
@@ -326,6 +346,9 @@ def _scan_split(files: list[tuple[str, str]], fmt: str | None, field_name: str) 
                 f"{name}: the file is empty (0 bytes); write the rows into it, or set {field_name} to the "
                 f"file that holds them"
             )
+    for opened, name in files:
+        if is_json_array(opened):
+            say(f"note: {name} is one JSON array, not JSON lines (one object per line): read as JSON")
     if not all(_format_of(opened, fmt) == "json" and is_json_lines(opened) for opened, _ in files):
         return None
     scans = [scan(opened, name) for opened, name in files]

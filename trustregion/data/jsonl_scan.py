@@ -88,10 +88,28 @@ def line_problem(raw: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _first_byte(path: str) -> bytes:
+    """The first byte that is not blank (nor a BOM) of a file; b"" for an empty one."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            stripped = raw.removeprefix(_BOM).strip()
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def is_json_array(path: str) -> bool:
+    """A local, uncompressed file whose content is one JSON array (rows as ``[{...}, ...]``), whatever its name."""
+    if not os.path.isfile(path) or any(s in _COMPRESSED for s in Path(path).suffixes):
+        return False
+    return _first_byte(path) == b"["
+
+
 def is_json_lines(path: str) -> bool:
-    """A local, uncompressed file of one JSON object per line: a ``.jsonl`` name, or a first line that is one."""
+    """A local, uncompressed file of one JSON object per line: a ``.jsonl`` name (not holding one JSON array), or a
+    first line that is one."""
     suffixes = Path(path).suffixes
-    if not os.path.isfile(path) or any(s in _COMPRESSED for s in suffixes):
+    if not os.path.isfile(path) or any(s in _COMPRESSED for s in suffixes) or is_json_array(path):
         return False
     if suffixes and suffixes[-1] in _JSON_LINES_SUFFIXES:
         return True
