@@ -191,15 +191,27 @@ def identity_of(cfg: DictConfig) -> RunIdentity:
 
 
 def ignored_settings(cfg: DictConfig) -> list[str]:
-    """The rule's settings this run sets away from their defaults that its rule never reads (``ref_update.alpha`` with
-    ``ref_update=none``), as ``key=value``: accepted, but they change nothing."""
-    if "method" not in cfg:
-        return []
-    rule = rule_class(str(cfg.ref_update._target_))
-    rule_cfg = with_schema(rule, cfg.ref_update)
-    used, defaults = rule.settings(rule_cfg), OmegaConf.structured(rule.config_class)
-    return [
-        f"ref_update.{k}={rule_cfg[k]}"
-        for k in rule_cfg
-        if k not in used and k not in ("_target_", "name") and rule_cfg[k] != defaults[k]
-    ]
+    """Settings this run sets away from their defaults that cannot act in it, each as ``key=value does nothing here:
+    why``: a rule's key it never reads (``ref_update.alpha`` with ``ref_update=none``), LoRA's without adapters, the
+    tiny model's shape for a pretrained model. Accepted, but they change nothing."""
+    values = flat(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    found = []
+    for key in sorted(k for k in _inactive(values) if not k.startswith("eval.")):  # eval: presets set it, off or on
+        group, leaf = key.split(".", 1)
+        schema = OmegaConf.get_type(cfg[group])
+        default = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True).get(leaf) if schema else None
+        if values[key] != default and values[key] is not None:
+            found.append(f"{key}={values[key]} does nothing here: {_WHY[group]}")
+    if "method" in cfg:
+        rule = rule_class(str(cfg.ref_update._target_))
+        rule_cfg = with_schema(rule, cfg.ref_update)
+        used, defaults = rule.settings(rule_cfg), OmegaConf.structured(rule.config_class)
+        found += [
+            f"ref_update.{k}={_plain(rule_cfg[k])} does nothing here: the rule ({rule.describe(rule_cfg)}) reads no {k}"
+            for k in rule_cfg
+            if k not in used and k not in ("_target_", "name") and rule_cfg[k] != defaults[k]
+        ]
+    return found
+
+
+_WHY = {"peft": "peft=none trains every weight", "model": "model.path's checkpoint sets the shape"}

@@ -38,6 +38,7 @@ from trustregion.reference.build import ReferencePlan
 from trustregion.training import checkpoint, hooks, run_state
 from trustregion.training.guard import Diverged, DivergenceGuard
 from trustregion.training.logger import RunLogger
+from trustregion.training.notices import notices
 from trustregion.training.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
 from trustregion.training.rundir import lock_run_dir
 from trustregion.training.sft_logps import sft_logps
@@ -200,6 +201,8 @@ class Recipe:
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             say(self.stage.banner(self.splits, self.total_steps, engine, self.run_dir))
             say(run_state.checkpoint_note(cfg.trainer, engine, self.reference, self.lora))
+            for line in notices(cfg, self.total_steps):
+                say(line)
 
     def setup_hooks(self) -> None:
         defaults = self.stage.default_hooks(self.cfg, self.lora, generation=self.sft_model is not None)

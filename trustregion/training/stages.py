@@ -136,7 +136,13 @@ class SFTStage:
         """Console lines: the SFT examples and how many were truncated, the source rows skipped."""
         warning = truncation_warning("SFT", splits.truncation)
         head = f"data: SFT {len(splits.train)} examples, {truncated(splits.truncation)}"
-        return [head, *data.report.skipped_lines(), *([warning] if warning else [])]
+        held = []
+        if data.sft is None and len(data.eval):  # the SFT corpus is the train split's prompt + chosen
+            held = [
+                f"note: {len(data.eval)} rows are held out for evaluation and not trained on (dataset.eval_samples or "
+                "dataset.eval_split): alignment evaluates on them later; SFT itself runs no held-out evaluation"
+            ]
+        return [head, *data.report.skipped_lines(), *held, *([warning] if warning else [])]
 
     def data_row(self, data: PreferenceData, splits: Splits, world_size: int) -> dict[str, Any]:
         """The step-0 row of a fresh SFT run: examples, skipped source rows, truncated examples."""
