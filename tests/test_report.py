@@ -210,9 +210,19 @@ def test_evaluation_noise_is_reported_beside_seed_noise(sweep):
     assert row.rstrip(" |").endswith("0.050 | 0.050")  # eval SE, then the seed SD of peak gold
 
 
-def test_the_report_writes_the_band_and_heat_map_figures(sweep):
+def test_a_grid_of_one_tau_gets_band_figures_but_no_heat_map(sweep):
+    build_report([str(sweep)])  # alpha 0.01, 0.1, 0.3 at tau 1 alone: a column, which report.md tabulates
+    for name in ("bands.png", "gold_vs_kl.png"):
+        assert (sweep / name).stat().st_size > 5000, name
+    assert not (sweep / "heatmap.png").exists() and not (sweep / "heatmap_peak.png").exists()
+
+
+def test_a_grid_over_two_taus_gets_heat_maps(sweep):
+    for seed, e in SEED_OFFSET.items():
+        gold = [frozen_curve(k) + 0.05 * (k > 0) + e for k in TR_KL]
+        write_run(sweep / f"soft-tau4-{seed}", "dpo", 4, 0.1, 0.1, TR_KL, gold, sft_gold=-0.2 + e, seed=seed)
     build_report([str(sweep)])
-    for name in ("bands.png", "heatmap.png", "heatmap_peak.png", "gold_vs_kl.png"):
+    for name in ("heatmap.png", "heatmap_peak.png"):
         assert (sweep / name).stat().st_size > 5000, name
 
 
@@ -280,9 +290,7 @@ def test_the_report_is_logged_to_wandb_as_an_artifact(sweep, monkeypatch):
     build_report([str(sweep)])
     artifact = log_to_wandb(sweep, Study.of(load_runs([str(sweep)])[0]), "trustregion-test")
     assert artifact.type == "sweep-report"
-    assert {"report.md", "report.json", "bands.png", "heatmap.png", "heatmap_peak.png"} <= set(
-        artifact.manifest.entries
-    )
+    assert {"report.md", "report.json", "bands.png", "gold_vs_kl.png"} <= set(artifact.manifest.entries)
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 1  # synced later with `wandb sync`
 
 
@@ -558,3 +566,25 @@ def test_the_report_lists_only_the_files_it_wrote(tr_only):
     assert on_disk == ["bands.png", "gold_vs_kl.png", "report.json", "report.md"]  # no pair, so no heat map
     listed = next(line for line in text.splitlines() if line.startswith("Written:"))
     assert re.findall(r"`([^`]+)`", listed) == ["report.md", "report.json", "bands.png", "gold_vs_kl.png"]
+
+
+def write_preference_run(path: Path, tau, accuracy: float) -> Path:
+    """A run on data without a gold judge: its final held-out evaluation has preference metrics, no gold."""
+    rule = ("ref_update=none",) if tau is None else ("ref_update=soft", "ref_update.alpha=0.1", f"ref_update.tau={tau}")
+    cfg = copy.deepcopy(composed(rule))
+    cfg.trainer.max_steps = 10
+    path.mkdir(parents=True)
+    OmegaConf.save(cfg, path / "config.yaml", resolve=True)
+    (path / "identity.json").write_text(json.dumps(identity_of(cfg).to_json(), default=str))
+    rows = [{"step": 0, "data/train_pairs": 64}, {"step": 10, "loss": 0.5}]
+    rows.append({"step": 10, "eval/rewards_sft/accuracies": accuracy, "eval/loss": 0.6})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_compare_without_a_gold_reward_falls_back_to_the_held_out_preference_metrics(tmp_path):
+    frozen = write_preference_run(tmp_path / "frozen", None, 0.55)
+    tr = write_preference_run(tmp_path / "tr", 1, 0.625)
+    table = compare(frozen, tr, tmp_path)
+    assert "| accuracy vs SFT | 0.550 | 0.625 |" in table and "| loss | 0.600 | 0.600 |" in table
+    assert "No gold reward" in table and (tmp_path / "compare.md").exists()

@@ -202,6 +202,7 @@ class EvalContext:
     logger: Any
     run_dir: Path
     should_stop: Callable[[], bool] = lambda: False  # asked between generation batches, on every rank alike
+    title: str = ""  # who the run is (its family's label and seed), for the figure's title
 
 
 def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
@@ -244,7 +245,7 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
             f.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in table)
         if ev.plot:
             points = history(run_dir / "metrics.jsonl") + [(step, metrics["eval/kl_sft"], metrics["eval/gold_reward"])]
-            path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"])
+            path = plot_gold_vs_kl(points, run_dir / PLOT_NAME, metrics["eval/sft_gold_reward"], ctx.title)
             logger.log_artifact_image("eval/gold_vs_kl", path, step)
             log_scatter(logger, points, step)
     return metrics
@@ -286,8 +287,11 @@ def history(path: Path) -> list[tuple[int, float, float]]:
     return points
 
 
-def plot_gold_vs_kl(points: list[tuple[int, float, float]], path: Path, sft_gold: float | None = None) -> Path:
-    """Write the gold reward vs KL-to-SFT curve of one run (steps in order) to ``path`` (PNG, no display needed)."""
+def plot_gold_vs_kl(
+    points: list[tuple[int, float, float]], path: Path, sft_gold: float | None = None, title: str = ""
+) -> Path:
+    """Write the gold reward vs KL-to-SFT curve of one run (steps in order) to ``path`` (PNG, no display needed),
+    titled with who the run is."""
     from matplotlib.figure import Figure
 
     points = sorted(points)
@@ -298,9 +302,9 @@ def plot_gold_vs_kl(points: list[tuple[int, float, float]], path: Path, sft_gold
     ax.plot(kl, gold, "o-", ms=3)
     for s, x, y in points[-1:]:
         ax.annotate(f"step {s}", (x, y), fontsize=7)
-    ax.set_xlabel("KL(policy || SFT)  (nats, sampled)")
-    ax.set_ylabel("gold reward")
-    ax.set_title("gold reward vs KL to SFT")
+    ax.set_xlabel("KL(policy ‖ SFT) per response (nats, sampled)")
+    ax.set_ylabel("gold reward (mean per response)")
+    ax.set_title(f"{title}\ngold reward vs KL to SFT" if title else "gold reward vs KL to SFT", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

@@ -1,5 +1,6 @@
 """Two runs side by side, a frozen and a moving reference (``make train``): gold at matched KLs, peak gold and the KL
-there; compare.md and compare.png."""
+there (compare.md and compare.png); without a gold reward, as the sweep report does, the held-out preference metrics
+of each run's final evaluation (compare.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from trustregion.errors import DataError
 from trustregion.report.plots import plot_pair
 from trustregion.report.rendering import Column, Table, fmt
-from trustregion.report.runs import NO_GENERATION, Run, gold_at_kl, load_run, reach
+from trustregion.report.runs import NO_GENERATION, PREFERENCE, Run, gold_at_kl, load_run, reach
 from trustregion.report.sections import KL_LEVELS
 
 
@@ -40,19 +41,26 @@ def _readings(frozen: Run, tr: Run) -> list[Reading]:
     ]
 
 
-def _gold_run(path: Path) -> Run:
+def _run(path: Path) -> Run:
     run = load_run(Path(path))
-    if isinstance(run, Run) and not run.has_gold:
-        run = NO_GENERATION
     if not isinstance(run, Run):
         raise DataError(f"{path}: {run}")
     return run
 
 
+def _preference_readings(frozen: Run, tr: Run) -> list[Reading]:
+    """The held-out preference metrics both runs logged at their final evaluation."""
+    keys = [k for k in PREFERENCE if k in frozen.preference and k in tr.preference]
+    return [Reading(PREFERENCE[k], lambda r, k=k: fmt(r.preference[k])) for k in keys]
+
+
 def compare(frozen_dir: Path, tr_dir: Path, out: Path) -> str:
-    """Two runs side by side (a frozen and a moving reference): gold at matched KLs, peak gold, KL at the peak;
-    writes ``compare.png`` and ``compare.md`` into ``out`` and returns the table."""
-    frozen, tr = _gold_run(frozen_dir), _gold_run(tr_dir)
+    """Two runs side by side (a frozen and a moving reference): gold at matched KLs, peak gold, KL at the peak
+    (``compare.png`` and ``compare.md`` in ``out``); the final held-out preference metrics where a run has no gold
+    (``compare.md``). Returns the table."""
+    frozen, tr = _run(frozen_dir), _run(tr_dir)
+    if not (frozen.has_gold and tr.has_gold):
+        return _compare_preferences(frozen, tr, out)
     table = Table(
         [
             Column("", lambda row: row.label),
@@ -68,5 +76,29 @@ def compare(frozen_dir: Path, tr_dir: Path, out: Path) -> str:
     text = "\n".join(table.markdown()) + "\n\n" + note
     out.mkdir(parents=True, exist_ok=True)
     plot_pair(frozen, tr, out / "compare.png")
+    (out / "compare.md").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def _compare_preferences(frozen: Run, tr: Run, out: Path) -> str:
+    """The two runs' final held-out preference metrics side by side, in ``compare.md`` (no figure: one value each)."""
+    rows = _preference_readings(frozen, tr)
+    if not rows:
+        raise DataError(f"{tr.path}: {NO_GENERATION}, and no held-out preference evaluation to compare either")
+    table = Table(
+        [
+            Column("", lambda row: row.label),
+            Column(f"frozen ({frozen.family.name}, step {frozen.preference_step})", lambda row: row.read(frozen)),
+            Column(f"Trust-Region ({tr.family.name}, step {tr.preference_step})", lambda row: row.read(tr)),
+        ],
+        rows,
+    )
+    why = NO_GENERATION if not frozen.has_gold else f"{tr.path}: {NO_GENERATION}"
+    note = (
+        f"No gold reward ({why}): the held-out preference metrics of each run's final evaluation, as the sweep "
+        f"report gives them. One seed ({frozen.seed}): an anecdote, not a finding."
+    )
+    text = "\n".join(table.markdown()) + "\n\n" + note
+    out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(text + "\n", encoding="utf-8")
     return text

@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
 from trustregion.report.families import Family
 from trustregion.report.runs import Run, gold_at_kl, reach
-from trustregion.report.statistics import t_interval
+from trustregion.report.statistics import FEW_SEEDS, t_interval
 from trustregion.report.study import Comparison, Study
 
 FROZEN_COLOR = "#222222"
@@ -38,21 +39,33 @@ def _figure(n: int, height: float = 4.2):
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
 
 
+KL_AXIS = "KL(policy ‖ SFT) per response (nats, sampled)"
+GOLD_AXIS = "gold reward (mean per response)"
+
+
 def _gold_vs_kl_axes(ax, method: str, beta: float) -> None:
     ax.set_title(f"{method.upper()}, β={beta:g}")
-    ax.set_xlabel("KL(policy ‖ SFT)")
-    ax.set_ylabel("gold reward")
+    ax.set_xlabel(KL_AXIS)
+    ax.set_ylabel(GOLD_AXIS)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
 
+def _fit_to_curves(ax, lows: list[float], highs: list[float]) -> None:
+    """The y range of the curves themselves (with a margin): a wide band is clipped, not allowed to flatten them."""
+    lo, hi = min(lows), max(highs)
+    pad = 0.08 * (hi - lo) or 0.1
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def plot_bands(study: Study, path: Path) -> None:
-    """Gold vs KL per family: mean over seeds and its 95 % band, on KLs every seed of the family reached."""
+    """Gold vs KL per family: the mean over seeds on KLs every seed reached, with its 95 % band from ``FEW_SEEDS``
+    seeds on, and each seed's own path (thin) below that, where a t-band would be wider than the curves."""
     panels = _panels(study)
     fig, axes = _figure(len(panels))
     for ax, (method, beta) in zip(axes, panels):
         fams = [f for f in study.families if (f.method, f.beta) == (method, beta)]
-        colors = _colors(fams)
+        colors, lows, highs = _colors(fams), [], []
         for fam in fams:
             members = study.families[fam]
             top = min(reach(r) for r in members)
@@ -62,21 +75,34 @@ def plot_bands(study: Study, path: Path) -> None:
             width = 2.2 if fam.frozen else 1.4
             label = f"{fam.legend} (n={len(members)})"
             ax.plot(grid, mean, fam.style, color=colors[fam], lw=width, label=label)
-            if len(members) > 1:
+            lows.append(float(np.nanmin(mean)))
+            highs.append(float(np.nanmax(mean)))
+            if len(members) >= FEW_SEEDS:
                 ax.fill_between(grid, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=colors[fam], alpha=0.12)
+            else:
+                for r in members:
+                    kl, gold = r.path_from_sft()
+                    ax.plot(kl, gold, fam.style, color=colors[fam], lw=0.7, alpha=0.45)
+                    lows.append(min(gold))
+                    highs.append(max(gold))
         _gold_vs_kl_axes(ax, method, beta)
-    fig.tight_layout()
+        _fit_to_curves(ax, lows, highs)
+    note = f"mean over seeds; shaded: 95 % t-band (n ≥ {FEW_SEEDS}); thin lines: each seed's run (n < {FEW_SEEDS})"
+    fig.text(0.01, 0.005, note, fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
 
 
 def _heatmap_panels(study: Study) -> list[list[Comparison]]:
-    """The fixed (α, τ) rules' comparisons, one list per panel: families of the same settings but the rule."""
+    """The fixed (α, τ) rules' comparisons, one list per panel (families of the same settings but the rule), where
+    the grid has at least two values of τ: a single column is a table's job (report.md), not a map's."""
     panels: dict[str, list[Comparison]] = {}
     for c in study.comparisons():
         if c.family.fixed:  # the (alpha, tau) grid; other rules are off it
             panels.setdefault(c.family.grid, []).append(c)
+    grids = [mine for mine in panels.values() if len({c.family.tau for c in mine}) >= 2]
     return sorted(
-        panels.values(),
+        grids,
         key=lambda mine: (mine[0].family.method, mine[0].family.beta, mine[0].family.lora, mine[0].family.split),
     )
 
@@ -105,9 +131,13 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> bool:
         for c in mine:
             i, j = alphas.index(c.family.alpha), taus.index(c.family.tau)
             values[i, j] = pick(c).mean
-            mark = {"better": "+", "worse": "−"}.get(pick(c).verdict(), "")
-            ax.text(j, i, f"{pick(c).mean:+.2f}{mark}", ha="center", va="center", fontsize=8)
-        image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+            mark = "*" if pick(c).verdict() in ("better", "worse") else ""
+            dark = abs(pick(c).mean) > 0.6 * span  # white on the saturated cells, black on the pale ones
+            text = f"{pick(c).mean:+.2f}".replace("-", "−") + mark
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        cmap = matplotlib.colormaps["RdBu"].copy()
+        cmap.set_bad("#dddddd")  # a cell of the grid that was not run: grey, not white (which reads as 0)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-span, vmax=span, aspect="auto")
         ax.set_xticks(range(len(taus)), [str(t) for t in taus])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("τ (steps between updates)")
@@ -115,8 +145,8 @@ def plot_heatmap(study: Study, path: Path, peak: bool = False) -> bool:
         what = "Δ peak gold" if peak else f"Δ gold at KL {mine[0].kl:.1f}"
         ax.set_title(f"{_panel_title(mine[0].family)}: {what}")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.text(0.01, 0.005, "TR − frozen, paired by seed; + / −: the 95 % interval excludes 0", fontsize=7)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, "TR − frozen, paired by seed; *: the 95 % interval excludes 0", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     return True
 
@@ -160,9 +190,9 @@ def plot_pair(frozen: Run, tr: Run, path: Path) -> None:
         kl, gold = run.path_from_sft()
         ax.plot(kl, gold, "o-", ms=3, color=color, label=label)
         ax.plot([run.peak_kl], [run.peak_gold], "*", ms=12, color=color)
-    ax.set_title(f"{frozen.family.method.upper()} β={frozen.family.beta:g}, seed {frozen.seed}: gold vs KL to SFT")
-    ax.set_xlabel("KL(policy ‖ SFT)")
-    ax.set_ylabel("gold reward")
+    ax.set_title(f"{frozen.family.name} vs {tr.family.rule}, seed {frozen.seed}", fontsize=9)
+    ax.set_xlabel(KL_AXIS)
+    ax.set_ylabel(GOLD_AXIS)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,6 +29,7 @@ from trustregion.engines.base import Engine
 from trustregion.errors import ConfigError
 from trustregion.models.flops import matmul_peak
 from trustregion.reference.update import ReferenceUpdate
+from trustregion.training.identity import identity_of
 from trustregion.training.logger import RunLogger
 from trustregion.training.state import TrainState
 
@@ -231,6 +232,12 @@ class EpochHook(BaseHook):
         metrics["epoch"] = stream.epoch + stream.position / max(1, stream.batches_per_epoch)
 
 
+def _title(cfg: DictConfig) -> str:
+    """``dpo β=0.5 soft α=0.03 τ=1, seed 1 (tiny_toy)``: who a run is, for its figures."""
+    who = identity_of(cfg)
+    return f"{who.label}, seed {who.seed} ({who.setting})"
+
+
 class GenerationEvalHook(BaseHook):
     """Samples from the policy at every evaluation and scores them with the task's gold judge (``eval/*``)."""
 
@@ -238,7 +245,15 @@ class GenerationEvalHook(BaseHook):
         from trustregion.evaluation.generation import EvalContext, evaluate_generation
 
         context = EvalContext(
-            ctx.engine, ctx.cfg, ctx.data, ctx.tokenizer, ctx.sft_model, ctx.logger, ctx.run_dir, ctx.stop_requested
+            ctx.engine,
+            ctx.cfg,
+            ctx.data,
+            ctx.tokenizer,
+            ctx.sft_model,
+            ctx.logger,
+            ctx.run_dir,
+            ctx.stop_requested,
+            title=_title(ctx.cfg),
         )
         metrics.update(evaluate_generation(context, ctx.state.step))
 
