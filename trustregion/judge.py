@@ -404,7 +404,7 @@ def show(cfg: DictConfig, summary: dict[str, Any]) -> None:
     print(format_summary(summary), flush=True)
 
 
-main = entry_point("judge", run_judge, register_judge, show)
+main = entry_point("trustregion-judge", "judge", run_judge, register_judge, show)
 
 if __name__ == "__main__":
     main()

@@ -93,7 +93,7 @@ def show(cfg: DictConfig, value: float) -> None:
     print(f"objective ({cfg.search.objective}, mean over seeds {list(cfg.search.seeds)}): {value:.4f}", flush=True)
 
 
-main = cli.entry_point("search", trial, register_search, show)
+main = cli.entry_point("trustregion-search", "search", trial, register_search, show)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return Recipe(cfg, run_dir, SFTStage()).run()  # its last line says where the policy went
 
 
-main = cli.entry_point("sft", run_sft)
+main = cli.entry_point("trustregion-sft", "sft", run_sft)
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return Recipe(cfg, run_dir, PreferenceStage()).run()
 
 
-main = cli.entry_point("config", train)
+main = cli.entry_point("trustregion-train", "config", train)
 
 if __name__ == "__main__":
     main()

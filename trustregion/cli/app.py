@@ -200,13 +200,14 @@ def prepare_launch(argv: Sequence[str]) -> list[str]:
 
 
 def entry_point(
+    command: str,
     config_name: str,
     job: Callable[[Any, Path], Any],
     register_schemas: Callable[[], None] = register,
     show: Callable[[Any, Any], None] | None = None,
     records: bool = True,
 ) -> Callable[[], Any]:
-    """The ``main`` of a command: its schemas registered, the launch adapted to Hydra (``prepare_launch``), every sweep
+    """The ``main`` of ``command`` (``trustregion-train``): ``--help`` lists its groups and settings; else its schemas registered, the launch adapted to Hydra (``prepare_launch``), every sweep
     point checked before any job starts (``preflight``), then per Hydra job ``job(cfg, run_dir)`` with one-line errors,
     holding the run dir and writing its records (``.hydra/``) unless ``records`` is false (a command that writes no
     run dir); ``show(cfg, result)`` prints what the job returned, which Hydra gets back (an Optuna sweep maximises
@@ -227,6 +228,14 @@ def entry_point(
         from trustregion.cli.preflight import name_jobs_by_what_varies, preflight
 
         register_schemas()
+        if {"--help", "-h"} & set(
+            sys.argv[1:]
+        ):  # the groups and every setting with its meaning (Hydra's: --hydra-help)
+            from trustregion.cli.help import help_text
+
+            overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+            print(help_text(command, config_name, overrides))
+            return None
         sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
         preflight(sys.argv[1:], config_name)
         sys.argv += name_jobs_by_what_varies(sys.argv[1:])

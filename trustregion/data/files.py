@@ -38,7 +38,7 @@ from trustregion.data.rows import (
     text_field,
 )
 from trustregion.errors import ConfigError, DataError
-from trustregion.schema import one_of, or_null, setting
+from trustregion.schema import at_least, one_of, or_null, setting
 
 
 @dataclass
@@ -46,23 +46,26 @@ class FileDatasetConfig(DatasetConfig):
     """Local files or a hub dataset through ``datasets.load_dataset``, with field-name mapping."""
 
     name: str = "local"
-    path: Optional[str] = None  # hub name, a local file or directory, or a save_to_disk directory
-    data_files: Optional[Any] = None  # a file, a list, or {split: file(s)}; used instead of path's files
-    subset: Optional[str] = None  # the hub dataset's config name (load_dataset's second argument)
+    path: Optional[str] = setting(None, "a local file or dir, a save_to_disk dir, or a hub dataset name")
+    data_files: Optional[Any] = setting(None, "a file, a list, or {split: file(s)}; read instead of path's files")
+    subset: Optional[str] = setting(None, "the hub dataset's config name (load_dataset's second argument)")
     format: Optional[str] = setting(
         None,
         "json (a JSON array or JSON lines), jsonl, parquet, arrow, csv or tsv; null: from the file name",
         or_null(one_of("json", "jsonl", "parquet", "arrow", "csv", "tsv")),
     )
-    split: str = "train"
-    eval_split: Optional[str] = None  # null: hold out eval_samples rows of `split` (seeded)
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-    # Tokenized rows are cached here, keyed by the data, tokenizer and lengths; null: no disk cache.
-    cache_dir: Optional[str] = "~/.cache/trustregion"
-    num_proc: Optional[int] = None  # processes for tokenization (datasets.map)
-    group_by_length: bool = False  # batches of similar lengths, to cut padding (see tokenize.length_grouped_order)
+    split: str = setting("train", "the split trained on")
+    eval_split: Optional[str] = setting(None, "the held-out split; null: hold out eval_samples rows of split (seeded)")
+    prompt_field: str = setting("prompt", "the column holding the prompt")
+    chosen_field: str = setting("chosen", "the column holding the chosen (preferred) response")
+    rejected_field: str = setting("rejected", "the column holding the rejected response")
+    cache_dir: Optional[str] = setting(
+        "~/.cache/trustregion", "where tokenized rows are kept, keyed by the data, tokenizer and lengths; null: none"
+    )
+    num_proc: Optional[int] = setting(
+        None, "processes for tokenization (datasets.map); null: one", or_null(at_least(1))
+    )
+    group_by_length: bool = setting(False, "batches of rows of similar length, to cut padding")
 
 
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "tsv"}

@@ -17,6 +17,7 @@ from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, load_rows, to_dataset
 from trustregion.data.rows import BadRow, text_field
 from trustregion.data.ultrafeedback import check_messages, plain_prompt
+from trustregion.schema import setting
 
 FIELDS = ("prompt", "completion")
 COLUMNS = ("prompt", "completion", "label", "prompt_messages")
@@ -30,8 +31,8 @@ class KTOUnpairedDatasetConfig(FileDatasetConfig):
     path: Optional[str] = "trl-lib/kto-mix-14k"
     split: str = "train"
     eval_split: Optional[str] = "test"
-    completion_field: str = "completion"
-    label_field: str = "label"
+    completion_field: str = setting("completion", "the column holding the completion")
+    label_field: str = setting("label", "the column holding the boolean label (true: desirable)")
 
 
 def _completion(value: Any, column: str) -> str:

@@ -20,7 +20,7 @@ from datasets import Dataset
 from trustregion.data import PreferenceData, Source
 from trustregion.data.files import FileDatasetConfig, field_mapper, load_rows, mapped_columns, pairs_data
 from trustregion.data.rows import BadRow, a_kind, as_text
-from trustregion.errors import ConfigError
+from trustregion.schema import one_of, setting
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 COMPARISON_COLUMNS = ("info", "summaries", "choice")
@@ -36,7 +36,11 @@ class TLDRDatasetConfig(FileDatasetConfig):
     subset: Optional[str] = "comparisons"
     split: str = "train"
     eval_split: Optional[str] = "validation"
-    form: str = "auto"  # auto | comparisons | pairs
+    form: str = setting(
+        "auto",
+        "comparisons (OpenAI's info/summaries/choice rows), pairs (prompt/chosen/rejected), or auto (from the columns)",
+        one_of("auto", "comparisons", "pairs"),
+    )
 
 
 def comparison_to_pair(row: dict) -> dict[str, str]:
@@ -65,8 +69,6 @@ def comparison_to_pair(row: dict) -> dict[str, str]:
 
 def form_of(ds: Dataset, form: str) -> str:
     """``comparisons`` or ``pairs``: the configured form, or the one the split's columns show (``auto``)."""
-    if form not in _FORMS:
-        raise ConfigError(f"dataset.form={form} is invalid: set dataset.form to auto, comparisons or pairs")
     if form != "auto":
         return form
     return "comparisons" if all(c in ds.column_names for c in COMPARISON_COLUMNS) else "pairs"

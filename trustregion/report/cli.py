@@ -68,7 +68,7 @@ def run(cfg: DictConfig, _run_dir: Path | None = None) -> None:
     print(f"{len(study.runs)} runs in {len(study.families)} families -> {path}")
 
 
-main = entry_point("report", run, register_report, records=False)
+main = entry_point("trustregion-report", "report", run, register_report, records=False)
 
 if __name__ == "__main__":
     main()
