@@ -37,7 +37,7 @@ def field_meanings(schema: type | None) -> dict[str, str]:
     """Each field's meaning, a subclass's own where it gives one, else its parent's (a source that only changes a
     default keeps the parent's words)."""
     found: dict[str, str] = {}
-    for klass in reversed(getattr(schema, "__mro__", ())):
+    for klass in reversed(schema.__mro__ if isinstance(schema, type) else ()):
         if is_dataclass(klass):
             found.update({f.name: str(f.metadata["help"]) for f in fields(klass) if f.metadata.get("help")})
     return found
