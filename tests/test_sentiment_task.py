@@ -323,7 +323,71 @@ def test_a_bad_label_temperature_names_the_field_and_the_fix(start_model):
         sentiment_data(f"model.path={start_model}", "dataset.label_temperature=0")
 
 
-# --- the study script, end to end on the tiny model ------------------------------------------------------
+# --- the study script: its plan, and end to end on the tiny model ----------------------------------------
+def study_plan(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """The study script's dry run (``DRY_RUN=1``): the plan for ``out``, nothing run."""
+    settings = {"OUT": str(out), "STUDY": "quick", "DRY_RUN": "1", **env}
+    script = str(REPO / "scripts" / "study_smollm2.sh")
+    return subprocess.run(["bash", script], capture_output=True, text=True, env={**os.environ, **settings}, timeout=60)
+
+
+def planned(out: Path, **env: str) -> dict[str, str]:
+    """``"<family> seed <k>"`` -> what the plan says of that run (done, resume, restart or run, and after what)."""
+    proc = study_plan(out, **env)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.removeprefix("[plan] ") for line in proc.stdout.splitlines() if " seed " in line and ": " in line]
+    return dict(line.split(": ", 1) for line in runs)
+
+
+def finish(out: Path, run: str, command: str) -> None:
+    """Leave ``out/<family>/seed<k>`` as the script leaves a finished run: its command in study-run.txt."""
+    family, _, seed = run.split()
+    (out / family / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+    (out / family / f"seed{seed}" / "study-run.txt").write_text(command.split("-m trustregion.train ", 1)[1])
+
+
+def test_a_cut_study_skips_finished_runs_resumes_checkpointed_ones_and_restarts_the_rest(tmp_path):
+    out = tmp_path / "study"
+    first = planned(out)
+    finish(out, "dpo-frozen seed 1", first["dpo-frozen seed 1"])
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_4").mkdir(parents=True)
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_4" / "COMPLETE").touch()
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_8").mkdir()  # cut while being written: no COMPLETE
+    (out / "dpo-frozen" / "seed2").mkdir(parents=True)
+    (out / "dpo-frozen" / "seed2" / "metrics.jsonl").write_text('{"step": 0}\n')  # killed before a checkpoint
+    plan = planned(out)
+    assert plan["dpo-frozen seed 1"] == "done, not run again"
+    assert plan["dpo-soft seed 1"].startswith("resume step_4, after dpo-frozen seed 1's setup")
+    assert plan["dpo-frozen seed 2"].startswith("restart, first of its seed")
+    assert plan["dpo-soft seed 2"].startswith("run, after dpo-frozen seed 2's setup")
+    assert all("trainer.resume=latest" in plan[run] for run in plan if run != "dpo-frozen seed 1")
+    assert not (out / "logs").exists()  # a dry run writes nothing
+
+
+def test_a_run_finished_with_other_settings_stops_the_study_with_the_fix(tmp_path):
+    out = tmp_path / "study"
+    finish(out, "dpo-frozen seed 1", planned(out, STEPS="8")["dpo-frozen seed 1"])
+    proc = study_plan(out)
+    assert proc.returncode == 2 and "finished with other settings" in proc.stderr and "use another OUT" in proc.stderr
+
+
+def test_the_plan_takes_every_size_from_the_environment_with_fresh_pairs(tmp_path):
+    plan = planned(
+        tmp_path,
+        STUDY="probe",
+        FAMILIES="dpo-frozen dpo-hard",
+        STEPS="40",
+        BATCH="4",
+        EVAL_EVERY="10",
+        LR="3e-5",
+        LORA="1",
+    )
+    run = plan["dpo-hard seed 101"]
+    for setting in ("trainer.max_steps=40", "dataset.num_pairs=160", "trainer.eval_every=10", "trainer.lr=3e-5"):
+        assert setting in run.split()
+    assert "peft=lora" in run.split() and "ref_update.tau=10" in run.split()  # HARD_TAU: STEPS / 4
+
+
 @pytest.mark.slow
 def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_model, tmp_path):
     env = {
@@ -331,33 +395,34 @@ def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_mod
         "WANDB_MODE": "disabled",
         "OUT": str(tmp_path / "study"),
         "START": str(start_model),
-        "SEEDS": "1,2",
+        "SEEDS": "2,3",
         "FAMILIES": "dpo-frozen dpo-soft",
         "PY": str(Path(os.sys.executable)),
+        "STEPS": "2",
+        "EVAL_EVERY": "1",
+        "PAIRS": "16",
+        "HELD_OUT": "4",
+        "EVAL_PROMPTS": "4",
+        "STUDY": "quick",
     }
-    overrides = ["trainer.max_steps=2", "trainer.eval_every=1", "dataset.num_pairs=16", "dataset.eval_samples=4"]
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "study_smollm2.sh"), "--", *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    script = ["bash", str(REPO / "scripts" / "study_smollm2.sh")]
+    proc = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "finished in" in proc.stdout
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     assert report and (tmp_path / "study" / "bands.png").exists()
     rows = [
         json.loads(x)
-        for x in (tmp_path / "study" / "dpo-soft" / "seed1" / "metrics.jsonl").read_text().split("\n")
+        for x in (tmp_path / "study" / "dpo-soft" / "seed2" / "metrics.jsonl").read_text().split("\n")
         if x
     ]
     evals = [r for r in rows if "eval/gold_reward" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
-    assert {"eval/gold/sentiment", "eval/gold/repetition", "eval/repetition", "eval/kl_sft"} <= set(evals[-1])
-    assert (tmp_path / "study" / "dpo-soft" / "seed1" / "eval_samples.jsonl").exists()
+    assert {"eval/gold/sentiment", "eval/gold/garbled", "eval/gold/offtopic", "eval/kl_sft"} <= set(evals[-1])
     samples = (tmp_path / "study" / "samples.md").read_text()
-    assert "### dpo-frozen" in samples and "### dpo-soft" in samples and "peak gold: step" in samples
+    assert "(seed 2)" in samples and "### dpo-frozen" in samples and "peak gold: step" in samples
+    again = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "done, not run again" in again.stdout and "done    dpo" not in again.stdout
 
 
 # --- the real starting model -------------------------------------------------------------------------------
