@@ -129,6 +129,8 @@ one_run() {  # family, seed: one training run into $OUT/<family>/seed<seed>, res
     say "done    $family seed $seed ($(( $(date +%s) - clock ))s; load average $(cut -d' ' -f1 /proc/loadavg))"
   elif (( rc == 2 )) && grep -q "checkpoint written" "$OUT/logs/$name.log"; then
     say "stopped $family seed $seed at a checkpoint: run the study again to continue it"
+  elif (( rc == 2 )) && grep -q "^error: signal" "$OUT/logs/$name.log"; then
+    say "stopped $family seed $seed before its first step: run the study again to start it again"
   else
     say "FAILED  $family seed $seed (see $OUT/logs/$name.log)"; tail -3 "$OUT/logs/$name.log"
   fi
