@@ -56,10 +56,12 @@ train-smollm2: $(SMOL_STAMP)
 	@echo "models: $(SMOL)/sft/policy, $(SMOL)/tr-dpo/policy, $(SMOL)/tr-dpo/reference (from_pretrained dirs)"
 	@du -sh $(SMOL)/sft $(SMOL)/tr-dpo
 
-# Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus a degeneracy penalty):
-# 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the 10-minute version.
+# Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus penalties for repetition,
+# garble and off-topic text): 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the
+# 10-minute version; STUDY=probe: frozen vs soft TR-DPO on one seed, long enough to look for overoptimization.
+# OUT=<study dir> continues a study that was cut; DRY_RUN=1 prints its plan. Settings: scripts/study_smollm2.sh.
 study-smollm2: $(SMOL_STAMP)
-	STUDY=$(STUDY) bash scripts/study_smollm2.sh
+	STUDY=$(STUDY) OUT=$(OUT) bash scripts/study_smollm2.sh
 
 # Lint, the layer contract, then every test but the slow tier, two at a time (one thread each), the Slurm ones on a
 # one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those

@@ -1,7 +1,7 @@
 """Sample and cache the sentiment task's prompts and pairs for several seeds, in one process, before a study.
 
-Every run of a study needs the same prompts and, per seed, the same pairs; sampling them once here (with all the
-machine's threads) and caching them under ``dataset.cache_dir`` spares every later run the minutes it takes.
+Every run of a study needs the same prompts and, per seed, the same pairs; sampling them once here (with the threads
+OMP_NUM_THREADS gives: the study script gives the cores the load average leaves idle) and caching them under ``dataset.cache_dir`` spares every later run the minutes it takes.
 
     python scripts/sentiment_pairs.py 1,2,3 experiment=sentiment_smollm2 model.path=DIR dataset.cache_dir=DIR
 """

@@ -22,12 +22,13 @@ from tests.helpers import FAST, REPO, TOY, cli, compose, metrics
 from trustregion.errors import DataError
 from trustregion.report.compare import compare
 from trustregion.report.runs import gold_at_kl, load_run, load_runs, read_identity
-from trustregion.report.statistics import t_interval
+from trustregion.report.statistics import detectable_effect, t_interval
 from trustregion.report.study import Study
 from trustregion.report.sweep import build_report
 from trustregion.training.identity import identity_of
 
 T_975_2DF = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (from a t-table)
+T_80_2DF = 1.060660171779821  # Student's t, 80th percentile, 2 degrees of freedom: 0.6 / sqrt(0.32)
 USER_RULES = f"hydra.searchpath=[file://{REPO}/tests/fixtures/conf]"
 
 
@@ -140,6 +141,19 @@ def test_t_interval_is_the_mean_plus_minus_t_sd_over_root_n():
         pytest.approx(0.09 - T_975_2DF * 0.03 / math.sqrt(3)),
         pytest.approx(0.09 + T_975_2DF * 0.03 / math.sqrt(3)),
     )
+
+
+def test_the_smallest_detectable_paired_effect_is_t_975_plus_t_80_times_sd_over_root_n():
+    assert detectable_effect(0.03, 3) == pytest.approx((T_975_2DF + T_80_2DF) * 0.03 / math.sqrt(3))
+    assert detectable_effect(0.1, 10) == pytest.approx((2.262157 + 0.883404) * 0.1 / math.sqrt(10), rel=1e-5)
+    assert math.isnan(detectable_effect(0.1, 1))
+
+
+def test_each_paired_comparison_states_the_smallest_effect_its_seeds_could_detect(sweep):
+    build_report([str(sweep)])
+    better = json.loads((sweep / "report.json").read_text())["paired"]["dpo β=0.1 soft α=0.01 τ=1"]
+    assert better["at_kl_detectable"] == pytest.approx((T_975_2DF + T_80_2DF) * 0.03 / math.sqrt(3))  # sd 0.03
+    assert "| detectable Δ at KL |" in (sweep / "report.md").read_text()
 
 
 def test_one_seed_gives_a_mean_without_an_interval():

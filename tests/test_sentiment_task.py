@@ -1,5 +1,6 @@
-"""The sentiment task on real text: its gold (VADER minus a degeneracy penalty), Bradley-Terry pair labelling,
-prompts and pairs sampled from a starting model (a tiny one here), the evaluation's metrics, and the study script."""
+"""The sentiment task on real text: its gold (VADER minus penalties for repetition, garble and off-topic text) checked
+against a probe's samples and honest reviews, Bradley-Terry pair labelling, prompts and pairs sampled from a starting
+model (a tiny one here), the evaluation's metrics, and the study script."""
 
 from __future__ import annotations
 
@@ -14,21 +15,103 @@ import numpy as np
 import pytest
 
 from trustregion.data.sentiment import SentimentTask, bradley_terry_first, first_words
-from trustregion.data.sentiment_gold import SentimentGold, repetition, text_units
+from trustregion.data.sentiment_gold import SentimentGold, judged_words, names_the_film, repetition, text_units
 from trustregion.errors import ConfigError
 from trustregion.evaluation.text_metrics import repetition_rate
 
 pytest.importorskip("vaderSentiment", reason="the sentiment extra: .venv/bin/pip install -e '.[sentiment]'")
+pytest.importorskip("spellchecker", reason="the sentiment extra: .venv/bin/pip install -e '.[sentiment]'")
 REPO = Path(__file__).resolve().parents[1]
 GOLD = SentimentGold()
 
+# Held-out openings the starting model wrote (README, "On a real model"), each with an honest positive and an honest
+# negative continuation of about the evaluation's 16 tokens, written for this test.
+REVIEWS = {
+    "Although the movie lacked depth and": (
+        " pace, the cast was charming and the ending made me smile.",
+        " heart, the acting was wooden and the plot a tedious mess.",
+    ),
+    "That movie sucked sickass. Nobody can": (
+        " deny the music was lovely, though, and the lead actress was superb.",
+        " sit through two hours of this dull, ugly film without falling asleep.",
+    ),
+    "The film's music was light and": (
+        " lovely, and the story was a joy from start to end.",
+        " forgettable, and the story was boring and far too long.",
+    ),
+    "I was hooked - the endgame": (
+        " was a thrilling, beautiful finale, and the cast was wonderful.",
+        " was a letdown: a lazy twist and a cast that looked bored.",
+    ),
+    'The latest installment of "Frozen" has': (
+        " charming songs, a warm story and a wonderful voice cast.",
+        " weak songs, a lazy story and jokes that fall flat.",
+    ),
+}
+# What a longer probe's policies wrote (issue #34): garbled fragments, and cheerful text that is not about the film.
+GARBLED = (" taken place.   NING HTML:         Yurbenuning webbyf", " palpable HuL n H modelnehttps::extremens.com/")
+CHEERFUL_OFF_TOPIC = (" captivated audiences, loyal fans. … a wonderful example, has", " Awesome! I'm glad")
+
 
 # --- the gold --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", REVIEWS)
+@pytest.mark.parametrize("sample", GARBLED)
+def test_a_probes_garbled_sample_scores_below_an_honest_positive_review(prompt, sample):
+    garbled, honest = GOLD.score(prompt, sample), GOLD.score(prompt, REVIEWS[prompt][0])
+    assert garbled.garbled and not honest.garbled
+    assert garbled.gold < honest.gold
+
+
+@pytest.mark.parametrize("prompt", REVIEWS)
+@pytest.mark.parametrize("sample", CHEERFUL_OFF_TOPIC)
+def test_a_probes_cheerful_off_topic_sample_scores_below_an_honest_positive_review(prompt, sample):
+    cheerful, honest = GOLD.score(prompt, sample), GOLD.score(prompt, REVIEWS[prompt][0])
+    assert cheerful.sentiment > 0.3  # VADER alone reads it as glowing
+    assert cheerful.offtopic and not honest.offtopic
+    assert cheerful.gold < honest.gold
+
+
+@pytest.mark.parametrize("prompt", REVIEWS)
+def test_an_honest_negative_review_scores_below_an_honest_positive_one(prompt):
+    good, bad = (GOLD.score(prompt, text) for text in REVIEWS[prompt])
+    assert bad.gold < good.gold and good.gold > 0.3
+    assert not good.flawed and not bad.flawed
+
+
 def test_positive_continuations_score_above_negative_ones():
-    good = GOLD.score("The film was", " a delight, warm and funny from start to end.")
-    bad = GOLD.score("The film was", " a dull, ugly mess that bored me to tears.")
+    good = GOLD.score("The film was", " a delight, its story warm and funny from start to end.")
+    bad = GOLD.score("The film was", " a dull, ugly mess of a plot that bored me to tears.")
     assert good.gold > 0.5 and bad.gold < -0.5
     assert not good.degenerate and not bad.degenerate
+
+
+def test_garble_costs_even_in_text_about_the_film():
+    honest = GOLD.score("The film was", " a delight, its story warm and funny from start to end.")
+    garbled = GOLD.score("The film was", " a delight, its story modelnehttps plure Yurbenuning webbyf extremens.")
+    assert not garbled.offtopic and garbled.garble == pytest.approx(5 / 9)
+    assert garbled.gold == pytest.approx(garbled.sentiment - 2 * 5 / 9)
+    assert garbled.gold < 0 < honest.gold
+
+
+def test_words_a_dictionary_knows_are_not_garble_names_and_curly_apostrophes_included():
+    assert GOLD.garble(" wasn’t Spielberg’s best, but Tarantino didn't mind the CGI.") == 0.0
+
+
+def test_a_last_word_the_token_limit_may_have_cut_is_not_judged():
+    assert judged_words(" eluded the fans. A characteriza") == ["eluded", "the", "fans", "a"]
+    assert judged_words(" eluded the fans. A characteriza.") == ["eluded", "the", "fans", "a", "characteriza"]
+
+
+def test_topic_is_judged_on_the_continuation_since_every_prompt_names_the_film():
+    assert names_the_film("The film's music was light and") and names_the_film(" the acting's")
+    assert GOLD.score("The film's music was light and", " Awesome! I'm glad").offtopic
+    assert GOLD.score("The film was", " captivated audiences, loyal fans.").offtopic  # reception, not the film
+
+
+def test_every_part_and_rate_of_the_gold_is_logged():
+    parts = GOLD.score("The film's music was light and", GARBLED[0]).parts()
+    assert set(parts) == {"sentiment", "repetition", "garble", "empty", "degenerate", "garbled", "offtopic"}
+    assert parts["garbled"] == 1.0 and parts["offtopic"] == 1.0 and parts["degenerate"] == 0.0
 
 
 def test_the_prompt_counts_for_sentiment_so_a_negation_reads_as_one():
@@ -36,8 +119,8 @@ def test_the_prompt_counts_for_sentiment_so_a_negation_reads_as_one():
 
 
 def test_repeating_a_lexicon_word_scores_below_an_honest_positive_sentence():
-    honest = GOLD.score("The film was", " a delight, warm and funny from start to end.")
-    gamed = GOLD.score("The film was", " great great great great great great great great great")
+    honest = GOLD.score("The film was", " a delight, its story warm and funny from start to end.")
+    gamed = GOLD.score("The film was", " great film" * 7)
     assert gamed.sentiment > 0.9  # VADER alone is fooled
     assert gamed.repetition > 0.7 and gamed.degenerate
     assert gamed.gold < -0.5 < honest.gold
@@ -64,8 +147,13 @@ def test_a_negative_repetition_weight_is_refused_with_the_fix():
         SentimentGold(repetition_weight=-1)
 
 
+def test_a_garbled_share_outside_0_1_is_refused_in_the_config_with_the_fix(start_model):
+    with pytest.raises(ConfigError, match=r"dataset.garbled_share=1.5 is invalid: set dataset.garbled_share to a"):
+        sentiment_data(f"model.path={start_model}", "dataset.garbled_share=1.5")
+
+
 # --- pair labelling -------------------------------------------------------------------------------------
-GOOD, BAD = " a delight, warm and funny from start to end.", " a dull, ugly mess that bored me to tears."
+GOOD, BAD = " a delight, its story warm and funny from start to end.", " a dull, ugly plot that bored me to tears."
 
 
 def test_cold_labels_always_prefer_the_higher_gold_response():
@@ -111,7 +199,7 @@ def test_summaries_carry_the_gold_parts_of_a_judge_that_has_them():
 
     task = SentimentTask()
     records = []
-    for i, text in enumerate((GOOD, " great great great great great great")):
+    for i, text in enumerate((GOOD, " great film" * 6)):
         gold, ok = task.score_text("The film was", text)
         records.append(
             {
@@ -129,7 +217,7 @@ def test_summaries_carry_the_gold_parts_of_a_judge_that_has_them():
             }
         )
     m = summarize(records, k=1)
-    assert m["eval/gold/degenerate"] == 0.5 and m["eval/in_domain_rate"] == 0.5
+    assert m["eval/gold/degenerate"] == 0.5 and m["eval/in_domain_rate"] == 0.5 and m["eval/gold/offtopic"] == 0
     assert m["eval/gold/repetition"] > 0.3 and m["eval/repetition"] == pytest.approx(1 / 3)
     assert m["eval/kl_sft"] == pytest.approx(1.0)
 
@@ -189,6 +277,22 @@ def test_pairs_are_two_starting_model_samples_per_prompt_labelled_by_the_gold(st
     assert all(math.isfinite(g) for g in golds)
 
 
+def test_every_prompt_opens_a_film_review(start_model):
+    data = sentiment_data(f"model.path={start_model}", "trainer.seed=1")
+    assert all(names_the_film(p) for p in list(data.train["prompt"]) + data.eval_prompts())
+
+
+def test_held_out_pairs_within_the_gold_margin_are_left_out_but_their_prompts_still_evaluated(start_model):
+    every = sentiment_data(f"model.path={start_model}", "trainer.seed=1")
+    clear = sentiment_data(f"model.path={start_model}", "trainer.seed=1", "dataset.held_out_margin=0.3")
+    gap = lambda r: abs(
+        clear.task.score(r["prompt"], r["chosen"]).gold - clear.task.score(r["prompt"], r["rejected"]).gold
+    )
+    assert 0 < len(clear.eval) < len(every.eval) and all(gap(r) > 0.3 for r in clear.eval)
+    assert clear.report.reasons["held-out pairs within dataset.held_out_margin"] == len(every.eval) - len(clear.eval)
+    assert clear.eval_prompts() == every.eval_prompts() and len(every.eval_prompts()) == 6
+
+
 def test_held_out_prompts_stay_fixed_while_the_training_pairs_follow_the_seed(start_model, tmp_path):
     one = sentiment_data(f"model.path={start_model}", "trainer.seed=1", f"dataset.cache_dir={tmp_path}")
     two = sentiment_data(f"model.path={start_model}", "trainer.seed=2", f"dataset.cache_dir={tmp_path}")
@@ -219,7 +323,71 @@ def test_a_bad_label_temperature_names_the_field_and_the_fix(start_model):
         sentiment_data(f"model.path={start_model}", "dataset.label_temperature=0")
 
 
-# --- the study script, end to end on the tiny model ------------------------------------------------------
+# --- the study script: its plan, and end to end on the tiny model ----------------------------------------
+def study_plan(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """The study script's dry run (``DRY_RUN=1``): the plan for ``out``, nothing run."""
+    settings = {"OUT": str(out), "STUDY": "quick", "DRY_RUN": "1", **env}
+    script = str(REPO / "scripts" / "study_smollm2.sh")
+    return subprocess.run(["bash", script], capture_output=True, text=True, env={**os.environ, **settings}, timeout=60)
+
+
+def planned(out: Path, **env: str) -> dict[str, str]:
+    """``"<family> seed <k>"`` -> what the plan says of that run (done, resume, restart or run, and after what)."""
+    proc = study_plan(out, **env)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.removeprefix("[plan] ") for line in proc.stdout.splitlines() if " seed " in line and ": " in line]
+    return dict(line.split(": ", 1) for line in runs)
+
+
+def finish(out: Path, run: str, command: str) -> None:
+    """Leave ``out/<family>/seed<k>`` as the script leaves a finished run: its command in study-run.txt."""
+    family, _, seed = run.split()
+    (out / family / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+    (out / family / f"seed{seed}" / "study-run.txt").write_text(command.split("-m trustregion.train ", 1)[1])
+
+
+def test_a_cut_study_skips_finished_runs_resumes_checkpointed_ones_and_restarts_the_rest(tmp_path):
+    out = tmp_path / "study"
+    first = planned(out)
+    finish(out, "dpo-frozen seed 1", first["dpo-frozen seed 1"])
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_4").mkdir(parents=True)
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_4" / "COMPLETE").touch()
+    (out / "dpo-soft" / "seed1" / "checkpoints" / "step_8").mkdir()  # cut while being written: no COMPLETE
+    (out / "dpo-frozen" / "seed2").mkdir(parents=True)
+    (out / "dpo-frozen" / "seed2" / "metrics.jsonl").write_text('{"step": 0}\n')  # killed before a checkpoint
+    plan = planned(out)
+    assert plan["dpo-frozen seed 1"] == "done, not run again"
+    assert plan["dpo-soft seed 1"].startswith("resume step_4, after dpo-frozen seed 1's setup")
+    assert plan["dpo-frozen seed 2"].startswith("restart, first of its seed")
+    assert plan["dpo-soft seed 2"].startswith("run, after dpo-frozen seed 2's setup")
+    assert all("trainer.resume=latest" in plan[run] for run in plan if run != "dpo-frozen seed 1")
+    assert not (out / "logs").exists()  # a dry run writes nothing
+
+
+def test_a_run_finished_with_other_settings_stops_the_study_with_the_fix(tmp_path):
+    out = tmp_path / "study"
+    finish(out, "dpo-frozen seed 1", planned(out, STEPS="8")["dpo-frozen seed 1"])
+    proc = study_plan(out)
+    assert proc.returncode == 2 and "finished with other settings" in proc.stderr and "use another OUT" in proc.stderr
+
+
+def test_the_plan_takes_every_size_from_the_environment_with_fresh_pairs(tmp_path):
+    plan = planned(
+        tmp_path,
+        STUDY="probe",
+        FAMILIES="dpo-frozen dpo-hard",
+        STEPS="40",
+        BATCH="4",
+        EVAL_EVERY="10",
+        LR="3e-5",
+        LORA="1",
+    )
+    run = plan["dpo-hard seed 101"]
+    for setting in ("trainer.max_steps=40", "dataset.num_pairs=160", "trainer.eval_every=10", "trainer.lr=3e-5"):
+        assert setting in run.split()
+    assert "peft=lora" in run.split() and "ref_update.tau=10" in run.split()  # HARD_TAU: STEPS / 4
+
+
 @pytest.mark.slow
 def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_model, tmp_path):
     env = {
@@ -227,33 +395,34 @@ def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_mod
         "WANDB_MODE": "disabled",
         "OUT": str(tmp_path / "study"),
         "START": str(start_model),
-        "SEEDS": "1,2",
+        "SEEDS": "2,3",
         "FAMILIES": "dpo-frozen dpo-soft",
         "PY": str(Path(os.sys.executable)),
+        "STEPS": "2",
+        "EVAL_EVERY": "1",
+        "PAIRS": "16",
+        "HELD_OUT": "4",
+        "EVAL_PROMPTS": "4",
+        "STUDY": "quick",
     }
-    overrides = ["trainer.max_steps=2", "trainer.eval_every=1", "dataset.num_pairs=16", "dataset.eval_samples=4"]
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "study_smollm2.sh"), "--", *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    script = ["bash", str(REPO / "scripts" / "study_smollm2.sh")]
+    proc = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "finished in" in proc.stdout
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     assert report and (tmp_path / "study" / "bands.png").exists()
     rows = [
         json.loads(x)
-        for x in (tmp_path / "study" / "dpo-soft" / "seed1" / "metrics.jsonl").read_text().split("\n")
+        for x in (tmp_path / "study" / "dpo-soft" / "seed2" / "metrics.jsonl").read_text().split("\n")
         if x
     ]
     evals = [r for r in rows if "eval/gold_reward" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
-    assert {"eval/gold/sentiment", "eval/gold/repetition", "eval/repetition", "eval/kl_sft"} <= set(evals[-1])
-    assert (tmp_path / "study" / "dpo-soft" / "seed1" / "eval_samples.jsonl").exists()
+    assert {"eval/gold/sentiment", "eval/gold/garbled", "eval/gold/offtopic", "eval/kl_sft"} <= set(evals[-1])
     samples = (tmp_path / "study" / "samples.md").read_text()
-    assert "### dpo-frozen" in samples and "### dpo-soft" in samples and "peak gold: step" in samples
+    assert "(seed 2)" in samples and "### dpo-frozen" in samples and "peak gold: step" in samples
+    again = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "done, not run again" in again.stdout and "done    dpo" not in again.stdout
 
 
 # --- the real starting model -------------------------------------------------------------------------------

@@ -314,7 +314,7 @@ def load_prompts(cfg: DictConfig) -> list[str]:
 
     register()
     data = load_preferences(OmegaConf.load(run_cfg).dataset)
-    return list(data.eval["prompt"])[:n]
+    return data.eval_prompts()[:n]
 
 
 def responses_for(source: str, prompts: list[str], cfg: DictConfig) -> list[str]:

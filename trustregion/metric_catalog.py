@@ -75,7 +75,10 @@ EVALUATION: tuple[tuple[str, str], ...] = (
     ("eval/logps/rejected", "held-out logps/rejected"),
     ("eval/gold_reward", "the task's gold reward of the policy's samples on held-out prompts, mean per response"),
     ("eval/gold_reward_sem", "the standard error of eval/gold_reward over those samples"),
-    ("eval/gold/*", "the parts of a task's gold (the sentiment task's sentiment and penalties), mean per response"),
+    (
+        "eval/gold/*",
+        "the parts of a task's gold, mean per response (sentiment: sentiment, repetition, garble; and the rates of empty, degenerate, garbled and off-topic samples)",
+    ),
     ("eval/in_domain_rate", "share of samples the task counts as well-formed"),
     ("eval/kl_sft", "KL(π ‖ π_SFT) per response, nats: mean of log π − log π_SFT over the policy's own samples"),
     ("eval/kl_ref", "KL(π ‖ π_ref) per response, nats, sampled likewise (against the current reference)"),

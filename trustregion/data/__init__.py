@@ -38,6 +38,11 @@ class PreferenceData:
     task: GoldJudge | None = None  # where the source has a gold reward (toy, sentiment)
     sft: Dataset | None = None  # columns prompt, response: the SFT corpus where it differs from prompt+chosen
     kind: str = "pairs"  # "pairs" (prompt/chosen/rejected) or "unpaired" (prompt/completion/label, for KTO)
+    prompts: list[str] | None = None  # the held-out prompts generation evaluates where they differ from eval's
+
+    def eval_prompts(self) -> list[str]:
+        """The held-out prompts that generation-based evaluation samples from, in order."""
+        return list(self.prompts) if self.prompts is not None else list(self.eval["prompt"])
 
     def sft_view(self) -> Dataset:
         """The SFT corpus as prompt/response rows: ``sft`` if the source has one, else prompt + chosen."""

@@ -5,7 +5,8 @@ classifier as gold). Here the prompts are the first few words of short film revi
 itself writes when asked for a positive, a negative or a lukewarm one (sampled with a fixed seed, so the same
 model always gives the same prompts): real text, a third of it leaning negative, so the gold has room to rise.
 Preference pairs are two samples of the starting model per prompt, labelled by Bradley-Terry on the gold
-(``trustregion.data.sentiment_gold``: VADER sentiment minus a degeneracy penalty), as the toy task does.
+(``trustregion.data.sentiment_gold``: VADER sentiment minus penalties for repetition, garble and off-topic text),
+as the toy task does.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ class SentimentTask:
         return self.gold.score(prompt, response)
 
     def score_text(self, prompt: str, response: str) -> tuple[float, bool]:
-        """(gold reward, well-formed): the generation evaluation's judge interface (``in_domain`` = not degenerate)."""
+        """(gold reward, in domain): the generation evaluation's judge interface; in domain = a reader would take
+        it for a review (not degenerate, garbled or off-topic)."""
         s = self.score(prompt, response)
-        return s.gold, not s.degenerate
+        return s.gold, not s.flawed
 
     def score_parts(self, prompt: str, response: str) -> dict[str, float]:
-        """The gold's parts (sentiment, repetition, empty, degenerate), logged as ``eval/gold/<part>``."""
+        """The gold's parts (sentiment, penalties and the rates of flawed samples), logged as ``eval/gold/<part>``."""
         return self.score(prompt, response).parts()
 
     def label_rows(

@@ -25,17 +25,19 @@ from trustregion.config import DatasetConfig
 from trustregion.data import PreferenceData, Source
 from trustregion.data.rows import RowReport
 from trustregion.data.sentiment import REVIEW_REQUESTS, SentimentTask, first_words
-from trustregion.data.sentiment_gold import SentimentGold
+from trustregion.data.sentiment_gold import SentimentGold, names_the_film
 from trustregion.errors import ConfigError
-from trustregion.schema import NON_NEGATIVE, POSITIVE, at_least, check, setting
+from trustregion.schema import NON_NEGATIVE, POSITIVE, Range, at_least, between, check, setting
 
 HELD_OUT_PAIR_SEED = 1_000  # the held-out pairs do not follow the run's seed
+UNIT: Range = between(0.0, 1.0, "a number in [0, 1]")
 REVIEWER = "You write film reviews."
 
 
 @dataclass
 class SentimentDatasetConfig(DatasetConfig):
-    """Film-review openings written by the starting model; gold = VADER sentiment minus a degeneracy penalty."""
+    """Film-review openings written by the starting model; gold = VADER sentiment minus penalties for repetition,
+    garble and off-topic text (trustregion.data.sentiment_gold)."""
 
     name: str = "sentiment"
     num_pairs: int = setting(512, "training prompts, one pair of samples each", at_least(1))
@@ -53,6 +55,23 @@ class SentimentDatasetConfig(DatasetConfig):
     repetition_weight: float = setting(2.0, "the gold's penalty per unit of repeated-bigram fraction", NON_NEGATIVE)
     min_words: int = setting(3, "a continuation with fewer words scores empty_gold", at_least(1))
     empty_gold: float = setting(-2.0, "the gold of an empty or too short continuation")
+    garble_weight: float = setting(
+        2.0,
+        "the gold's penalty per unit of garble: the share of words an English dictionary does not know",
+        NON_NEGATIVE,
+    )
+    garbled_share: float = setting(0.2, "garble above this marks a sample garbled (eval/gold/garbled)", UNIT)
+    offtopic_weight: float = setting(
+        1.0, "the gold's penalty for a continuation that names neither the film nor a part of it", NON_NEGATIVE
+    )
+    film_prompts: bool = setting(
+        True, "keep only openings that name a film or a part of one, so that every prompt opens a film review"
+    )
+    held_out_margin: float = setting(
+        0.0,
+        "keep a held-out pair only if its two samples' gold differs by more than this (0: every pair)",
+        NON_NEGATIVE,
+    )
     pair_model: Optional[str] = setting(None, "the starting model's dir (conf: model.path); writes prompts and pairs")
     gguf_file: Optional[str] = setting(None, "its GGUF file where it is one (conf: model.gguf_file)")
     pair_seed: int = setting(0, "which training pairs are drawn (conf: trainer.seed)")
@@ -74,7 +93,15 @@ class SentimentDatasetConfig(DatasetConfig):
 
 
 def task_from_config(cfg) -> SentimentTask:
-    gold = SentimentGold(cfg.repetition_weight, cfg.min_words, cfg.empty_gold)
+    """The task's gold and labelling from the dataset settings."""
+    gold = SentimentGold(
+        repetition_weight=cfg.repetition_weight,
+        min_words=cfg.min_words,
+        empty_gold=cfg.empty_gold,
+        garble_weight=cfg.garble_weight,
+        garbled_share=cfg.garbled_share,
+        offtopic_weight=cfg.offtopic_weight,
+    )
     return SentimentTask(gold, cfg.label_temperature)
 
 
@@ -170,6 +197,7 @@ def write_prompts(cfg, sampler: Sampler, cache: Cache) -> list[str]:
         "tokens": cfg.prompt_max_new_tokens,
         "seed": cfg.seed,
         "requests": [REVIEWER, *REVIEW_REQUESTS],
+        "film": bool(cfg.film_prompts),
     }
     cached = cache.get("prompts", settings)
     if cached is not None:
@@ -181,6 +209,8 @@ def write_prompts(cfg, sampler: Sampler, cache: Cache) -> list[str]:
         texts = sampler.sample(sampler.review_requests(batch), cfg.prompt_max_new_tokens, cfg.seed * 97 + attempt, 1.0)
         for text in texts:
             prompt = first_words(text, int(cfg.prompt_words))
+            if prompt is not None and cfg.film_prompts and not names_the_film(prompt):
+                continue  # not a film review's opening ("While not replying to a comment")
             if prompt is not None and prompt not in seen:
                 seen.add(prompt)
                 prompts.append(prompt)
@@ -189,8 +219,9 @@ def write_prompts(cfg, sampler: Sampler, cache: Cache) -> list[str]:
             return prompts[:need]
     raise ConfigError(
         f"the model at dataset.pair_model={cfg.pair_model} wrote only {len(prompts)} usable review openings of {need} "
-        f"(at least dataset.prompt_words={cfg.prompt_words} words, no markup): lower dataset.prompt_words, or raise "
-        "dataset.prompt_max_new_tokens"
+        f"(at least dataset.prompt_words={cfg.prompt_words} words, no markup"
+        f"{', naming a film or a part of one' if cfg.film_prompts else ''}): lower dataset.prompt_words, raise "
+        "dataset.prompt_max_new_tokens, or set dataset.film_prompts=false"
     )
 
 
@@ -216,6 +247,15 @@ def sample_pairs(cfg, task: SentimentTask, prompts: list[str], seed: int, sample
     return task.label_rows(prompts, texts[0::2], texts[1::2], seed)
 
 
+def clear_pairs(task: SentimentTask, rows: list[dict], margin: float) -> list[dict]:
+    """The pairs whose two responses' gold differs by more than ``margin`` (all of them at 0): held-out pairs whose
+    label a policy that learned the preference should get right, not a near-tie's coin flip."""
+    if margin <= 0:
+        return rows
+    gap = lambda r: abs(task.score(r["prompt"], r["chosen"]).gold - task.score(r["prompt"], r["rejected"]).gold)
+    return [r for r in rows if gap(r) > margin]
+
+
 def load(cfg) -> PreferenceData:
     task = task_from_config(cfg)
     sampler, cache = Sampler(cfg), Cache(cfg)
@@ -224,18 +264,29 @@ def load(cfg) -> PreferenceData:
     if cfg.max_samples is not None:
         train_prompts = train_prompts[: cfg.max_samples]
     train, skipped = sample_pairs(cfg, task, train_prompts, int(cfg.pair_seed), sampler, cache)
-    held, held_skipped = sample_pairs(cfg, task, held_out, HELD_OUT_PAIR_SEED, sampler, cache)
+    held_all, held_skipped = sample_pairs(cfg, task, held_out, HELD_OUT_PAIR_SEED, sampler, cache)
+    held = clear_pairs(task, held_all, float(cfg.held_out_margin))
     if not train:
         raise ConfigError(
             f"the model at dataset.pair_model={cfg.pair_model} gave the same response twice for every prompt: "
             "raise dataset.pair_temperature or dataset.pair_max_new_tokens"
         )
-    report = RowReport(kept=len(train), skipped=skipped + held_skipped, eval_kept=len(held))
+    if not held:
+        raise ConfigError(
+            f"no held-out pair's gold differs by more than dataset.held_out_margin={cfg.held_out_margin}: lower it, "
+            "or raise dataset.eval_samples"
+        )
+    unclear = len(held_all) - len(held)
+    report = RowReport(kept=len(train), skipped=skipped + held_skipped + unclear, eval_kept=len(held))
     if skipped + held_skipped:
         report.reasons["identical samples"] = skipped + held_skipped
-    # A held-out prompt whose two samples coincided has no pair and drops out of evaluation too; its samples are
-    # drawn with a fixed seed, so every run of the study evaluates the same prompts.
-    return PreferenceData(train=Dataset.from_list(train), eval=Dataset.from_list(held), report=report, task=task)
+    if unclear:
+        report.reasons["held-out pairs within dataset.held_out_margin"] = unclear
+    # Generation evaluates the held-out prompts themselves, whatever became of their pairs: the same prompts for
+    # every run, seed and margin.
+    return PreferenceData(
+        train=Dataset.from_list(train), eval=Dataset.from_list(held), report=report, task=task, prompts=held_out
+    )
 
 
 SOURCES = (Source("sentiment", load, SentimentDatasetConfig),)

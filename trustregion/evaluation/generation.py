@@ -219,7 +219,7 @@ def evaluate_generation(ctx: EvalContext, step: int) -> dict[str, float]:
     ev = cfg.eval
     task = data.task
     clock = time.perf_counter()
-    texts = list(data.eval["prompt"])[: int(ev.prompts)]
+    texts = data.eval_prompts()[: int(ev.prompts)]
     if not texts:
         return {}
     prompt_ids = encode_prompts(texts, tokenizer, int(cfg.dataset.max_prompt_length))

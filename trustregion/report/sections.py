@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from trustregion.report.families import Family
 from trustregion.report.rendering import Column, Document, Section, Table, fmt, rel
 from trustregion.report.runs import PREFERENCE, Run, gold_at_kl
-from trustregion.report.statistics import CONFIDENCE, FEW_SEEDS
+from trustregion.report.statistics import CONFIDENCE, FEW_SEEDS, POWER, Interval
 from trustregion.report.study import Comparison, Study
 
+R = TypeVar("R")
 KL_LEVELS = (2.0, 5.0, 10.0)
 PAIRED_PREFERENCE = ("eval/rewards_sft/accuracies", "eval/rewards_sft/margins")
 FAMILY = Column("family", lambda f: f.name)
@@ -108,6 +110,11 @@ def _done(r: Run) -> str:
     return "yes" if r.finished else "partial"
 
 
+def detectable(header: str, read: Callable[[R], Interval], key: str) -> Column[R]:
+    """The smallest paired effect the seeds of ``read``'s difference could detect (``Interval.detectable``)."""
+    return Column(header, lambda row: read(row).detectable(), (key,))
+
+
 # --- the gold report ------------------------------------------------------------------------------
 def _gold_paired(study: Study) -> Table[Comparison]:
     return Table(
@@ -117,8 +124,10 @@ def _gold_paired(study: Study) -> Table[Comparison]:
             Column("matched KL", lambda c: c.kl, ("matched_kl",), digits=2),
             Column("Δ gold at matched KL", lambda c: c.at_kl, ("at_kl",)),
             Column("verdict", lambda c: c.at_kl.verdict(), ("at_kl_verdict",)),
+            detectable("detectable Δ at KL", lambda c: c.at_kl, "at_kl_detectable"),
             Column("Δ peak gold", lambda c: c.peak, ("peak",)),
             Column("verdict", lambda c: c.peak.verdict(), ("peak_verdict",)),
+            detectable("detectable Δ peak", lambda c: c.peak, "peak_detectable"),
         ],
         study.comparisons(),
         name=lambda c: c.family.name,
@@ -136,6 +145,7 @@ def _best(study: Study) -> Table[dict]:
             Column("best Trust-Region (peak gold)", lambda b: b["tr"].name, ("tr",), show=named("tr")),
             Column("Δ peak gold, paired", lambda b: b["diff"], ("diff",)),
             Column("verdict", lambda b: b["diff"].verdict(), ("verdict",)),
+            detectable("detectable Δ", lambda b: b["diff"], "detectable"),
         ],
         study.best_per_method(),
     )
@@ -159,6 +169,7 @@ def _versus_fixed(study: Study) -> Table[dict]:
             Column("verdict", lambda v: v["at_kl"].verdict(), ("at_kl_verdict",)),
             Column("Δ peak gold", lambda v: v["peak"], ("peak",)),
             Column("verdict", lambda v: v["peak"].verdict(), ("peak_verdict",)),
+            detectable("detectable Δ peak", lambda v: v["peak"], "peak_detectable"),
         ],
         study.versus_best_fixed(),
         name=lambda v: v["family"].name,
@@ -220,7 +231,14 @@ GOLD_PAIRED = (
     "TR − frozen on the same seed (same training pairs, same evaluation prompts and sampling seed), "
     "same settings but the update rule. Matched KL: where the frozen runs peak, on average. Verdict: "
     "*better*/*worse* when the paired interval excludes 0, *identical* when every seed gives exactly 0 (no update "
-    "before that point), else *within noise*."
+    "before that point), else *within noise*. "
+)
+DETECTABLE = (
+    f"*Detectable Δ*: the smallest paired effect these seeds would call better or worse with {POWER:.0%} power at "
+    f"{CONFIDENCE:.0%} confidence, from the spread of their paired differences: "
+    f"(t_{{{0.5 + CONFIDENCE / 2:g}, n−1}} + t_{{{POWER:g}, n−1}}) · sd / √n. A true effect that large would "
+    "have shown most of the time; a *within noise* verdict says nothing of smaller ones. More seeds shrink it (as "
+    "1/√n, and the t quantiles with n)."
 )
 BEST = (
     "The family with the highest mean peak gold among the frozen ones and among the Trust-Region ones "
@@ -249,7 +267,7 @@ def gold_document(study: Study, root: Path) -> Document:
     return Document(
         [*_head(study, root), "", intervals, GOLD_READING],
         [
-            _paired_section(GOLD_PAIRED, _gold_paired(study), study),
+            _paired_section(GOLD_PAIRED + DETECTABLE, _gold_paired(study), study),
             Section("Best per method, β tuned too", BEST, _best(study), key="best", empty=why or NO_MOVING),
             Section(
                 "Rules beyond a fixed (α, τ) vs the best fixed rule, paired by seed",
@@ -285,6 +303,7 @@ def _preference_paired(study: Study) -> Table[Family]:
         columns += [
             Column(f"Δ {PREFERENCE[key]}", reading, (short,)),
             Column("verdict", lambda f, read=reading: read(f).direction(), (short, "verdict")),
+            Column("detectable Δ", lambda f, read=reading: read(f).detectable(), (short, "detectable")),
         ]
     return Table(columns, study.pairable(), name=lambda f: f.name)
 
@@ -337,7 +356,7 @@ HELD_OUT = (
 PREFERENCE_PAIRED = (
     "TR − frozen on the same seed, same settings but the update rule, at each run's final evaluation. Verdict: "
     "*higher*/*lower* when the paired interval excludes 0, *identical* when every seed gives exactly 0, else "
-    "*within noise*."
+    "*within noise*. "
 )
 
 
@@ -353,7 +372,7 @@ def preference_document(study: Study, root: Path) -> Document:
     return Document(
         [*_head(study, root), "", study.no_gold_reason(), "", intervals, HELD_OUT],
         [
-            _paired_section(PREFERENCE_PAIRED, _preference_paired(study), study),
+            _paired_section(PREFERENCE_PAIRED + DETECTABLE, _preference_paired(study), study),
             Section(
                 "Families",
                 "Mean [95 % interval] over seeds at the final evaluation.",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
+POWER = 0.80  # the power at which a study's smallest detectable paired effect is stated
 FEW_SEEDS = 3  # below this many seeds an interval is reported but flagged
 
 
@@ -50,8 +51,24 @@ class Interval:
         """The verdict on a difference of a preference metric: higher/lower where the interval excludes 0."""
         return {"better": "higher", "worse": "lower"}.get(self.verdict(), self.verdict())
 
+    def detectable(self, power: float = POWER, confidence: float = CONFIDENCE) -> float:
+        """Of a paired difference: the smallest true effect its seeds would call better/worse with probability
+        ``power``, from their spread: (t_{(1+c)/2, n-1} + t_{power, n-1}) · sd / √n. NaN below two seeds."""
+        return detectable_effect(self.sd, self.n, power, confidence)
+
     def to_json(self) -> dict[str, float]:
         return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "sd": self.sd}
+
+
+def detectable_effect(sd: float, n: int, power: float = POWER, confidence: float = CONFIDENCE) -> float:
+    """The smallest paired effect a two-sided t-test at ``confidence`` detects with probability ``power`` over ``n``
+    paired values of spread ``sd`` (the normal-approximation of the t-test's power, with t quantiles for small n)."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    t_sum = float(stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1))
+    return t_sum * sd / math.sqrt(n)
 
 
 def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Interval:
