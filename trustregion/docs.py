@@ -268,14 +268,10 @@ def _experiments(options: list[str]) -> list[str]:
         cfg = _compose(config_name, f"experiment={option}")
         picked = [f"{g}={v}" for g, v in cfg.hydra.runtime.choices.items() if "/" not in str(g) and g != "experiment"
                   and v != base.hydra.runtime.choices.get(g)]  # fmt: skip
-        before = dict(_leaves(OmegaConf.to_container(base, resolve=False, enum_to_str=True)))
+        # Against the same options without the experiment: what its own file sets beyond picking them.
+        before = dict(_leaves(OmegaConf.to_container(_compose(config_name, *picked), resolve=False, enum_to_str=True)))
         after = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-        groups_picked = {p.split("=")[0] for p in picked}
-        changed = [
-            f"{k}={_shown(v)}"
-            for k, v in _leaves(after)
-            if not k.startswith("hydra.") and k.split(".")[0] not in groups_picked and before.get(k) != v
-        ]
+        changed = [f"{k}={_shown(v)}" for k, v in _leaves(after) if not k.startswith("hydra.") and before.get(k) != v]
         out.append(f"| `{option}` | {', '.join(_code(c) for c in picked + changed)} |")
     return [*out, ""]
 
