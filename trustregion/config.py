@@ -52,7 +52,13 @@ class ZeroUpdate(str, Enum):
 
 @dataclass
 class MethodConfig(Schema):
-    name: str = setting(MISSING, "the objective: dpo, ipo, kto, ...")
+    """The objective: ``_target_`` names its class (``trustregion.objectives.methods``); a method with settings of its
+    own subclasses this schema."""
+
+    _target_: str = setting(
+        "", "the objective's class, <module>.<Class>; empty: the package's method called `name` (dpo, ipo, kto)"
+    )
+    name: str = setting(MISSING, "the method's name in labels and run dirs: dpo, ipo, kto, hinge, ...")
     beta: float = setting(0.1, "β: the strength of the KL penalty towards the reference", POSITIVE)
     average_logps: bool = setting(
         False, "average log-probs over response tokens instead of summing them (TRL's IPO does; the IPO paper does not)"
@@ -372,7 +378,9 @@ class RunConfig(Schema):
 class Config(RunConfig):
     """Preference alignment: a method and a reference-update rule on top of a run."""
 
-    method: MethodConfig = MISSING
+    # A MethodConfig (subclass) for the package's methods; untyped here, like ref_update, so that a method written
+    # outside the package can bring a YAML with settings of its own (checked against its own schema when built).
+    method: Any = MISSING
     # A RefUpdateConfig for the built-in rules; untyped here so that a rule written outside the package can bring a
     # YAML with settings of its own (checked against its own schema when the rule is built).
     ref_update: Any = MISSING

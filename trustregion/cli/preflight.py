@@ -116,9 +116,11 @@ def check_point(cfg, config_name: str) -> None:
     from trustregion.models.loading import check_model_path
 
     if config_name == "config":
+        from trustregion.objectives.methods import checked_method
         from trustregion.reference.rules import build_rule
 
         validate(cfg, reference_moves=build_rule(cfg.ref_update).moves)
+        checked_method(cfg.method, cfg)
     elif config_name == "sft":
         validate(cfg)
     if "model" in cfg:

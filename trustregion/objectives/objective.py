@@ -2,10 +2,9 @@
 
 An objective turns a collated batch into a ``StepOutput`` (loss and metric tensors, no host sync). It
 also says how its data is tokenized and collated, so the recipe never asks which method it runs.
-``OBJECTIVES`` maps ``method.name`` to the class; unpaired data selects ``<name>_unpaired``.
-
-Adding a method: a class here (with its config dataclass, if it has options of its own) and its
-entry in ``OBJECTIVES``, plus ``conf/method/<name>.yaml``.
+``method._target_`` names the class (``trustregion.objectives.methods``); unpaired data selects its ``unpaired``
+class. Adding a method: a subclass of ``Objective`` anywhere on the Python path (with its config dataclass, a
+``MethodConfig`` subclass, if it has options of its own) and a YAML that names it (README "Add a loss").
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ from trustregion.data.tokenize import (
     tokenize_sft,
     tokenize_unpaired,
 )
-from trustregion.errors import ConfigError, StopRequested
+from trustregion.errors import StopRequested
 from trustregion.metrics import MetricBuffer
 from trustregion.models.loading import sequence_logps
 from trustregion.models.logps import LogpsFn
-from trustregion.objectives.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+from trustregion.objectives.losses import ipo_loss, kto_loss, kto_unpaired_loss
 from trustregion.schema import POSITIVE, setting
 
 Tensor = torch.Tensor
@@ -83,6 +82,7 @@ class Objective:
     config_class: ClassVar[type] = MethodConfig
     chunks: tuple[str, ...] = ("chosen", "rejected")
     uses_reference: ClassVar[bool] = True
+    unpaired: ClassVar[type[Objective] | None] = None  # the class for unpaired (prompt, completion, label) data
 
     def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
         self.cfg = method_cfg
@@ -99,9 +99,20 @@ class Objective:
         options = [
             f"{k}={_text(method_cfg[k])}"
             for k in method_cfg
-            if k not in ("name", "beta") and k in defaults and method_cfg[k] != defaults[k]
+            if k not in ("_target_", "name", "beta") and k in defaults and method_cfg[k] != defaults[k]
         ]
         return " ".join([str(method_cfg.name), f"β={method_cfg.beta:g}", *options])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective carries from step to step (a running statistic), saved in checkpoints; none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def logps_settings(self) -> dict[str, Any]:
+        """What, besides the model and the rows, changes the log-probs ``self.logps`` gives (the SFT cache's key)."""
+        return {}
 
     def tokenize(self, split, tokenizer, dataset_cfg) -> tuple[Any, TruncationStats]:
         mismatched = "mismatched" in self.chunks
@@ -168,13 +179,6 @@ class Objective:
             "lengths/chosen": pair_counts[0].float().mean(),
             "lengths/rejected": pair_counts[1].float().mean(),
         }
-
-
-class DPO(Objective):
-    name = "dpo"
-
-    def loss(self, engine, pol, ref):
-        return dpo_loss(pol[0], pol[1], ref[0], ref[1], self.cfg.beta)
 
 
 class IPO(Objective):
@@ -266,6 +270,9 @@ class KTOUnpaired(KTO):
         return StepOutput(loss, metrics, counts[0].sum())
 
 
+KTO.unpaired = KTOUnpaired
+
+
 class SFT(Objective):
     """Supervised fine-tuning: mean token negative log-likelihood of the response; no reference."""
 
@@ -287,34 +294,9 @@ class SFT(Objective):
         return StepOutput(loss, {"sft/loss": loss.detach()}, counts.sum())
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DPO, IPO, KTO, KTOUnpaired, SFT)}
-
-
-def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: LogpsFn = sequence_logps) -> Objective:
-    """The objective ``method.name`` selects for data of ``data_kind`` (``pairs`` or ``unpaired``)."""
-    name = str(method_cfg.name)
-    key = f"{name}_unpaired" if data_kind == "unpaired" else name
-    if key not in OBJECTIVES:
-        if data_kind == "unpaired":
-            unpaired = sorted(k.removesuffix("_unpaired") for k in OBJECTIVES if k.endswith("_unpaired"))
-            raise ConfigError(
-                f"dataset={dataset_name} holds unpaired examples: set method={'|'.join(unpaired)}, "
-                "or use a paired dataset"
-            )
-        raise ConfigError(
-            f"method.name={name} is unknown: set method to one of "
-            f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}"
-        )
-    return OBJECTIVES[key](method_cfg, logps)
-
-
-def describe_method(method_cfg: Any) -> str:
-    """The label of the method ``method_cfg`` selects (``Objective.describe``); its own name for an unknown one."""
-    cls = OBJECTIVES.get(str(method_cfg.name))
-    return cls.describe(method_cfg) if cls is not None else f"{method_cfg.name} β={method_cfg.beta:g}"
-
-
 def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return "[" + ",".join(_text(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, bool):

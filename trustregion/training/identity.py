@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trustregion.config import AdapterReferenceMode
-from trustregion.objectives.objective import describe_method
+from trustregion.objectives.methods import describe_method
 from trustregion.reference.rules import rule_class, with_schema
 
 IDENTITY_FILE = "identity.json"  # written into every run dir at its start (training.logger)

@@ -182,7 +182,7 @@ class Recipe:
         engine = self.engine
         identity = run_state.identity(self.cfg, engine.world_size, self.stage.method(self.cfg), self.lora)
         self.run_state = run_state.RunState(
-            engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity
+            engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity, self.objective
         )
         candidates = checkpoint.resume_candidates(self.cfg.trainer.resume, self.run_dir)
         if not self.run_state.resume(candidates, self.cfg) and self.objective.uses_reference:
