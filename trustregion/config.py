@@ -208,6 +208,10 @@ def check_adapter_reference(p: DictConfig, reference_moves: bool) -> None:
 
 @dataclass
 class DatasetConfig(Schema):
+    """The data source: ``_target_`` names a ``trustregion.data.DataSource`` class (one written outside the package
+    subclasses this schema for settings of its own); empty: the package's source called ``name``."""
+
+    _target_: str = setting("", "the data source's class, <module>.<Class>; empty: the package's source called `name`")
     name: str = setting(MISSING, "the data source")
     max_length: int = setting(128, "prompt + response tokens", at_least(2))
     max_prompt_length: int = setting(64, "prompts are cut from the left to this many tokens first", at_least(0))
@@ -363,7 +367,9 @@ class RunConfig(Schema):
     """What every training stage has: the model, its data, the trainer, the logger, the engine, the adapters."""
 
     model: ModelConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    # A DatasetConfig (subclass) for the package's sources; untyped, like method and ref_update, so that a source
+    # written outside the package brings a YAML with settings of its own (``trustregion.data.dataset_settings``).
+    dataset: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING

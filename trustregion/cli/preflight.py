@@ -123,6 +123,11 @@ def check_point(cfg, config_name: str) -> None:
         checked_method(cfg.method, cfg)
     elif config_name == "sft":
         validate(cfg)
+    if "dataset" in cfg:  # a source written outside the package: its own schema
+        from trustregion.data import dataset_settings
+        from trustregion.schema import check_settings
+
+        check_settings(dataset_settings(cfg.dataset), "dataset", cfg)
     if "model" in cfg:
         check_model_path(cfg.model)
 

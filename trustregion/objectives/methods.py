@@ -62,6 +62,11 @@ def with_schema(cls: type[Objective], method_cfg: Any) -> DictConfig:
         raise ConfigError(f"method.{e.key}={method_cfg.get(e.key)} is invalid: {message}") from e
 
 
+def method_settings_of(method_cfg: Any) -> DictConfig:
+    """``method`` with its class's schema defaults filled in."""
+    return with_schema(method_class(method_cfg), method_cfg)
+
+
 def checked_method(method_cfg: Any, root: DictConfig | None = None) -> tuple[type[Objective], DictConfig]:
     """The class and its schema-filled settings, every declared range and combined rule checked (one line each)."""
     cls = method_class(method_cfg)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
-from trustregion.data import load_preferences
+from trustregion.data import dataset_settings, load_preferences
 from trustregion.data.batches import BatchStream, to_device
 from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
@@ -85,6 +85,8 @@ class Recipe:
     def __init__(
         self, cfg: DictConfig, run_dir: Path, stage: Stage, extra_hooks: list[hooks.Hook] | None = None
     ) -> None:
+        if "dataset" in cfg:  # a source written outside the package: its schema's defaults, for every reader
+            cfg.dataset = dataset_settings(cfg.dataset)
         self.cfg, self.run_dir, self.stage = cfg, Path(run_dir), stage
         self.buffer = MetricBuffer()  # the metric window since the last log (checkpointed)
         self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
