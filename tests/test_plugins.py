@@ -51,3 +51,12 @@ def test_a_users_setting_out_of_its_schema_is_one_line_before_any_run(tmp_path, 
     out = cli(*SMALL, USER, group, override, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert message in out.stderr and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_reference_free_baseline_runs_frozen_and_a_moving_reference_with_it_is_one_line(tmp_path):
+    out = cli(*SMALL, *TOY, USER, "method=simpo", "ref_update=soft", f"hydra.run.dir={tmp_path / 'moving'}")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "method=simpo uses no reference model, so ref_update=soft would move" in out.stderr
+    out = cli(*SMALL, *TOY, USER, "method=simpo", "ref_update=none", f"hydra.run.dir={tmp_path / 'frozen'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(train_rows(tmp_path / "frozen")) == 3

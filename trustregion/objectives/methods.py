@@ -75,6 +75,15 @@ def checked_method(method_cfg: Any, root: DictConfig | None = None) -> tuple[typ
     return cls, merged
 
 
+def check_reference_use(cls: type[Objective], method_name: str, rule_name: str, moves: bool) -> None:
+    """A method with no reference (SimPO, ORPO, CPO) has nothing for a moving reference to move: one line."""
+    if moves and not cls.uses_reference:
+        raise ConfigError(
+            f"method={method_name} uses no reference model, so ref_update={rule_name} would move a reference that no "
+            "loss reads: set ref_update=none (a reference-free baseline)"
+        )
+
+
 def build_objective(
     method_cfg: Any, data_kind: str, dataset_name: str, logps: LogpsFn = sequence_logps, root: DictConfig | None = None
 ) -> Objective:

@@ -134,12 +134,15 @@ class Objective:
         """
         with torch.set_grad_enabled(grad):
             logps, counts = self.logps(engine.policy, batch, self.average)
+        k = len(self.chunks)
+        b = logps.shape[0] // k
+        if not self.uses_reference:  # a reference-free loss: log π_ref = 0, no SFT log-probs scored
+            return logps.view(k, b), torch.zeros(k, b, device=logps.device), None, counts.view(k, b)
         if self.reference_from_cache:
             ref = cached.t().reshape(-1).to(logps.device)
         else:
             with torch.no_grad():
                 ref, _ = self.logps(engine.reference, batch, self.average)
-        k, b = len(self.chunks), cached.shape[0]
         return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
 
     def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True) -> StepOutput:
@@ -157,7 +160,6 @@ class Objective:
 
     def pair_metrics(self, pol, ref, sft, counts, cr, rr) -> dict[str, Tensor]:
         beta = self.cfg.beta
-        sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
         pair_counts = counts[:2]
         log_ratio = pol[:2] - ref[:2]
         per_token = log_ratio.mean() if self.average else log_ratio.sum() / pair_counts.sum().clamp(min=1)
@@ -171,13 +173,23 @@ class Objective:
             "logps/rejected": pol[1].detach().mean(),
             "ref/logps/chosen": ref[0].mean(),
             "ref/logps/rejected": ref[1].mean(),
+            "logratio/policy_ref": per_token.detach(),
+            "lengths/chosen": pair_counts[0].float().mean(),
+            "lengths/rejected": pair_counts[1].float().mean(),
+            **self.sft_metrics(pol, sft),
+        }
+
+    def sft_metrics(self, pol: Tensor, sft: Tensor | None) -> dict[str, Tensor]:
+        """Rewards against the SFT model (none for a reference-free loss, which scores no SFT log-probs)."""
+        if sft is None:
+            return {}
+        beta = self.cfg.beta
+        sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
+        return {
             "rewards_sft/chosen": sc.mean(),
             "rewards_sft/rejected": sr.mean(),
             "rewards_sft/margins": (sc - sr).mean(),
             "rewards_sft/accuracies": (sc > sr).float().mean(),
-            "logratio/policy_ref": per_token.detach(),
-            "lengths/chosen": pair_counts[0].float().mean(),
-            "lengths/rejected": pair_counts[1].float().mean(),
         }
 
 
@@ -355,5 +367,5 @@ def evaluate_objective(
             raise StopRequested("held-out evaluation")
         idx = stream.next()
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
-        buffer.add(objective(engine, batch, cached[idx], grad=False).metrics)
+        buffer.add(objective(engine, batch, cached[idx] if cached is not None else None, grad=False).metrics)
     return {f"eval/{k}": v for k, v in buffer.drain(engine).items() if k in EVAL_METRICS}
