@@ -148,15 +148,16 @@ def head_logps(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, chun
 def head_log_sum_sq(hidden: torch.Tensor, head: nn.Module, chunk_tokens: int = 1024) -> torch.Tensor:
     """log Σ_v p_v² per row of softmax(head(hidden)) ([rows], fp32, no gradient; WPO's weights), chunked over rows.
     Under ZeRO-3 every rank calls the head (a collective) as often."""
-    n = hidden.shape[0]
-    chunks = torch.tensor([-(-n // chunk_tokens)], device=hidden.device)
-    if _zero3_partitioned(head.weight):
+    chunks = -(-hidden.shape[0] // chunk_tokens)
+    if _zero3_partitioned(head.weight):  # every rank calls the head (a collective) as often: one sync
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(chunks, op=dist.ReduceOp.MAX)
+            agreed = torch.tensor([chunks], device=hidden.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            chunks = int(agreed)
     parts = [hidden.new_zeros(0, dtype=torch.float32)]
-    for i in range(int(chunks)):
+    for i in range(chunks):
         z = head(hidden[i * chunk_tokens : (i + 1) * chunk_tokens]).float()
         parts.append(torch.logsumexp(2 * z, dim=-1) - 2 * torch.logsumexp(z, dim=-1))
     return torch.cat(parts)
