@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install docs train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-lora search-toy clean
+.PHONY: install docs train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-losses sweep-lora search-toy clean
 
 install: $(STAMP)
 
@@ -125,6 +125,12 @@ bench-logps: $(BENCH_STAMP)
 
 sweep-toy: install
 	bash scripts/sweep_toy.sh
+
+# The cross-loss study (scripts/sweep_losses.sh): every reference-based loss, frozen vs soft alpha 0.03 and 0.1 at
+# tau 1, 3 seeds (135 runs, about 55 minutes on this machine idle), then the report with paired verdicts.
+# LOSSES="dpo hinge" SEEDS=1,2 for less; OUT=<its dir> continues a cut study (finished runs are not run again).
+sweep-losses: install
+	bash scripts/sweep_losses.sh
 
 # A search over the update schedule (Optuna TPE over soft (alpha, tau) and kl_budget (budget, alpha), DPO beta 0.5),
 # then the winners and the grid's best on held-out seeds, paired (scripts/search_toy.sh; TRIALS=, OUT= to resume).

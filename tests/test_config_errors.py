@@ -27,8 +27,11 @@ def error_of(*overrides: str) -> str:
 
 def test_an_unknown_group_option_lists_the_options_and_the_nearest():
     assert (
-        error_of("method=dpoo")
-        == "method=dpoo is not an option: set method to one of dpo, ipo, kto (did you mean method=dpo?)"
+        error_of("deepspeed=zero4")
+        == "deepspeed=zero4 is not an option: set deepspeed to one of none, zero2, zero3 (did you mean deepspeed=zero3?)"
+    )
+    assert error_of("method=dpoo").endswith(
+        "hinge, ipo, kto, mpo, nca_pair, robust, rpo, sigmoid_norm, sppo_hard (did you mean method=dpo?)"
     )
 
 

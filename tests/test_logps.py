@@ -395,3 +395,23 @@ def test_one_long_row_does_not_make_every_row_run_at_its_width(arch):
     want, want_counts = sequence_logps(model, batch)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
     assert torch.equal(counts, want_counts)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("chunk_tokens", [1024, 3])
+def test_per_token_log_probs_come_packed_by_row_and_rank_and_equal_the_full_logits_ones(chunk_tokens):
+    """What LD-DPO and WPO read: each response token's log-prob, row and index in its response, and log Σ_v p_v²."""
+    model = tiny("gpt-neox")
+    batch = pair_batch(VOCAB["gpt-neox"])
+    full_seq, full_counts, full = sequence_logps(model, batch, tokens=True, sum_sq=True)
+    seq, counts, ours = response_logps(model, batch, chunk_tokens=chunk_tokens, tokens=True, sum_sq=True)
+    torch.testing.assert_close(seq, full_seq, atol=1e-5, rtol=1e-6)
+    order = torch.argsort(ours.row * 1000 + ours.rank)  # the same tokens, row by row in position order
+    assert ours.row[order].tolist() == full.row.tolist() and ours.rank[order].tolist() == full.rank.tolist()
+    torch.testing.assert_close(ours.logps[order], full.logps, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(ours.log_sum_sq[order], full.log_sum_sq, atol=1e-5, rtol=1e-6)
+    assert full.rank.tolist() == [r for n in full_counts.tolist() for r in range(n)]
+    torch.testing.assert_close(torch.zeros_like(seq).index_add(0, ours.row, ours.logps), seq, atol=1e-5, rtol=1e-6)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    p = logits.softmax(-1)[batch["response_mask"][:, 1:].bool()]
+    torch.testing.assert_close(full.log_sum_sq, (p**2).sum(-1).log(), atol=1e-5, rtol=1e-6)

@@ -52,7 +52,13 @@ class ZeroUpdate(str, Enum):
 
 @dataclass
 class MethodConfig(Schema):
-    name: str = setting(MISSING, "the objective: dpo, ipo, kto, ...")
+    """The objective: ``_target_`` names its class (``trustregion.objectives.methods``); a method with settings of its
+    own subclasses this schema."""
+
+    _target_: str = setting(
+        "", "the objective's class, <module>.<Class>; empty: the package's method called `name` (dpo, ipo, kto)"
+    )
+    name: str = setting(MISSING, "the method's name in labels and run dirs: dpo, ipo, kto, hinge, ...")
     beta: float = setting(0.1, "β: the strength of the KL penalty towards the reference", POSITIVE)
     average_logps: bool = setting(
         False, "average log-probs over response tokens instead of summing them (TRL's IPO does; the IPO paper does not)"
@@ -202,6 +208,10 @@ def check_adapter_reference(p: DictConfig, reference_moves: bool) -> None:
 
 @dataclass
 class DatasetConfig(Schema):
+    """The data source: ``_target_`` names a ``trustregion.data.DataSource`` class (one written outside the package
+    subclasses this schema for settings of its own); empty: the package's source called ``name``."""
+
+    _target_: str = setting("", "the data source's class, <module>.<Class>; empty: the package's source called `name`")
     name: str = setting(MISSING, "the data source")
     max_length: int = setting(128, "prompt + response tokens", at_least(2))
     max_prompt_length: int = setting(64, "prompts are cut from the left to this many tokens first", at_least(0))
@@ -357,7 +367,9 @@ class RunConfig(Schema):
     """What every training stage has: the model, its data, the trainer, the logger, the engine, the adapters."""
 
     model: ModelConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    # A DatasetConfig (subclass) for the package's sources; untyped, like method and ref_update, so that a source
+    # written outside the package brings a YAML with settings of its own (``trustregion.data.dataset_settings``).
+    dataset: Any = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     deepspeed: DeepSpeedConfig = MISSING
@@ -372,7 +384,9 @@ class RunConfig(Schema):
 class Config(RunConfig):
     """Preference alignment: a method and a reference-update rule on top of a run."""
 
-    method: MethodConfig = MISSING
+    # A MethodConfig (subclass) for the package's methods; untyped here, like ref_update, so that a method written
+    # outside the package can bring a YAML with settings of its own (checked against its own schema when built).
+    method: Any = MISSING
     # A RefUpdateConfig for the built-in rules; untyped here so that a rule written outside the package can bring a
     # YAML with settings of its own (checked against its own schema when the rule is built).
     ref_update: Any = MISSING

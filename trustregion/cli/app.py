@@ -37,7 +37,7 @@ def register() -> None:
 
     from trustregion import config
     from trustregion.data import sources
-    from trustregion.objectives.objective import OBJECTIVES
+    from trustregion.objectives.methods import ALL_SCHEMAS
     from trustregion.reference.registry import RULES
 
     if not OmegaConf.has_resolver("run_time"):
@@ -53,7 +53,7 @@ def register() -> None:
     cs.store(name="base_sft_config", node=config.SFTRunConfig)
     for group, node in config.schemas().items():
         cs.store(group=f"schema/{group}", name="base", node=node)
-    for name, objective in OBJECTIVES.items():
+    for name, objective in ALL_SCHEMAS.items():
         cs.store(group="schema/method", name=name, node=objective.config_class)
     for name, rule in RULES.items():
         cs.store(group="schema/ref_update", name=name, node=rule.config_class)

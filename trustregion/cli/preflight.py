@@ -147,11 +147,20 @@ def check_point(cfg, config_name: str) -> None:
     from trustregion.models.loading import check_model_path
 
     if config_name == "config":
+        from trustregion.objectives.methods import check_reference_use, checked_method
         from trustregion.reference.rules import build_rule
 
-        validate(cfg, reference_moves=build_rule(cfg.ref_update).moves)
+        moves = build_rule(cfg.ref_update).moves
+        validate(cfg, reference_moves=moves)
+        cls, _ = checked_method(cfg.method, cfg)
+        check_reference_use(cls, str(cfg.method.name), str(cfg.ref_update.name), moves)
     elif config_name == "sft":
         validate(cfg)
+    if "dataset" in cfg:  # a source written outside the package: its own schema
+        from trustregion.data import dataset_settings
+        from trustregion.schema import check_settings
+
+        check_settings(dataset_settings(cfg.dataset), "dataset", cfg)
     if "model" in cfg:
         check_model_path(cfg.model)
 

@@ -1,7 +1,9 @@
 """Preference data: loaders by ``dataset.name``, each giving prompt/chosen/rejected text rows.
 
-A source is a ``Source(name, load, schema)``: ``load(DatasetConfig) -> PreferenceData``; each module in
-``SOURCE_MODULES`` lists its own in ``SOURCES``. Add a module there (and ``conf/dataset/<name>.yaml``) to add one.
+A source of the package is a ``Source(name, load, schema)``: ``load(DatasetConfig) -> PreferenceData``; each module
+in ``SOURCE_MODULES`` lists its own in ``SOURCES``. A source written outside the package is a ``DataSource``
+subclass that ``dataset._target_=<module>.<Class>`` names, with a YAML on Hydra's search path (README "Add a data
+source"); its settings are checked against its own schema, like an update rule's.
 Chat sources also keep ``prompt_messages`` (the conversation before the answer) in each row; the
 tokenizer renders them with its chat template at tokenization, so loaders never need the tokenizer.
 Unpaired sources (``kind="unpaired"``) give prompt/completion/label rows instead of pairs.
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from trustregion.config import DatasetConfig
 from trustregion.data.rows import RowReport
 from trustregion.errors import ConfigError
 from trustregion.schema import check_settings
@@ -88,10 +93,71 @@ def sources() -> dict[str, Source]:
     return found
 
 
+class DataSource:
+    """A data source written as a class: ``config_class`` is its schema (a ``DatasetConfig`` subclass), ``load``
+    gives its rows from ``self.cfg`` (its settings, schema defaults filled in and ranges checked)."""
+
+    config_class: ClassVar[type] = DatasetConfig
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def load(self) -> PreferenceData:
+        raise NotImplementedError
+
+
+def _target(cfg: Any) -> str:
+    return str(OmegaConf.select(cfg, "_target_", default="") or "") if OmegaConf.is_config(cfg) else ""
+
+
+def source_class(target: str) -> type[DataSource]:
+    """The ``DataSource`` subclass ``dataset._target_`` names; one line when it is not one."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+        raise ConfigError(
+            f"dataset._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of a DataSource on "
+            "the Python path"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, DataSource)):
+        raise ConfigError(f"dataset._target_={target} is not a subclass of trustregion.data.DataSource")
+    return cls
+
+
+def dataset_settings(cfg: Any) -> Any:
+    """``dataset`` with its source class's schema defaults filled in, where ``_target_`` names one (one line for a key
+    the schema lacks or a value of the wrong type); the package's sources as they are (their YAML is typed)."""
+    target = _target(cfg)
+    if not target:
+        return cfg
+    cls = source_class(target)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(cls.config_class), cfg)
+    except ConfigKeyError as e:
+        raise ConfigError(
+            f"dataset.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); remove it"
+        ) from e
+    except OmegaConfBaseException as e:
+        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
+        raise ConfigError(f"dataset.{e.key}={cfg.get(e.key)} is invalid: {message}") from e
+
+
 def load_preferences(cfg) -> PreferenceData:
-    """Load ``cfg`` (a dataset config) with the loader its ``name`` selects, its settings checked first."""
+    """Load ``cfg`` (a dataset config) with the class its ``_target_`` names, or the package's loader its ``name``
+    selects, its settings checked first."""
+    target = _target(cfg)
+    if target:
+        settings = dataset_settings(cfg)
+        check_settings(settings, "dataset")
+        return source_class(target)(settings).load()
     known = sources()
     if cfg.name not in known:
-        raise ConfigError(f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"dataset.name={cfg.name} is unknown: set dataset to one of {', '.join(sorted(known))}, or "
+            "dataset._target_ to <module>.<Class> of a DataSource"
+        )
     check_settings(cfg, "dataset")
     return known[cfg.name].load(cfg)

@@ -60,6 +60,10 @@ class Engine(Protocol):
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean of a per-example tensor over every rank's micro-batch; gradients flow to every rank's part."""
 
+    def batch_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-example tensor of every rank's micro-batch, concatenated (a loss over the whole batch, e.g. a sort);
+        gradients flow to every rank's part."""
+
     def barrier(self) -> None: ...
 
     def broadcast_path(self, path: Path | None) -> Path:

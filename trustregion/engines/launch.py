@@ -133,6 +133,34 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+class _AllGather(torch.autograd.Function):
+    """Every rank's equal-length tensor concatenated in rank order; backward: the sum over ranks of the incoming
+    gradients, this rank's slice of it."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def all_ranks_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (equal lengths: one micro-batch each), concatenated in rank order. Differentiable like
+    ``all_ranks_mean``: each rank's elements get the gradient of every rank's loss (the engine's averaging divides)."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _AllGather.apply(t)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def all_ranks_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of ``t`` over every rank's elements: one all-reduce of (sum, count). Differentiable: each rank's
     elements get the gradient of every rank's loss (which the engine's gradient averaging then divides)."""

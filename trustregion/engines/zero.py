@@ -18,7 +18,7 @@ from torch import nn
 
 from trustregion.engines import zero_checkpoint
 from trustregion.engines.base import OptimSettings, make_optimizer
-from trustregion.engines.launch import all_ranks_mean
+from trustregion.engines.launch import all_ranks_gather, all_ranks_mean
 from trustregion.engines.zero_internals import consolidated_state_dict, numel, shard
 from trustregion.errors import ConfigError
 
@@ -159,6 +159,9 @@ class DeepSpeedEngine:
 
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         return all_ranks_mean(t)
+
+    def batch_gather(self, t: torch.Tensor) -> torch.Tensor:
+        return all_ranks_gather(t)
 
     def barrier(self) -> None:
         dist.barrier()

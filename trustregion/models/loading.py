@@ -220,9 +220,10 @@ def make_reference(policy: nn.Module) -> nn.Module:
 
 
 def sequence_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each sequence's response tokens, summed or averaged; response token counts).
+    model: nn.Module, batch: dict[str, torch.Tensor], average: bool = False, tokens: bool = False, sum_sq: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(log-prob of each sequence's response tokens, summed or averaged; response token counts), and with ``tokens``
+    the packed ``TokenLogps`` (with ``sum_sq``, log Σ p² of each response position too).
 
     Uses ``logsumexp`` and a gather rather than a full ``log_softmax``, so no second logits-sized tensor.
     """
@@ -230,8 +231,20 @@ def sequence_logps(
     logits = logits[:, :-1].float()
     labels = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:]
-    token_logps = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    token_logps = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - lse
     token_logps = token_logps.masked_fill(~mask, 0.0)
     counts = mask.sum(-1)
     total = token_logps.sum(-1)
-    return (total / counts.clamp(min=1) if average else total), counts
+    sequences = total / counts.clamp(min=1) if average else total
+    if not tokens:
+        return sequences, counts
+    from trustregion.models.logps import TokenLogps
+
+    row, pos = mask.nonzero(as_tuple=True)
+    rank = (mask.cumsum(-1) - 1)[row, pos]
+    sq = None
+    if sum_sq:
+        with torch.no_grad():
+            sq = (torch.logsumexp(2 * logits, dim=-1) - 2 * lse)[row, pos]
+    return sequences, counts, TokenLogps(token_logps[row, pos], row, rank, sq)

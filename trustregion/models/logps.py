@@ -29,6 +29,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -143,6 +144,44 @@ def head_logps(hidden: torch.Tensor, head: nn.Linear, labels: torch.Tensor, chun
     return _ChunkedHeadLogps.apply(hidden, head.weight, head.bias, labels, chunk_tokens)
 
 
+@torch.no_grad()
+def head_log_sum_sq(hidden: torch.Tensor, head: nn.Module, chunk_tokens: int = 1024) -> torch.Tensor:
+    """log Σ_v p_v² per row of softmax(head(hidden)) ([rows], fp32, no gradient; WPO's weights), chunked over rows.
+    Under ZeRO-3 every rank calls the head (a collective) as often."""
+    chunks = -(-hidden.shape[0] // chunk_tokens)
+    if _zero3_partitioned(head.weight):  # every rank calls the head (a collective) as often: one sync
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            agreed = torch.tensor([chunks], device=hidden.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            chunks = int(agreed)
+    parts = [hidden.new_zeros(0, dtype=torch.float32)]
+    for i in range(chunks):
+        z = head(hidden[i * chunk_tokens : (i + 1) * chunk_tokens]).float()
+        parts.append(torch.logsumexp(2 * z, dim=-1) - 2 * torch.logsumexp(z, dim=-1))
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class TokenLogps:
+    """Response tokens, packed: each one's log-prob (with gradient), its row, its index in the row's response, and
+    (when asked) log Σ_v p_v² of its position's distribution."""
+
+    logps: torch.Tensor  # [T]
+    row: torch.Tensor  # [T]
+    rank: torch.Tensor  # [T]
+    log_sum_sq: torch.Tensor | None = None  # [T], no gradient
+
+
+def token_ranks(row: torch.Tensor, rows: int) -> torch.Tensor:
+    """Each token's index in its row's response, for tokens packed row by row in position order (no host sync)."""
+    order = torch.arange(row.shape[0], device=row.device)
+    first = torch.full((rows,), row.shape[0], dtype=order.dtype, device=row.device)
+    first = first.index_reduce(0, row, order, "amin", include_self=True)
+    return order - first[row]
+
+
 def _zero3_partitioned(param: torch.Tensor) -> bool:
     """Whether ``param`` is a DeepSpeed ZeRO-3 parameter (never true unless deepspeed is already imported)."""
     if "deepspeed" not in sys.modules:
@@ -158,18 +197,22 @@ def response_logps(
     average: bool = False,
     chunk_tokens: int = 1024,
     share_prompt: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each sequence's response tokens, summed or averaged, fp32; response token counts).
+    tokens: bool = False,
+    sum_sq: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """(log-prob of each sequence's response tokens, summed or averaged, fp32; response token counts), and with
+    ``tokens`` a third item, the ``TokenLogps`` (with ``sum_sq``, log Σ p² too: one more head pass, no gradient).
 
     Same contract as ``trustregion.models.loading.sequence_logps``; ``model`` is a transformers causal LM (a DeepSpeed
     engine passes its attributes through). ``batch`` needs right-padded ``input_ids``, ``attention_mask`` and a
     bool ``response_mask`` (True on response tokens). ``share_prompt``: run each pair's prompt once (see
-    ``trustregion.models.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole.
+    ``trustregion.models.prompt_sharing``; needs the collator's ``index``), else, with a warning, every row whole;
+    ``tokens`` runs every row whole (the same values: the tokens then come row by row).
     """
     head = model.get_output_embeddings()
     mask = batch["response_mask"][:, 1:].bool()
     shared = None
-    if share_prompt:
+    if share_prompt and not tokens:
         from trustregion.models.prompt_sharing import shared_prompt_rows
 
         shared = shared_prompt_rows(model, batch)
@@ -184,7 +227,11 @@ def response_logps(
     token_logps = head_logps(rows, head, labels, chunk_tokens)
     total = torch.zeros(mask.shape[0], dtype=torch.float32, device=token_logps.device).index_add(0, seq, token_logps)
     counts = mask.sum(-1)
-    return (total / counts.clamp(min=1) if average else total), counts
+    sequences = total / counts.clamp(min=1) if average else total
+    if not tokens:
+        return sequences, counts
+    sq = head_log_sum_sq(rows.detach(), head, chunk_tokens) if sum_sq else None
+    return sequences, counts, TokenLogps(token_logps, seq, token_ranks(seq, mask.shape[0]), sq)
 
 
 def width_groups(lengths: list[int]) -> list[list[int]]:
@@ -232,7 +279,8 @@ def _body_rows(
     return torch.cat(parts_h), torch.cat(parts_y), torch.cat(parts_s)
 
 
-LogpsFn = Callable[[nn.Module, dict, bool], tuple[torch.Tensor, torch.Tensor]]
+# (model, batch, average) -> (sequence log-probs, response token counts); ``tokens=True`` adds a ``TokenLogps``.
+LogpsFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
 def logps_function(model_cfg) -> LogpsFn:

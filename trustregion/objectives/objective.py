@@ -2,10 +2,9 @@
 
 An objective turns a collated batch into a ``StepOutput`` (loss and metric tensors, no host sync). It
 also says how its data is tokenized and collated, so the recipe never asks which method it runs.
-``OBJECTIVES`` maps ``method.name`` to the class; unpaired data selects ``<name>_unpaired``.
-
-Adding a method: a class here (with its config dataclass, if it has options of its own) and its
-entry in ``OBJECTIVES``, plus ``conf/method/<name>.yaml``.
+``method._target_`` names the class (``trustregion.objectives.methods``); unpaired data selects its ``unpaired``
+class. Adding a method: a subclass of ``Objective`` anywhere on the Python path (with its config dataclass, a
+``MethodConfig`` subclass, if it has options of its own) and a YAML that names it (README "Add a loss").
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ from trustregion.data.tokenize import (
     tokenize_sft,
     tokenize_unpaired,
 )
-from trustregion.errors import ConfigError, StopRequested
+from trustregion.errors import StopRequested
 from trustregion.metrics import MetricBuffer
 from trustregion.models.loading import sequence_logps
 from trustregion.models.logps import LogpsFn
-from trustregion.objectives.losses import dpo_loss, ipo_loss, kto_loss, kto_unpaired_loss
+from trustregion.objectives.losses import ipo_loss, kto_loss, kto_unpaired_loss
 from trustregion.schema import POSITIVE, setting
 
 Tensor = torch.Tensor
@@ -83,6 +82,7 @@ class Objective:
     config_class: ClassVar[type] = MethodConfig
     chunks: tuple[str, ...] = ("chosen", "rejected")
     uses_reference: ClassVar[bool] = True
+    unpaired: ClassVar[type[Objective] | None] = None  # the class for unpaired (prompt, completion, label) data
 
     def __init__(self, method_cfg: Any, logps: LogpsFn = sequence_logps) -> None:
         self.cfg = method_cfg
@@ -99,9 +99,20 @@ class Objective:
         options = [
             f"{k}={_text(method_cfg[k])}"
             for k in method_cfg
-            if k not in ("name", "beta") and k in defaults and method_cfg[k] != defaults[k]
+            if k not in ("_target_", "name", "beta") and k in defaults and method_cfg[k] != defaults[k]
         ]
         return " ".join([str(method_cfg.name), f"β={method_cfg.beta:g}", *options])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective carries from step to step (a running statistic), saved in checkpoints; none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def logps_settings(self) -> dict[str, Any]:
+        """What, besides the model and the rows, changes the log-probs ``self.logps`` gives (the SFT cache's key)."""
+        return {}
 
     def tokenize(self, split, tokenizer, dataset_cfg) -> tuple[Any, TruncationStats]:
         mismatched = "mismatched" in self.chunks
@@ -123,12 +134,15 @@ class Objective:
         """
         with torch.set_grad_enabled(grad):
             logps, counts = self.logps(engine.policy, batch, self.average)
+        k = len(self.chunks)
+        b = logps.shape[0] // k
+        if not self.uses_reference:  # a reference-free loss: log π_ref = 0, no SFT log-probs scored
+            return logps.view(k, b), torch.zeros(k, b, device=logps.device), None, counts.view(k, b)
         if self.reference_from_cache:
             ref = cached.t().reshape(-1).to(logps.device)
         else:
             with torch.no_grad():
                 ref, _ = self.logps(engine.reference, batch, self.average)
-        k, b = len(self.chunks), cached.shape[0]
         return logps.view(k, b), ref.view(k, b), cached.t().to(logps.device), counts.view(k, b)
 
     def __call__(self, engine, batch: dict, cached: Tensor, grad: bool = True) -> StepOutput:
@@ -146,7 +160,6 @@ class Objective:
 
     def pair_metrics(self, pol, ref, sft, counts, cr, rr) -> dict[str, Tensor]:
         beta = self.cfg.beta
-        sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
         pair_counts = counts[:2]
         log_ratio = pol[:2] - ref[:2]
         per_token = log_ratio.mean() if self.average else log_ratio.sum() / pair_counts.sum().clamp(min=1)
@@ -160,21 +173,24 @@ class Objective:
             "logps/rejected": pol[1].detach().mean(),
             "ref/logps/chosen": ref[0].mean(),
             "ref/logps/rejected": ref[1].mean(),
+            "logratio/policy_ref": per_token.detach(),
+            "lengths/chosen": pair_counts[0].float().mean(),
+            "lengths/rejected": pair_counts[1].float().mean(),
+            **self.sft_metrics(pol, sft),
+        }
+
+    def sft_metrics(self, pol: Tensor, sft: Tensor | None) -> dict[str, Tensor]:
+        """Rewards against the SFT model (none for a reference-free loss, which scores no SFT log-probs)."""
+        if sft is None:
+            return {}
+        beta = self.cfg.beta
+        sc, sr = beta * (pol[0] - sft[0]), beta * (pol[1] - sft[1])
+        return {
             "rewards_sft/chosen": sc.mean(),
             "rewards_sft/rejected": sr.mean(),
             "rewards_sft/margins": (sc - sr).mean(),
             "rewards_sft/accuracies": (sc > sr).float().mean(),
-            "logratio/policy_ref": per_token.detach(),
-            "lengths/chosen": pair_counts[0].float().mean(),
-            "lengths/rejected": pair_counts[1].float().mean(),
         }
-
-
-class DPO(Objective):
-    name = "dpo"
-
-    def loss(self, engine, pol, ref):
-        return dpo_loss(pol[0], pol[1], ref[0], ref[1], self.cfg.beta)
 
 
 class IPO(Objective):
@@ -266,6 +282,9 @@ class KTOUnpaired(KTO):
         return StepOutput(loss, metrics, counts[0].sum())
 
 
+KTO.unpaired = KTOUnpaired
+
+
 class SFT(Objective):
     """Supervised fine-tuning: mean token negative log-likelihood of the response; no reference."""
 
@@ -287,34 +306,9 @@ class SFT(Objective):
         return StepOutput(loss, {"sft/loss": loss.detach()}, counts.sum())
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DPO, IPO, KTO, KTOUnpaired, SFT)}
-
-
-def build_objective(method_cfg: Any, data_kind: str, dataset_name: str, logps: LogpsFn = sequence_logps) -> Objective:
-    """The objective ``method.name`` selects for data of ``data_kind`` (``pairs`` or ``unpaired``)."""
-    name = str(method_cfg.name)
-    key = f"{name}_unpaired" if data_kind == "unpaired" else name
-    if key not in OBJECTIVES:
-        if data_kind == "unpaired":
-            unpaired = sorted(k.removesuffix("_unpaired") for k in OBJECTIVES if k.endswith("_unpaired"))
-            raise ConfigError(
-                f"dataset={dataset_name} holds unpaired examples: set method={'|'.join(unpaired)}, "
-                "or use a paired dataset"
-            )
-        raise ConfigError(
-            f"method.name={name} is unknown: set method to one of "
-            f"{', '.join(k for k in OBJECTIVES if not k.endswith('_unpaired') and k != 'sft')}"
-        )
-    return OBJECTIVES[key](method_cfg, logps)
-
-
-def describe_method(method_cfg: Any) -> str:
-    """The label of the method ``method_cfg`` selects (``Objective.describe``); its own name for an unknown one."""
-    cls = OBJECTIVES.get(str(method_cfg.name))
-    return cls.describe(method_cfg) if cls is not None else f"{method_cfg.name} β={method_cfg.beta:g}"
-
-
 def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return "[" + ",".join(_text(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, bool):
@@ -373,5 +367,5 @@ def evaluate_objective(
             raise StopRequested("held-out evaluation")
         idx = stream.next()
         batch = to_device(collator([rows[i] for i in idx]), engine.device)
-        buffer.add(objective(engine, batch, cached[idx], grad=False).metrics)
+        buffer.add(objective(engine, batch, cached[idx] if cached is not None else None, grad=False).metrics)
     return {f"eval/{k}": v for k, v in buffer.drain(engine).items() if k in EVAL_METRICS}

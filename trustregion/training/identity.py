@@ -19,7 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trustregion.config import AdapterReferenceMode
-from trustregion.objectives.objective import describe_method
+from trustregion.data import dataset_settings
+from trustregion.errors import ConfigError
+from trustregion.objectives.methods import describe_method, method_settings_of
 from trustregion.reference.rules import rule_class, with_schema
 
 IDENTITY_FILE = "identity.json"  # written into every run dir at its start (training.logger)
@@ -142,6 +144,21 @@ class RunIdentity:
         return cls(str(data["label"]), str(data["setting"]), int(data["seed"]), bool(data["moves"]), data["settings"])
 
 
+def method_settings(method_cfg: DictConfig) -> dict[str, Any]:
+    """``method`` merged into its class's schema (a method written outside the package names only what it changes);
+    as given where the class cannot be found (the run itself says why, in one line)."""
+    return _container(method_settings_of, method_cfg)
+
+
+def _container(fill, node: DictConfig) -> dict[str, Any]:
+    """``fill(node)`` as a plain dict (the node as given where ``fill`` refuses it: the run says why, in one line)."""
+    try:
+        node = fill(node)
+    except ConfigError:
+        pass
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
 def _seed_following(cfg: DictConfig) -> set[str]:
     """Settings that follow the seed by interpolation (``pair_seed: ${oc.select:trainer.seed,0}``)."""
     raw = flat(OmegaConf.to_container(cfg, resolve=False))
@@ -173,6 +190,10 @@ def identity_of(cfg: DictConfig) -> RunIdentity:
     """The identity of the run ``cfg`` describes (an alignment run's config, or the SFT stage's: no ``method``)."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("hydra", None)
+    if "method" in cfg:  # the method's schema defaults filled in, as the rule's are below
+        container["method"] = method_settings(cfg.method)
+    if "dataset" in cfg:  # a source written outside the package: its schema's defaults filled in
+        container["dataset"] = _container(dataset_settings, cfg.dataset)
     values = flat(container)
     seed = int(values.get(SEED, 0))
     dropped = {SEED} | _seed_following(cfg) | _inactive(values) | {k for k in values if _matches(k, EXECUTION)}

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trustregion.config import validate
 from trustregion.console import quiet_third_party, say
-from trustregion.data import load_preferences
+from trustregion.data import dataset_settings, load_preferences
 from trustregion.data.batches import BatchStream, to_device
 from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
@@ -86,6 +86,8 @@ class Recipe:
     def __init__(
         self, cfg: DictConfig, run_dir: Path, stage: Stage, extra_hooks: list[hooks.Hook] | None = None
     ) -> None:
+        if "dataset" in cfg:  # a source written outside the package: its schema's defaults, for every reader
+            cfg.dataset = dataset_settings(cfg.dataset)
         self.cfg, self.run_dir, self.stage = cfg, Path(run_dir), stage
         self.buffer = MetricBuffer()  # the metric window since the last log (checkpointed)
         self.run_dir_lock = None  # held by rank 0 from setup to the end of run()
@@ -183,7 +185,7 @@ class Recipe:
         engine = self.engine
         identity = run_state.identity(self.cfg, engine.world_size, self.stage.method(self.cfg), self.lora)
         self.run_state = run_state.RunState(
-            engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity
+            engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity, self.objective
         )
         candidates = checkpoint.resume_candidates(self.cfg.trainer.resume, self.run_dir)
         if not self.run_state.resume(candidates, self.cfg) and self.objective.uses_reference:

@@ -54,6 +54,7 @@ class RunState:
     buffer: MetricBuffer  # the metric window since the last log
     reference_update: ReferenceUpdate | None
     identity: dict[str, Any]  # meta.json: what a resume must match
+    objective: Any = None  # an Objective whose state_dict() carries a running statistic (BCO's delta), or None
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(state shared by every rank, this rank's own state) for ``checkpoint.save``."""
@@ -66,6 +67,8 @@ class RunState:
             "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
             "evaluation": self.state.evaluation,  # what an update rule reads of the latest evaluation
         }
+        if self.objective is not None and (carried := self.objective.state_dict()):
+            shared["objective"] = carried  # alike on every rank
         mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
         if self.reference_update is not None:
             mine["updater"] = self.reference_update.state_dict()
@@ -96,6 +99,8 @@ class RunState:
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
         self.state.evaluation = dict(shared.get("evaluation", {}))
+        if self.objective is not None and "objective" in shared:
+            self.objective.load_state_dict(shared["objective"])
         if self.reference_update is not None:
             self.reference_update.load_state_dict(mine["updater"])
         if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)

@@ -121,6 +121,7 @@ def sft_logps(
             "precision": t.precision,
             "batch_size": t.batch_size,
             "device": engine.device.type,
+            **objective.logps_settings(),  # e.g. LD-DPO's token weighting
         }
         cache = SFTLogpsCache(t.sft_logps_cache, model, splits.train, splits.eval, settings)
         if (cached := cache.load()) is not None:

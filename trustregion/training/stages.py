@@ -18,7 +18,8 @@ from trustregion.data.rows import truncated, truncation_warning
 from trustregion.engines.base import Engine
 from trustregion.engines.launch import launched_rank
 from trustregion.models.logps import logps_function
-from trustregion.objectives.objective import SFT, Objective, build_objective
+from trustregion.objectives.methods import build_objective, check_reference_use
+from trustregion.objectives.objective import SFT, Objective
 from trustregion.reference.rules import Rule, build_rule
 from trustregion.training import hooks
 from trustregion.training.splits import Splits
@@ -61,7 +62,10 @@ class PreferenceStage:
         return build_rule(cfg.ref_update)
 
     def objective(self, cfg: DictConfig, data: PreferenceData) -> Objective:
-        return build_objective(cfg.method, data.kind, cfg.dataset.name, logps_function(cfg.model))
+        objective = build_objective(cfg.method, data.kind, cfg.dataset.name, logps_function(cfg.model), root=cfg)
+        moves = build_rule(cfg.ref_update).moves
+        check_reference_use(type(objective), str(cfg.method.name), str(cfg.ref_update.name), moves)
+        return objective
 
     def method(self, cfg: DictConfig) -> str:
         """``method.name`` (``kto`` on unpaired data too): what a resume must share with its checkpoint."""
