@@ -126,6 +126,42 @@ def check_settings(node: DictConfig, path: str, root: DictConfig | None = None) 
             vars(klass)["check_together"].__func__(cls, node, root)
 
 
+def component_class(target: str, base: type, key: str) -> type:
+    """The subclass of ``base`` that ``<key>._target_`` names: a rule, a method or a data source, the package's or one
+    written outside it; one line when it cannot be imported or is not one."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+        raise ConfigError(
+            f"{key}._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of a {base.__name__} "
+            "on the Python path"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{key}._target_={target} is not a subclass of {base.__module__}.{base.__qualname__}")
+    return cls
+
+
+def in_schema(cls: type, node: Any, key: str) -> DictConfig:
+    """``node`` (a group's settings; None: none) merged into the schema of component ``cls`` (its ``config_class``),
+    defaults filled in; one line for a key the schema lacks or a value of the wrong type."""
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    schema = cls.config_class
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node or {})
+    except ConfigKeyError as e:
+        raise ConfigError(
+            f"{key}.{e.key} is not a setting of {cls.__name__} (its schema: {schema.__name__}); remove it or pick "
+            f"the {key} that has it"
+        ) from e
+    except OmegaConfBaseException as e:
+        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
+        raise ConfigError(f"{key}.{e.key}={(node or {}).get(e.key)} is invalid: {message}") from e
+
+
 def meanings(cls: type) -> Sequence[tuple[str, Any, str]]:
     """``(name, default, meaning)`` of each setting of schema ``cls`` (for ``--help`` and the reference)."""
     out = []

@@ -17,12 +17,11 @@ from typing import Any, ClassVar, Protocol
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from trustregion.config import DatasetConfig
 from trustregion.data.rows import RowReport
 from trustregion.errors import ConfigError
-from trustregion.schema import check_settings
+from trustregion.schema import check_settings, component_class, in_schema
 
 
 class GoldJudge(Protocol):
@@ -112,19 +111,7 @@ def _target(cfg: Any) -> str:
 
 def source_class(target: str) -> type[DataSource]:
     """The ``DataSource`` subclass ``dataset._target_`` names; one line when it is not one."""
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(target)
-    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
-        raise ConfigError(
-            f"dataset._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of a DataSource on "
-            "the Python path"
-        ) from e
-    if not (isinstance(cls, type) and issubclass(cls, DataSource)):
-        raise ConfigError(f"dataset._target_={target} is not a subclass of trustregion.data.DataSource")
-    return cls
+    return component_class(target, DataSource, "dataset")
 
 
 def dataset_settings(cfg: Any) -> Any:
@@ -133,16 +120,7 @@ def dataset_settings(cfg: Any) -> Any:
     target = _target(cfg)
     if not target:
         return cfg
-    cls = source_class(target)
-    try:
-        return OmegaConf.merge(OmegaConf.structured(cls.config_class), cfg)
-    except ConfigKeyError as e:
-        raise ConfigError(
-            f"dataset.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); remove it"
-        ) from e
-    except OmegaConfBaseException as e:
-        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
-        raise ConfigError(f"dataset.{e.key}={cfg.get(e.key)} is invalid: {message}") from e
+    return in_schema(source_class(target), cfg, "dataset")
 
 
 def load_preferences(cfg) -> PreferenceData:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from trustregion.errors import ConfigError
 from trustregion.models.loading import sequence_logps
 from trustregion.models.logps import LogpsFn
 from trustregion.objectives.catalogue import DPO
 from trustregion.objectives.objective import IPO, KTO, SFT, Objective
-from trustregion.schema import check_settings
+from trustregion.schema import check_settings, component_class, in_schema
 
 METHODS: dict[str, type[Objective]] = {cls.name: cls for cls in (DPO, IPO, KTO)}
 ALL_SCHEMAS: dict[str, type[Objective]] = {**METHODS, SFT.name: SFT}
@@ -34,32 +32,12 @@ def method_class(method_cfg: Any) -> type[Objective]:
                 f"{', '.join(METHODS)} (or a preset in conf/method), or method._target_ to <module>.<Class>"
             )
         return METHODS[name]
-    try:
-        cls = get_class(target)
-    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
-        raise ConfigError(
-            f"method._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of an Objective on "
-            "the Python path"
-        ) from e
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise ConfigError(f"method._target_={target} is not a subclass of trustregion.objectives.objective.Objective")
-    return cls
+    return component_class(target, Objective, "method")
 
 
 def with_schema(cls: type[Objective], method_cfg: Any) -> DictConfig:
-    """``method_cfg`` merged into the class's schema (defaults filled in); one line for a key the schema lacks or a
-    value of the wrong type."""
-    try:
-        return OmegaConf.merge(OmegaConf.structured(cls.config_class), method_cfg)
-    except ConfigKeyError as e:
-        raise ConfigError(
-            f"method.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); remove it "
-            "or pick the method that has it"
-        ) from e
-    except OmegaConfBaseException as e:
-        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
-        raise ConfigError(f"method.{e.key}={method_cfg.get(e.key)} is invalid: {message}") from e
+    """``method_cfg`` merged into the class's schema (defaults filled in)."""
+    return in_schema(cls, method_cfg, "method")
 
 
 def method_settings_of(method_cfg: Any) -> DictConfig:

@@ -12,13 +12,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar, Protocol
 
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf import DictConfig
 
 from trustregion.config import RefUpdateConfig
 from trustregion.errors import ConfigError
-from trustregion.schema import check_settings
+from trustregion.schema import check_settings, component_class, in_schema
 
 _SYMBOL = {"alpha": "α=", "tau": "τ="}
 
@@ -134,32 +132,12 @@ class EveryTau(Rule):
 
 def rule_class(target: str) -> type[Rule]:
     """The ``Rule`` subclass that ``ref_update._target_`` names; one line when it is not one."""
-    try:
-        cls = get_class(target)
-    except Exception as e:  # noqa: BLE001 - Hydra wraps import and attribute errors alike
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
-        raise ConfigError(
-            f"ref_update._target_={target} cannot be imported ({cause}); set it to <module>.<Class> of a Rule on the "
-            "Python path"
-        ) from e
-    if not (isinstance(cls, type) and issubclass(cls, Rule)):
-        raise ConfigError(f"ref_update._target_={target} is not a subclass of trustregion.reference.rules.Rule")
-    return cls
+    return component_class(target, Rule, "ref_update")
 
 
 def with_schema(cls: type[Rule], ref_update: Any | None) -> DictConfig:
-    """``ref_update`` merged into the rule's schema (defaults filled in); one line for a key the schema lacks or a value
-    of the wrong type; None: the schema's defaults."""
-    try:
-        return OmegaConf.merge(OmegaConf.structured(cls.config_class), ref_update or {})
-    except ConfigKeyError as e:
-        raise ConfigError(
-            f"ref_update.{e.key} is not a setting of {cls.__name__} (its schema: {cls.config_class.__name__}); "
-            "remove it or pick the rule that has it"
-        ) from e
-    except OmegaConfBaseException as e:
-        message = (str(getattr(e, "msg", None) or e).strip().splitlines() or ["?"])[0]
-        raise ConfigError(f"ref_update.{e.key}={ref_update.get(e.key)} is invalid: {message}") from e
+    """``ref_update`` merged into the rule's schema (defaults filled in; None: the schema's defaults)."""
+    return in_schema(cls, ref_update, "ref_update")
 
 
 def build_rule(ref_update: DictConfig) -> Rule:
