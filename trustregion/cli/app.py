@@ -5,7 +5,6 @@ Nothing here runs at import time: ``register()`` is called by the entry points a
 
 from __future__ import annotations
 
-import errno
 import functools
 import importlib.util
 import os
@@ -14,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from trustregion.errors import TrustRegionError
+from trustregion.errors import DISK_ERRORS, TrustRegionError, lost_peer
 
 # The configs ship with the package (``conf/`` is the package ``trustregion.conf``), so the console scripts and an
 # installed wheel find them from any directory; a user's own config dir adds to them with ``hydra.searchpath``.
@@ -89,27 +88,6 @@ def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr and exit with code 2."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
-
-
-# Faults of the disk, not of the program: one line naming the path, never a traceback.
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-# What gloo and NCCL say when another process of the job is gone (killed, crashed, its node lost).
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "communicator was aborted",
-             "remote process exited", "Socket Timeout")  # fmt: skip
-
-
-def lost_peer(error: BaseException) -> str | None:
-    """The one line for a collective that failed because another rank of a multi-process job is gone, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
-        return None
-    text = str(error)
-    if not any(s in text for s in PEER_LOST):
-        return None
-    first = text.strip().splitlines()[0][:200]
-    return (
-        f"rank {os.environ.get('RANK', '?')}: another process of this job was lost mid-run ({first}); every complete "
-        "checkpoint is kept: relaunch the job with trainer.resume=latest"
-    )
 
 
 def exit_on_error(fn: F) -> F:
