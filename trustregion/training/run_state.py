@@ -65,6 +65,7 @@ class RunState:
             "finished": self.state.finished,
             "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
             "evaluation": self.state.evaluation,  # what an update rule reads of the latest evaluation
+            "eval_pending": self.state.eval_pending,  # this step's evaluation runs first on resume
         }
         mine = {"metrics": self.buffer.state_dict(), "tokens": self.state.tokens.cpu()}
         if self.reference_update is not None:
@@ -96,6 +97,7 @@ class RunState:
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
         self.state.evaluation = dict(shared.get("evaluation", {}))
+        self.state.eval_pending = bool(shared.get("eval_pending", False))
         if self.reference_update is not None:
             self.reference_update.load_state_dict(mine["updater"])
         if "metrics" in mine:  # the metric window since the last log (checkpoints from before it had none)
