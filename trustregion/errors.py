@@ -34,8 +34,9 @@ PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pi
              "remote process exited", "Socket Timeout")  # fmt: skip
 
 
-def lost_peer(error: BaseException) -> str | None:
-    """The one line for a collective that failed because another rank of a multi-process job is gone, else None."""
+def lost_peer(error: BaseException, run_dir: object = None) -> str | None:
+    """The one line for a collective that failed because another rank of a multi-process job is gone, else None;
+    the relaunch it advises resumes ``run_dir`` (the run's own dir)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
         return None
     text = str(error)
@@ -44,5 +45,5 @@ def lost_peer(error: BaseException) -> str | None:
     first = text.strip().splitlines()[0][:200]
     return (
         f"rank {os.environ.get('RANK', '?')}: another process of this job was lost mid-run ({first}); every complete "
-        "checkpoint is kept: relaunch the job with trainer.resume=latest"
+        f"checkpoint is kept: relaunch the job with trainer.resume={run_dir or 'latest'}"
     )

@@ -104,7 +104,7 @@ def exit_on_error(fn: F, where: Path | None = None) -> F:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             if isinstance(e, RuntimeError) and not isinstance(e, OSError):
-                line = lost_peer(e)
+                line = lost_peer(e, where)
                 if line is None:
                     raise
                 fail(line)

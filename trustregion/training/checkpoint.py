@@ -294,7 +294,7 @@ def write_failure(tmp: Path, error: Exception) -> TrainingError:
     kept = complete_checkpoints(tmp.parent.parent)
     need = f"the last one took {_tree_bytes(kept[-1]) / 2**20:.1f} MiB" if kept else "its size is in the start-up line"
     step = tmp.name.removeprefix(".tmp-")
-    peer = lost_peer(error)
+    peer = lost_peer(error, tmp.parent.parent)
     if peer is not None:  # not the disk: another rank is gone
         return TrainingError(peer.replace("lost mid-run", f"lost while checkpoint {step} was written"))
     full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
@@ -304,11 +304,11 @@ def write_failure(tmp: Path, error: Exception) -> TrainingError:
     if not full:  # a read-only dir, a permission: fixing it is the advice, not space
         return TrainingError(
             f"cannot write checkpoint {step} in {tmp.parent}: {reason}; fix that, then continue with "
-            "trainer.resume=latest"
+            f"trainer.resume={tmp.parent.parent}"
         )
     return TrainingError(
         f"cannot write checkpoint {step} in {tmp.parent}: no space left on the device ({free / 2**20:.1f} MiB "
-        f"free; {need}); free space (or lower trainer.keep_last), then continue with trainer.resume=latest"
+        f"free; {need}); free space (or lower trainer.keep_last), then continue with trainer.resume={tmp.parent.parent}"
     )
 
 
