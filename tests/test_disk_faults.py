@@ -113,6 +113,7 @@ def test_a_new_run_dir_on_a_read_only_disk_is_one_line_naming_it(tmpfs):
     ]
 
 
+@pytest.mark.slow
 def test_resuming_a_run_dir_now_read_only_is_one_line_naming_it(tmpfs):
     disk = tmpfs()
     first = cli(*FAST, *TOY, "trainer.save_models=false", f"hydra.run.dir={disk}")

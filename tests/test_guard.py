@@ -97,7 +97,7 @@ def test_bf16_at_lr_1e3_stops_at_its_first_step_far_above_the_start_with_advice_
         *TOY,
         "trainer.precision=bf16-mixed",
         "trainer.lr=1e3",
-        "trainer.max_steps=20",
+        "trainer.max_steps=3",
         "trainer.save_every=1",
     ]
     out = cli(*args, f"hydra.run.dir={tmp_path}")

@@ -57,6 +57,7 @@ def test_a_resume_of_a_run_dir_may_change_a_display_setting(full, stopped):
     assert untimed(metrics(run)) == untimed(metrics(full))
 
 
+@pytest.mark.slow
 def test_a_resume_of_one_of_its_checkpoints_continues_in_the_run_dir_too(full, stopped):
     run, _ = stopped
     resumed = cli(f"trainer.resume={run}/checkpoints/step_000002")

@@ -171,7 +171,7 @@ def test_a_signal_in_the_first_instant_ends_with_one_line_and_exit_2(sig, tmp_pa
     ]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_second_signal_during_setup_changes_nothing(sig, tmp_path):
     run = start(*BASE, f"hydra.run.dir={tmp_path}")
     for line in run.stdout:  # setup has begun: the data is read
