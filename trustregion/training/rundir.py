@@ -70,13 +70,13 @@ def _shown(path: str | Path) -> str:
 
 def resume_command(run_dir: Path, module: str) -> str:
     """The exact command that continues the run in ``run_dir`` (its saved overrides, in the same dir): for one
-    process ``<python> -m <module> trainer.resume=<run dir>``; a multi-process job is relaunched the same way with
-    that override."""
+    process ``<python> -m <module> trainer.resume=<run dir>``; for a multi-process job, its own launch command (torchrun,
+    srun, a Slurm sweep) with that override."""
     import shlex
 
     resume = f"trainer.resume={shlex.quote(_shown(run_dir))}"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "SUBMITIT_FOLDER" in os.environ:
-        return f"relaunch the job with {resume}"
+        return f"the job's launch command and {resume}"
     return f"{shlex.quote(_shown(sys.executable))} -m {module} {resume}"
 
 
