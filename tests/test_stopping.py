@@ -158,10 +158,19 @@ def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def caught_mask(pid: int) -> str:
+    """The signals process ``pid`` has handlers for (``SigCgt`` of /proc/<pid>/status, hex)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_in_the_first_instant_ends_with_one_line_and_exit_2(sig, tmp_path):
     run = start(*BASE, f"hydra.run.dir={tmp_path}")
-    time.sleep(0.5)  # still importing torch
+    handles_sigterm = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + 60
+    while not int(caught_mask(run.pid), 16) & handles_sigterm and time.monotonic() < deadline:
+        time.sleep(0.005)  # the command's first line installs its handlers; torch is imported for seconds after
     run.send_signal(sig)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2, err[-2000:]
