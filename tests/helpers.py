@@ -114,9 +114,11 @@ def torchrun(
 
 class FaultHook(BaseHook):
     """TRUSTREGION_FAULT=step:N SIGKILLs the process after optimizer step N, as a crash would; save:N once the engine's
-    part of step N's checkpoint is written; term:N sends SIGTERM after step N, as a cluster's preemption would;
-    term-eval:N sends two SIGTERMs once step N's evaluation is computed (as a job's end may come during the final
-    evaluation); slow:S sleeps S seconds after every step, so a test can time Slurm's signals against steps."""
+    part of step N's checkpoint is written (@rankR: on that rank alone); term:N sends SIGTERM after step N, as a
+    cluster's preemption would; term-eval:N sends two SIGTERMs once step N's evaluation is computed (as a job's end
+    may come during the final evaluation); term-export sends one during the export; fill:N:K fills the run dir's
+    disk after step N, leaving K KiB; slow:S sleeps S seconds after every step, so a test can time Slurm's signals
+    against steps."""
 
     def on_step_end(self, ctx) -> None:
         wanted, step = os.environ.get("TRUSTREGION_FAULT"), ctx.state.step
@@ -126,6 +128,8 @@ class FaultHook(BaseHook):
             os.kill(os.getpid(), signal.SIGKILL)
         if wanted == f"term:{step}":
             os.kill(os.getpid(), signal.SIGTERM)
+        if wanted and wanted.startswith(f"fill:{step}:"):
+            fill_disk(ctx.run_dir, leave_kib=int(wanted.rsplit(":", 1)[1]))
 
     def on_eval(self, ctx, metrics: dict) -> None:
         if os.environ.get("TRUSTREGION_FAULT") == f"term-eval:{ctx.state.step}":
@@ -133,5 +137,25 @@ class FaultHook(BaseHook):
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_save(self, ctx, directory: Path) -> None:
-        if os.environ.get("TRUSTREGION_FAULT") == f"save:{ctx.state.step}":
+        wanted, step = os.environ.get("TRUSTREGION_FAULT"), ctx.state.step
+        if wanted == f"save:{step}" or wanted == f"save:{step}@rank{ctx.engine.rank}":
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_end(self, ctx) -> None:
+        if os.environ.get("TRUSTREGION_FAULT") == "term-export":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fill_disk(directory: Path, leave_kib: int = 0) -> None:
+    """Fill the device of ``directory`` with a file of zeros until ``leave_kib`` KiB are left (a disk running full)."""
+    with open(Path(directory) / "filler", "wb") as f:
+        while True:
+            stat = os.statvfs(directory)
+            left = stat.f_bavail * stat.f_frsize - leave_kib * 1024
+            if left <= 0:
+                return
+            try:
+                f.write(b"\0" * min(left, 1 << 20))
+                f.flush()
+            except OSError:
+                return

@@ -1,15 +1,19 @@
 """Verified checkpoints: every file's sha256 is written with it and checked at load; a checkpoint that fails, or whose
-meta.json is unreadable, is damaged and ``trainer.resume=latest`` falls back past it with a warning."""
+meta.json is unreadable, is damaged and ``trainer.resume=latest`` falls back past it with a warning. Nothing in a
+checkpoint runs when it is loaded, and a resume never changes the data order."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
+from tests.helpers import FAST, TOY, cli
 from trustregion.errors import ConfigError
 from trustregion.train import train
-from trustregion.training.checkpoint import CHECKSUMS
+from trustregion.training.checkpoint import CHECKSUMS, write_checksums
 
 
 @pytest.fixture
@@ -105,3 +109,50 @@ def test_committing_a_step_again_replaces_its_checkpoint_and_leaves_no_old_copy(
     assert (newest / "marker").read_text() == "new"
     assert [p.name for p in complete_checkpoints(run)] == ["step_000002", "step_000004"]
     assert not any(p.name.startswith(".old-") for p in (run / "checkpoints").iterdir())
+
+
+class Payload:
+    """What a tampered checkpoint carries: an object whose unpickling runs a shell command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_in_one_line_and_nothing_of_it_runs(two_checkpoints, tmp_path):
+    _, newest = two_checkpoints
+    marker = tmp_path / "ran"
+    state = torch.load(newest / "rank0.pt", weights_only=False)  # our own file, to plant the payload in
+    torch.save({**state, "extra": Payload(str(marker))}, newest / "rank0.pt")
+    write_checksums(newest)  # it sits in the same dir: whoever plants the payload recomputes them
+    out = cli(*FAST, *TOY, "trainer.max_steps=6", f"trainer.resume={newest}", f"hydra.run.dir={tmp_path / 'other'}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: trainer.resume={newest}: rank0.pt would import posix.system to load"), line
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.unit
+def test_a_deepspeed_file_carrying_code_is_found_before_deepspeed_reads_it(tmp_path):
+    from trustregion.training.untrusted import first_foreign
+
+    (tmp_path / "deepspeed").mkdir()
+    torch.save({"module": {"w": torch.zeros(2)}, "x": Payload("/nonexistent")}, tmp_path / "deepspeed" / "m.pt")
+    assert first_foreign(tmp_path) == ("deepspeed/m.pt", ["posix.system"])
+
+
+def test_a_checkpoint_whose_checksums_were_deleted_is_damaged_not_unchecked(fast_cfg, two_checkpoints, capsys, caplog):
+    run, newest = two_checkpoints
+    (newest / CHECKSUMS).unlink()
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.max_steps=6", "trainer.save_every=2", "trainer.resume=latest"), run)
+    said = capsys.readouterr().out + caplog.text
+    assert "CHECKSUMS.json is missing (this checkpoint's format has one)" in said and "trying step_000002" in said
+
+
+def test_a_resume_that_halves_the_global_batch_on_one_process_is_refused_naming_it(fast_cfg, two_checkpoints):
+    run, _ = two_checkpoints
+    with pytest.raises(ConfigError, match=r"global batch is 8 rows .* this run's is 4; set trainer.batch_size=8"):
+        train(fast_cfg("trainer.max_steps=6", "trainer.resume=latest", "trainer.batch_size=4"), run)

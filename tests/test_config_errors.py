@@ -88,3 +88,37 @@ def test_the_command_line_prints_one_line_and_exits_2_for_training_and_sft():
     assert one_line("trainer.lrr=3", module="trustregion.sft") == (
         "error: trainer.lrr is not a key of trainer: did you mean trainer.lr?"
     )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("trainer.save_every=-1", "trainer.save_every=-1 is invalid: set trainer.save_every to an integer >= 0"),
+        ("trainer.eval_every=-1", "trainer.eval_every=-1 is invalid: set trainer.eval_every to an integer >= 0"),
+        (
+            "trainer.weight_decay=-0.1",
+            "trainer.weight_decay=-0.1 is invalid: set trainer.weight_decay to a number >= 0",
+        ),
+        (
+            "trainer.adam_betas=[2.0,0.5]",
+            "trainer.adam_betas=[2.0,0.5] is invalid: set trainer.adam_betas to 2 values, each a number in [0, 1)",
+        ),
+    ],
+)
+def test_an_out_of_range_trainer_setting_is_refused_by_the_preflight(override, line):
+    from trustregion.cli.preflight import check_point
+    from trustregion.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        check_point(compose(override), "config")
+    assert str(e.value) == line
+
+
+def test_a_method_specific_range_error_at_a_later_sweep_point_stops_the_sweep_before_its_first_job(tmp_path):
+    line = one_line("--multirun", "method=kto", "method.desirable_weight=1,-1", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert line == (
+        "error: method.desirable_weight=-1.0 is invalid: set method.desirable_weight to a number > 0 (sweep point 2 "
+        "of 2: method=kto method.desirable_weight=-1)"
+    )
+    assert not (tmp_path / "s").exists()

@@ -1,12 +1,16 @@
-"""The divergence guard: a non-finite or exploding loss or gradient norm stops the run with one line naming the step
-and the metric, and no checkpoint is written after it."""
+"""The divergence guard: a non-finite or exploding loss or gradient norm (the loss: far above the run's own start, from
+the second step) stops the run with one line naming the step, the metric, the last sound checkpoint and advice the
+resume accepts, and no checkpoint is written after it."""
 
 from __future__ import annotations
+
+import shlex
+import subprocess
 
 import pytest
 import torch
 
-from tests.helpers import FAST, TOY, cli
+from tests.helpers import FAST, REPO, TOY, cli
 from trustregion.engines.base import OptimSettings
 from trustregion.engines.local import LocalEngine
 from trustregion.training.guard import Diverged, DivergenceGuard
@@ -26,7 +30,7 @@ def feed(guard: DivergenceGuard, losses: list[float], norms: list[float], start:
 def test_a_gradient_norm_100x_its_running_median_stops_naming_the_step(engine):
     guard = DivergenceGuard(factor=100)
     feed(guard, [0.69] * 12, [1.0] * 11 + [150.0])
-    with pytest.raises(Diverged, match=r"grad_norm exploded at step 12: 150 is 150x its running reference 1"):
+    with pytest.raises(Diverged, match=r"grad_norm exploded at step 12: 150 is 150x its running median 1"):
         guard.check(engine)
 
 
@@ -35,6 +39,22 @@ def test_a_loss_falling_toward_zero_does_not_make_noise_an_explosion(engine):
     guard = DivergenceGuard(factor=100)
     feed(guard, [0.69] + [0.001] * 20 + [0.5], [1.0] * 22)
     guard.check(engine)  # 0.5 is 500x the median but below 100x the first loss
+
+
+@pytest.mark.unit
+def test_a_loss_far_above_the_runs_start_stops_from_the_second_step(engine):
+    guard = DivergenceGuard(factor=100)
+    feed(guard, [0.69, 765.0], [1.0, 1.0])
+    with pytest.raises(Diverged, match=r"loss exploded at step 2: 765 is 1.11e\+03x the run's first loss 0.69"):
+        guard.check(engine)
+
+
+@pytest.mark.unit
+def test_a_loss_that_climbs_step_by_step_cannot_carry_its_reference_up(engine):
+    guard = DivergenceGuard(factor=100)
+    feed(guard, [0.69 * 1.5**i for i in range(20)], [1.0] * 20)  # never 100x the step before, 100x the start by 12
+    with pytest.raises(Diverged, match="loss exploded at step 13"):
+        guard.check(engine)
 
 
 @pytest.mark.unit
@@ -69,3 +89,26 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_no_checkpoint_after_it(tm
     for kept in (tmp_path / "checkpoints").glob("step_*"):
         state = torch.load(kept / "state.pt", weights_only=False)
         assert all(torch.isfinite(t).all() for t in state["policy"].values())
+
+
+def test_bf16_at_lr_1e3_stops_at_its_first_step_far_above_the_start_with_advice_the_resume_accepts(tmp_path):
+    args = [
+        *FAST,
+        *TOY,
+        "trainer.precision=bf16-mixed",
+        "trainer.lr=1e3",
+        "trainer.max_steps=3",
+        "trainer.save_every=1",
+    ]
+    out = cli(*args, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: loss exploded at step 2:"), line
+    assert f"the last sound checkpoint is {tmp_path / 'checkpoints' / 'step_000001'}" in line
+    assert "start a new run in a new run dir with a lower trainer.lr or method.beta (e.g. trainer.lr=100)" in line
+    assert not (tmp_path / "policy").exists(), "a diverged run exports nothing"
+    command = line.split("continue this run without the check: ", 1)[1].split("; metrics so far", 1)[0]
+    resumed = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True, timeout=300)
+    said = resumed.stdout + resumed.stderr
+    assert f"resuming {tmp_path / 'checkpoints' / 'step_000001'} at step 1" in said, said[-2000:]
+    assert "note: resuming step_000001 with trainer.divergence_factor: 100.0 -> None" in said

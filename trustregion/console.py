@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 log = logging.getLogger("trustregion")
@@ -19,6 +20,17 @@ def say(message: str) -> None:
         log.info(message)
     else:  # not under Hydra (tests, scripts): the console alone
         print(f"[trustregion] {message}", flush=True)
+
+
+def error_line(message: str) -> None:
+    """``error: <message>`` as one line on stderr, and into the run's log file (Hydra's ``<job>.log``) where there
+    is one: the line a command ends with."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    record = logging.LogRecord("trustregion", logging.ERROR, __file__, 0, f"error: {message}", None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            handler.flush()
 
 
 def quiet_third_party(verbose: bool) -> None:

@@ -9,13 +9,17 @@ ZeRO-2/3, ``metrics.jsonl``. The result, ``<run dir>/policy``, starts alignment 
 
 from __future__ import annotations
 
-from pathlib import Path
+from trustregion.training.preemption import handle_from_start
 
-from omegaconf import DictConfig
+handle_from_start(__name__)  # a stop signal from here on ends the command with one line, before the heavy imports
 
-from trustregion.cli import app as cli
-from trustregion.training.recipe import Recipe
-from trustregion.training.stages import SFTStage
+from pathlib import Path  # noqa: E402
+
+from omegaconf import DictConfig  # noqa: E402
+
+from trustregion.cli import app as cli  # noqa: E402
+from trustregion.training.recipe import Recipe  # noqa: E402
+from trustregion.training.stages import SFTStage  # noqa: E402
 
 
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -23,7 +27,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return Recipe(cfg, run_dir, SFTStage()).run()  # its last line says where the policy went
 
 
-main = cli.entry_point("trustregion-sft", "sft", run_sft)
+main = cli.entry_point("trustregion-sft", "sft", run_sft, resumable=True)
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,17 @@ The entry point; the recipe is ``trustregion.training.recipe.Recipe`` (setup ste
 
 from __future__ import annotations
 
-from pathlib import Path
+from trustregion.training.preemption import handle_from_start
 
-from omegaconf import DictConfig
+handle_from_start(__name__)  # a stop signal from here on ends the command with one line, before the heavy imports
 
-from trustregion.cli import app as cli
-from trustregion.training.recipe import Recipe
-from trustregion.training.stages import PreferenceStage
+from pathlib import Path  # noqa: E402
+
+from omegaconf import DictConfig  # noqa: E402
+
+from trustregion.cli import app as cli  # noqa: E402
+from trustregion.training.recipe import Recipe  # noqa: E402
+from trustregion.training.stages import PreferenceStage  # noqa: E402
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -21,7 +25,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return Recipe(cfg, run_dir, PreferenceStage()).run()
 
 
-main = cli.entry_point("trustregion-train", "config", train)
+main = cli.entry_point("trustregion-train", "config", train, resumable=True)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,6 @@ Nothing here runs at import time: ``register()`` is called by the entry points a
 
 from __future__ import annotations
 
-import errno
 import functools
 import importlib.util
 import os
@@ -14,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from trustregion.errors import TrustRegionError
+from trustregion.console import error_line
+from trustregion.errors import DISK_ERRORS, TrustRegionError, lost_peer
 
 # The configs ship with the package (``conf/`` is the package ``trustregion.conf``), so the console scripts and an
 # installed wheel find them from any directory; a user's own config dir adds to them with ``hydra.searchpath``.
@@ -86,35 +86,15 @@ def compose(*overrides: str, config_name: str = "config"):
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` as one line on stderr and exit with code 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Print ``error: <message>`` as one line on stderr, and into the run's log file (Hydra's ``<job>.log``) where
+    there is one, and exit with code 2."""
+    error_line(message)
     sys.exit(2)
 
 
-# Faults of the disk, not of the program: one line naming the path, never a traceback.
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-# What gloo and NCCL say when another process of the job is gone (killed, crashed, its node lost).
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "communicator was aborted",
-             "remote process exited", "Socket Timeout")  # fmt: skip
-
-
-def lost_peer(error: BaseException) -> str | None:
-    """The one line for a collective that failed because another rank of a multi-process job is gone, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
-        return None
-    text = str(error)
-    if not any(s in text for s in PEER_LOST):
-        return None
-    first = text.strip().splitlines()[0][:200]
-    return (
-        f"rank {os.environ.get('RANK', '?')}: another process of this job was lost mid-run ({first}); every complete "
-        "checkpoint is kept: relaunch the job with trainer.resume=latest"
-    )
-
-
-def exit_on_error(fn: F) -> F:
+def exit_on_error(fn: F, where: Path | None = None) -> F:
     """Turn a TrustRegionError, a disk fault or Ctrl-C outside a training step into ``fail`` (HYDRA_FULL_ERROR=1
-    keeps the traceback)."""
+    keeps the traceback); a disk fault that names no file names ``where`` (the run dir)."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -124,7 +104,7 @@ def exit_on_error(fn: F) -> F:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             if isinstance(e, RuntimeError) and not isinstance(e, OSError):
-                line = lost_peer(e)
+                line = lost_peer(e, where)
                 if line is None:
                     raise
                 fail(line)
@@ -134,20 +114,21 @@ def exit_on_error(fn: F) -> F:
                 fail("interrupted (Ctrl-C) outside a training step; checkpoints already written are kept")
             if e.errno not in DISK_ERRORS:
                 raise
-            fail(f"{e.strerror}: {e.filename or 'a file of the run'}; free space or fix the permissions, then rerun")
+            fail(
+                f"{e.strerror}: {e.filename or where or 'a file of the run'}; free space or fix the permissions, then rerun"
+            )
 
     return wrapped  # type: ignore[return-value]
 
 
-def run_locked(fn: Callable[[Any, Path], Any], cfg: Any) -> Any:
+def run_locked(fn: Callable[[Any, Path], Any], cfg: Any, records: bool = True) -> Any:
     """``fn(cfg, run_dir)`` for this Hydra job, holding the run dir's lock from before Hydra's records
     (``.hydra/``) are written: a run refused because another holds the dir leaves that run's records alone
-    (the configs set ``hydra.output_subdir: null``, so Hydra itself writes none). Rank 0 alone writes them."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
+    (the configs set ``hydra.output_subdir: null``, so Hydra itself writes none). Rank 0 alone writes them, here or,
+    with ``records=False``, in the job once it knows it runs (the training recipe: a refused resume leaves the
+    records of the run it would have continued as they are)."""
     from trustregion.engines.launch import launched_rank
-    from trustregion.training.rundir import lock_run_dir
+    from trustregion.training.rundir import lock_run_dir, write_hydra_records
 
     run_dir = hydra_run_dir()
     if launched_rank() > 0:
@@ -155,12 +136,8 @@ def run_locked(fn: Callable[[Any, Path], Any], cfg: Any) -> Any:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(run_dir)
     try:
-        records = run_dir / ".hydra"
-        records.mkdir(exist_ok=True)
-        hydra_cfg = HydraConfig.get()
-        OmegaConf.save(cfg, records / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
-        OmegaConf.save(hydra_cfg.overrides.task, records / "overrides.yaml")
+        if records:
+            write_hydra_records(run_dir, cfg)
         return fn(cfg, run_dir)
     finally:
         lock.close()
@@ -206,18 +183,24 @@ def entry_point(
     register_schemas: Callable[[], None] = register,
     show: Callable[[Any, Any], None] | None = None,
     records: bool = True,
+    resumable: bool = False,
 ) -> Callable[[], Any]:
-    """The ``main`` of ``command`` (``trustregion-train``): ``--help`` lists its groups and settings; else its schemas registered, the launch adapted to Hydra (``prepare_launch``), every sweep
-    point checked before any job starts (``preflight``), then per Hydra job ``job(cfg, run_dir)`` with one-line errors,
-    holding the run dir and writing its records (``.hydra/``) unless ``records`` is false (a command that writes no
-    run dir); ``show(cfg, result)`` prints what the job returned, which Hydra gets back (an Optuna sweep maximises
-    it)."""
+    """The ``main`` of ``command`` (``trustregion-train``): ``--help`` lists its groups and settings; else its schemas
+    registered, the launch adapted to Hydra (``prepare_launch``), every sweep point checked before any job starts
+    (``preflight``), the run dir checked writable, then per Hydra job
+    ``job(cfg, run_dir)`` with one-line errors, holding the run dir and writing its records (``.hydra/``) unless
+    ``records`` is false (a command that writes no run dir); ``show(cfg, result)`` prints what the job returned,
+    which Hydra gets back (an Optuna sweep maximises it). A ``resumable`` command (the training recipe) continues a
+    run in its own dir (``cli.resume``) and writes the records itself once it knows it runs."""
     import hydra
 
     @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name=config_name, version_base="1.3")
     def hydra_main(cfg: Any) -> Any:
         try:
-            result = exit_on_error(run_locked)(job, cfg) if records else exit_on_error(job)(cfg, hydra_run_dir())
+            if records:
+                result = exit_on_error(run_locked, hydra_run_dir())(job, cfg, not resumable)
+            else:
+                result = exit_on_error(job, hydra_run_dir())(cfg, hydra_run_dir())
             if show is not None:
                 show(cfg, result)
             return result
@@ -225,20 +208,23 @@ def entry_point(
             shutdown_distributed()
 
     def main() -> Any:
-        from trustregion.cli.preflight import name_jobs_by_what_varies, preflight
+        from trustregion.cli.preflight import check_run_dir_writable, name_jobs_by_what_varies, preflight
+        from trustregion.cli.resume import continue_in_run_dir
 
         register_schemas()
-        if {"--help", "-h"} & set(
-            sys.argv[1:]
-        ):  # the groups and every setting with its meaning (Hydra's: --hydra-help)
+        if {"--help", "-h"} & set(sys.argv[1:]):  # the groups and every setting's meaning (Hydra's own: --hydra-help)
             from trustregion.cli.help import help_text
 
             overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
             print(help_text(command, config_name, overrides))
             return None
         sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
+        if resumable:
+            sys.argv = [sys.argv[0], *continue_in_run_dir(sys.argv[1:])]
         preflight(sys.argv[1:], config_name)
         sys.argv += name_jobs_by_what_varies(sys.argv[1:])
+        if records:
+            check_run_dir_writable(sys.argv[1:], config_name)
         return hydra_main()
 
     return main

@@ -196,3 +196,49 @@ def preflight(argv: Sequence[str], config_name: str) -> None:
         except TrustRegionError as e:
             where = f" (sweep point {i + 1} of {len(points)}: {' '.join(overrides)})" if len(points) > 1 else ""
             fail(f"{e}{where}")
+
+
+MIN_FREE = 1 << 20  # bytes: a run dir's device with less than this cannot take even its records
+
+
+def _run_dir_pattern(argv: Sequence[str], config_name: str) -> str:
+    """Where the job(s) will write: ``hydra.run.dir`` (``hydra.sweep.dir`` for a sweep) as given, or the config's,
+    up to its first interpolation (``outputs/runs/`` of ``outputs/runs/${run_time:...}``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from trustregion.cli.app import CONF_MODULE
+
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")]
+    if given:
+        return given[-1]
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        cfg = hydra_compose(config_name, return_hydra_config=True)
+    from omegaconf import OmegaConf
+
+    raw = str(OmegaConf.to_container(cfg.hydra, resolve=False)["sweep" if "sweep" in key else "run"]["dir"])
+    return raw.split("${", 1)[0] or "."
+
+
+def check_run_dir_writable(argv: Sequence[str], config_name: str) -> None:
+    """One line, before Hydra creates the run dir and its log file, when that dir (or, for a new one, the nearest
+    dir above it that exists) is read-only or not writable, or its device is full: Hydra would end in a traceback."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep_points(argv) is None:
+        return
+    from pathlib import Path
+
+    target = Path(_run_dir_pattern(argv, config_name)).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        fail(f"the run dir {target} cannot be made: {existing} is a file; set hydra.run.dir to another dir")
+    if not os.access(existing, os.W_OK):
+        why = "on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "not writable"
+        where = "it is" if existing == target else f"{existing} is"
+        fail(f"the run dir {target} cannot be written ({where} {why}): set hydra.run.dir to a dir you can write")
+    free = os.statvfs(existing).f_bavail * os.statvfs(existing).f_frsize
+    if free < MIN_FREE:
+        fail(
+            f"the run dir {target} cannot be written: no space left on its device ({free // 1024} KiB free); free "
+            "space or set hydra.run.dir to another disk"
+        )

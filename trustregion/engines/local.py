@@ -114,7 +114,7 @@ class LocalEngine:
         torch.save(state, directory / "state.pt")
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / "state.pt", map_location=self.device, weights_only=False)
+        state = torch.load(directory / "state.pt", map_location=self.device, weights_only=True)  # runs nothing
         load_policy_state(self.policy, state["policy"])
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])

@@ -25,12 +25,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion.console import say
-from trustregion.errors import ConfigError, TrainingError
+from trustregion.errors import ConfigError, TrainingError, lost_peer
 from trustregion.training.identity import MODEL_EXECUTION, flat, may_change_on_resume
+from trustregion.training.untrusted import first_foreign, load_tensors
 
 PREFIX = "step_"
 COMPLETE = "COMPLETE"
 CHECKSUMS = "CHECKSUMS.json"  # sha256 of every file, written last (before COMPLETE) and checked at load
+# meta.json's "format": 2 has CHECKSUMS.json (required at load) and tensors-only .pt files; none: written before.
+FORMAT = 2
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -38,9 +41,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def rng_state() -> dict:
+    """Every RNG's state as tensors and plain data (numpy's key array as a tensor), so it loads with
+    ``weights_only``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -48,7 +54,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -179,10 +186,15 @@ def write_checksums(directory: Path) -> None:
 
 def verify_checksums(path: Path) -> str | None:
     """The first file of checkpoint ``path`` that is missing or differs from its checksum; None when all match (or
-    the checkpoint predates checksums)."""
+    the checkpoint predates checksums: its ``meta.json`` has no ``format``; from format 2 on ``CHECKSUMS.json`` is
+    required, so deleting it does not turn the check off)."""
     listed = path / CHECKSUMS
     if not listed.exists():
-        return None
+        try:
+            has_format = "format" in json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            has_format = True  # meta.json is damaged too: read_meta says so
+        return CHECKSUMS if has_format else None
     try:
         sums = json.loads(listed.read_text())
     except (OSError, ValueError):
@@ -221,9 +233,9 @@ def _model_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 
 def check_compatible(meta: dict, current: dict, path: Path) -> list[str]:
-    """Refuse to resume a checkpoint of another model or method; another world size only under the checkpoint's
-    ZeRO stage and with its global batch (``trainer.batch_size`` x world size), which keep the run exact. Returns
-    the execution-only model settings that changed (allowed)."""
+    """Refuse to resume a checkpoint of another model or method, or with another global batch (``trainer.batch_size``
+    x world size: the data order); another world size only under the checkpoint's ZeRO stage. Returns the
+    execution-only model settings that changed (allowed)."""
     identity, execution = _model_changes(meta.get("model") or {}, current.get("model") or {})
     if identity:
         raise ConfigError(
@@ -242,16 +254,15 @@ def check_compatible(meta: dict, current: dict, path: Path) -> list[str]:
             f"{this_stage}; resume with deepspeed.stage={stage} (a checkpoint's format follows its engine)"
         )
     saved, world = meta.get("world_size"), current.get("world_size")
-    if saved == world:
-        return execution
-    if not stage:
+    if saved != world and not stage:
         raise ConfigError(
             f"trainer.resume={path}: checkpoint has world_size={saved} but this run has world_size={world}; only a "
             f"DeepSpeed ZeRO checkpoint (deepspeed.stage 1-3) resumes at another world size: resume with {saved} "
             "process(es)"
         )
+    # The data position is counted in global batches: another global batch would re-read or skip rows.
     rows, this_rows = meta.get("global_batch"), current.get("global_batch")
-    if rows != this_rows:
+    if rows is not None and rows != this_rows:
         fix = f"trainer.batch_size={rows // world}" if rows % world == 0 else f"trainer.batch_size x world_size={rows}"
         raise ConfigError(
             f"trainer.resume={path}: checkpoint's global batch is {rows} rows (trainer.batch_size x world_size) but "
@@ -282,13 +293,22 @@ def write_failure(tmp: Path, error: Exception) -> TrainingError:
     shutil.rmtree(tmp, ignore_errors=True)
     kept = complete_checkpoints(tmp.parent.parent)
     need = f"the last one took {_tree_bytes(kept[-1]) / 2**20:.1f} MiB" if kept else "its size is in the start-up line"
-    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or "unexpected pos" in str(
-        error
+    step = tmp.name.removeprefix(".tmp-")
+    peer = lost_peer(error, tmp.parent.parent)
+    if peer is not None:  # not the disk: another rank is gone
+        return TrainingError(peer.replace("lost mid-run", f"lost while checkpoint {step} was written"))
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        s in str(error) for s in ("unexpected pos", "No space left")
     )
-    reason = "no space left on the device" if full else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if not full:  # a read-only dir, a permission: fixing it is the advice, not space
+        return TrainingError(
+            f"cannot write checkpoint {step} in {tmp.parent}: {reason}; fix that, then continue with "
+            f"trainer.resume={tmp.parent.parent}"
+        )
     return TrainingError(
-        f"cannot write checkpoint {tmp.name.removeprefix('.tmp-')} in {tmp.parent}: {reason} ({free / 2**20:.1f} MiB "
-        f"free; {need}); free space (or lower trainer.keep_last), then continue with trainer.resume=latest"
+        f"cannot write checkpoint {step} in {tmp.parent}: no space left on the device ({free / 2**20:.1f} MiB "
+        f"free; {need}); free space (or lower trainer.keep_last), then continue with trainer.resume={tmp.parent.parent}"
     )
 
 
@@ -313,18 +333,18 @@ def save(
         torch.save({**snapshot.mine, "rng": rng_state()}, tmp / f"rank{engine.rank}.pt")
         if engine.is_main:
             torch.save({"step": step, **snapshot.shared}, tmp / "loop.pt")
-            write_meta(tmp, {**snapshot.meta, "step": step, "optimizer_state": optimizer})
+            write_meta(tmp, {**snapshot.meta, "format": FORMAT, "step": step, "optimizer_state": optimizer})
             OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
         raise write_failure(tmp, e) from e
-    engine.barrier()
-    if engine.is_main:
-        try:
+    try:
+        engine.barrier()
+        if engine.is_main:
             write_checksums(tmp)
             commit(tmp, int(cfg.trainer.keep_last))
-        except OSError as e:
-            raise write_failure(tmp, e) from e
-    engine.barrier()
+        engine.barrier()
+    except (OSError, RuntimeError) as e:  # a full disk, or a rank lost at the barrier
+        raise write_failure(tmp, e) from e
 
 
 def check_config(path: Path, cfg: DictConfig, engine) -> None:
@@ -354,9 +374,17 @@ def load(
     # Rank 0 reads every file once; the verdict reaches every rank, so all fall back (or stop) together.
     bad = verify_checksums(path) if engine.is_main else None
     if float(engine.reduce_sum(torch.tensor(0.0 if bad is None else 1.0, device=engine.device))) > 0:
+        what = "is missing (this checkpoint's format has one)" if bad == CHECKSUMS else "does not match its checksum"
         raise SeenByAllRanks(
-            f"trainer.resume={path}: {bad or 'a file'} does not match its checksum (changed or cut after it was "
-            "written); resume from an earlier checkpoint"
+            f"trainer.resume={path}: {bad or 'a file'} {what} (changed or cut after it was written); resume from "
+            "an earlier checkpoint"
+        )
+    foreign = first_foreign(path) if engine.is_main else None
+    if float(engine.reduce_sum(torch.tensor(0.0 if foreign is None else 1.0, device=engine.device))) > 0:
+        name, objects = foreign or ("a file", ["objects"])
+        raise ConfigError(
+            f"trainer.resume={path}: {name} would import {', '.join(objects[:3])} to load, not only tensors and plain "
+            "data; nothing of it was run: resume from a checkpoint you wrote yourself, or start a new run"
         )
     meta = read_meta(path)
     for change in check_compatible(meta, identity, path):
@@ -371,11 +399,11 @@ def load(
         )
 
     def rank_state(rank: int) -> dict:
-        return _read(path, f"rank{rank}.pt", lambda: torch.load(path / f"rank{rank}.pt", weights_only=False))
+        return _read(path, f"rank{rank}.pt", lambda: load_tensors(path / f"rank{rank}.pt"))
 
     saved = int(meta["world_size"])
     mine = rank_state(engine.rank) if saved == engine.world_size else merge_ranks([rank_state(r) for r in range(saved)])
-    shared = _read(path, "loop.pt", lambda: torch.load(path / "loop.pt", weights_only=False))
+    shared = _read(path, "loop.pt", lambda: load_tensors(path / "loop.pt"))
     _read(path, "the model and optimizer state", lambda: engine.load(path))
     set_rng_state(mine.pop("rng"))
     return int(shared.pop("step")), shared, mine

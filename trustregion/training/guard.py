@@ -1,9 +1,11 @@
 """Stopping a run that diverges, with one line, before a poisoned checkpoint is written.
 
 Each step's loss and gradient norm stay on the device; at log and checkpoint points (one host sync) a step fails when
-either is non-finite, or exceeds ``factor`` times its reference: the running median over the last ``window`` checked
-steps (the loss's never below its first value, so a loss that falls toward 0 does not make later noise look like an
-explosion). The loss is the mean over ranks, so every rank decides alike.
+either is non-finite, or exceeds ``factor`` times its reference. The loss's reference is the run's own first loss,
+from the second step on (a loss that falls toward 0 does not make later noise look like an explosion, and a run that
+climbs step by step cannot carry a running median up with it); the gradient norm's is the running median over the
+last ``window`` checked steps, once ``MIN_HISTORY`` are seen (early gradients legitimately swing). The loss is the
+mean over ranks, so every rank decides alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ MIN_HISTORY = 10  # steps seen before the ratio test starts
 
 class Diverged(TrainingError):
     """A step's loss or gradient norm was non-finite or exploded."""
+
+
+class NonFinite(Diverged):
+    """A step's loss or gradient norm was NaN or infinite (no setting lets the run go on from it)."""
 
 
 class DivergenceGuard:
@@ -48,21 +54,25 @@ class DivergenceGuard:
 
     def _check_one(self, step: int, name: str, value: float) -> None:
         if not math.isfinite(value):
-            raise Diverged(f"non-finite {name} at step {step}")
+            raise NonFinite(f"non-finite {name} at step {step}")
         if name == "grad_norm" and value == 0.0:
             return  # no gradient, or a step the fp16 loss scaler skipped: nothing moved
         seen = self.history[name]
-        self.first.setdefault(name, value)
-        if self.factor is not None and len(seen) >= MIN_HISTORY:
-            median = statistics.median(seen)
-            reference = max(abs(median), abs(self.first[name])) if name == "loss" else abs(median)
-            if abs(value) > self.factor * max(reference, 1e-12):
-                raise Diverged(
-                    f"{name} exploded at step {step}: {value:.3g} is {abs(value) / max(reference, 1e-12):.3g}x its "
-                    f"running reference {reference:.3g} (trainer.divergence_factor={self.factor:g})"
-                )
+        first = self.first.setdefault(name, value)
+        if name == "loss" and self.factor is not None and seen:
+            self._compare(step, name, value, abs(first), "the run's first loss")
+        elif self.factor is not None and len(seen) >= MIN_HISTORY:
+            self._compare(step, name, value, abs(statistics.median(seen)), "its running median")
         seen.append(value)
         del seen[: -self.window]
+
+    def _compare(self, step: int, name: str, value: float, reference: float, what: str) -> None:
+        assert self.factor is not None
+        if abs(value) > self.factor * max(reference, 1e-12):
+            raise Diverged(
+                f"{name} exploded at step {step}: {value:.3g} is {abs(value) / max(reference, 1e-12):.3g}x "
+                f"{what} {reference:.3g} (trainer.divergence_factor={self.factor:g})"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": {k: list(v) for k, v in self.history.items()}, "first": dict(self.first)}

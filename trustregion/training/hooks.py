@@ -10,10 +10,13 @@ on checkpoints ``on_save`` (after the engine's state is written, before the chec
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,12 +24,13 @@ from typing import Any, Protocol
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
+from safetensors import SafetensorError
 
 from trustregion.console import say
 from trustregion.data import PreferenceData
 from trustregion.data.batches import BatchStream
 from trustregion.engines.base import Engine
-from trustregion.errors import ConfigError
+from trustregion.errors import ConfigError, StopRequested, TrainingError
 from trustregion.models.flops import matmul_peak
 from trustregion.reference.update import ReferenceUpdate
 from trustregion.training.identity import identity_of
@@ -54,6 +58,7 @@ class HookContext:
     # runs long (an evaluation) asks between batches and raises errors.StopRequested; the run then checkpoints.
     stop_requested: Callable[[], bool] = lambda: False
     total_steps: int = 0  # the optimizer steps the run makes in all
+    continue_with: str = "trainer.resume=latest"  # the command that continues the run (in one-line errors)
 
 
 class Hook(Protocol):
@@ -275,14 +280,46 @@ class ExportHook(BaseHook):
                 if not (ctx.run_dir / which).exists():
                     say(f"note: {which}/ not written: the frozen reference is the model this run started from")
                 continue
+            if ctx.stop_requested():  # between two models: the resume exports again
+                raise StopRequested("export")
             self.export(ctx, which, ctx.run_dir / which)
 
     @staticmethod
     def export(ctx: HookContext, which: str, directory: Path) -> None:
-        ctx.engine.export(which, directory)
-        if ctx.engine.is_main:
-            ctx.tokenizer.save_pretrained(directory)
+        with written_whole(ctx, directory) as tmp:
+            ctx.engine.export(which, tmp)
+            if ctx.engine.is_main:
+                ctx.tokenizer.save_pretrained(tmp)
+
+
+@contextmanager
+def written_whole(ctx: HookContext, directory: Path) -> Iterator[Path]:
+    """A model dir written whole or not at all: into ``.tmp-<name>`` beside it (every rank takes part, rank 0
+    writes), renamed over ``directory`` once complete. A write that fails (a full disk, a read-only dir) removes the
+    partial copy and stops the run with one line naming the path; the resume exports again (from the final
+    checkpoint, or trains on from the last one)."""
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    main = ctx.engine.is_main
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
         ctx.engine.barrier()
+        if main:
+            old = directory.with_name(f".old-{directory.name}")
+            if directory.exists():
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+    except (OSError, RuntimeError, SafetensorError) as e:  # what safetensors and torch raise for a full disk
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        free = shutil.disk_usage(directory.parent).free / 2**20
+        raise TrainingError(
+            f"cannot export {directory}: {reason} ({free:.1f} MiB free there); the partial copy is removed: free "
+            f"space or fix the permissions, then continue with {ctx.continue_with}"
+        ) from e
 
 
 class AdapterExportHook(BaseHook):
@@ -297,22 +334,25 @@ class AdapterExportHook(BaseHook):
         from trustregion.models.lora import adapted_layers, save_merged
 
         engine, cfg, run = ctx.engine, ctx.cfg, ctx.run_dir
-        written = []
+        if ctx.stop_requested():  # after the policy's export: the resume exports again
+            raise StopRequested("export")
+        tokenizer = ctx.tokenizer.save_pretrained if engine.is_main else (lambda directory: None)
         if "reference" in self.which:
-            engine.unwrap("reference").save_pretrained(run / "reference", write=engine.is_main)
-            written.append("reference")
-        if engine.is_main and not engine.partitioned:
-            policy = engine.unwrap("policy")
-            if cfg.model.path is None:
-                save_merged(policy, run / "base", [])  # W0 alone
-                written.append("base")
-            if cfg.peft.export_merged:
-                save_merged(policy, run / "policy_merged", [x.delta() for x in adapted_layers(policy)])
-                written.append("policy_merged")
-                if "reference" in self.which:
-                    engine.unwrap("reference").save_pretrained(run / "reference_merged", merged=True)
-                    written.append("reference_merged")
-        if engine.is_main:
-            for name in written:
-                ctx.tokenizer.save_pretrained(run / name)
-        engine.barrier()
+            with written_whole(ctx, run / "reference") as tmp:
+                engine.unwrap("reference").save_pretrained(tmp, write=engine.is_main)
+                tokenizer(tmp)
+        if engine.partitioned:
+            return
+        policy = engine.unwrap("policy")
+        merged = {}
+        if cfg.model.path is None:
+            merged["base"] = lambda tmp: save_merged(policy, tmp, [])  # W0 alone
+        if cfg.peft.export_merged:
+            merged["policy_merged"] = lambda tmp: save_merged(policy, tmp, [x.delta() for x in adapted_layers(policy)])
+            if "reference" in self.which:
+                merged["reference_merged"] = lambda tmp: engine.unwrap("reference").save_pretrained(tmp, merged=True)
+        for name, write in merged.items():  # rank 0 alone writes these (not under ZeRO-3)
+            with written_whole(ctx, run / name) as tmp:
+                if engine.is_main:
+                    write(tmp)
+                    tokenizer(tmp)

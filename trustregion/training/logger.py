@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trustregion.console import say
+from trustregion.evaluation.generation import SAMPLES_NAME
 from trustregion.training.identity import IDENTITY_FILE, identity_of
 
 
@@ -69,6 +70,26 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def set_aside_after(path: Path, step: int) -> None:
+    """Move the rows of the JSON-lines file ``path`` whose ``step`` is after ``step`` to ``<name>.superseded.jsonl``
+    (rows cut short by a crash are dropped)."""
+    if not path.exists():
+        return
+    keep, later = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except ValueError:
+            continue  # a line cut short by the crash
+        (keep if row_step <= step else later).append(line)
+    if later:
+        with open(path.with_name(f"{path.stem}.superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(x + "\n" for x in later))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    tmp.replace(path)
+
+
 class RunLogger:
     """Writes one JSON object per logged step to ``metrics.jsonl``; mirrors it to wandb if configured."""
 
@@ -102,23 +123,11 @@ class RunLogger:
             self.wandb.define_metric("eval/gold_reward", step_metric="eval/kl_sft", summary="max")
 
     def _set_aside_after(self, step: int) -> None:
-        """Move rows logged after ``step`` to metrics.superseded.jsonl (on resume, those after the checkpoint): the
-        run logs those steps again, and the file then reads as one uninterrupted run."""
-        if not self.path.exists():
-            return
-        keep, later = [], []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row_step = json.loads(line).get("step", 0)
-            except ValueError:
-                continue  # a line cut short by the crash
-            (keep if row_step <= step else later).append(line)
-        if later:
-            with open(self.path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
-                f.write("".join(x + "\n" for x in later))
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-        tmp.replace(self.path)
+        """Move rows logged after ``step`` (on resume, those after the checkpoint) from metrics.jsonl and the
+        evaluation samples to ``<name>.superseded.jsonl``: the run logs those steps again, and each file then reads
+        as one uninterrupted run."""
+        for path in (self.path, self.path.with_name(SAMPLES_NAME)):
+            set_aside_after(path, step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -14,6 +14,8 @@ done by hooks (``trustregion.training.hooks``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,7 +30,7 @@ from trustregion.engines.base import Engine, OptimSettings
 from trustregion.engines.launch import init_distributed, launched_rank, launched_world_size
 from trustregion.engines.local import LocalEngine
 from trustregion.engines.zero import DeepSpeedEngine, ZeroSettings
-from trustregion.errors import ConfigError, StopRequested, TrainingError
+from trustregion.errors import DISK_ERRORS, ConfigError, StopRequested, TrainingError
 from trustregion.metrics import MetricBuffer
 from trustregion.models.flops import flops_per_token
 from trustregion.models.loading import check_model_path, load_policy
@@ -36,16 +38,34 @@ from trustregion.models.lora import wrap_policy
 from trustregion.objectives.objective import evaluate_objective
 from trustregion.reference.build import ReferencePlan
 from trustregion.training import checkpoint, hooks, run_state
-from trustregion.training.guard import Diverged, DivergenceGuard
+from trustregion.training.guard import Diverged, DivergenceGuard, NonFinite
 from trustregion.training.logger import RunLogger
 from trustregion.training.notices import notices
 from trustregion.training.preemption import Preempted, agreed_signal, preemption_signals, requeue_on_slurm
-from trustregion.training.rundir import lock_run_dir
+from trustregion.training.rundir import lock_run_dir, resume_command, write_hydra_records
 from trustregion.training.sft_logps import sft_logps
 from trustregion.training.splits import Splits
 from trustregion.training.stages import Stage
 from trustregion.training.state import StepMetrics, TrainState, seed_everything
 from trustregion.training.steps import total_optimizer_steps
+
+
+def datasets_cache() -> str:
+    """Where ``datasets`` keeps what it reads (HF_DATASETS_CACHE, else its default under the home dir)."""
+    import datasets
+
+    return str(datasets.config.HF_DATASETS_CACHE)
+
+
+@contextmanager
+def disk_faults_named(path: str | Path) -> Iterator[None]:
+    """A disk fault inside the block that names no file (a write that fails, deep in a library) names ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_ERRORS and not e.filename:
+            raise OSError(e.errno, e.strerror, str(Path(path).expanduser())) from e
+        raise
 
 
 def make_engine(cfg: DictConfig, policy, reference, total_steps: int) -> Engine:
@@ -118,6 +138,7 @@ class Recipe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if launched_rank() == 0:  # one run's ranks share the dir; another run may not
             self.run_dir_lock = lock_run_dir(self.run_dir)
+        self.refuse_another_runs_checkpoints()
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
@@ -129,8 +150,20 @@ class Recipe:
                 "set deepspeed=zero2 or deepspeed=zero3, or launch one process"
             )
 
+    def refuse_another_runs_checkpoints(self) -> None:
+        """A fresh run (no ``trainer.resume``) in a dir that holds checkpoints would prune them as it commits its
+        own, and a later ``latest`` would adopt them: refused, naming them and both ways on."""
+        kept = checkpoint.complete_checkpoints(self.run_dir)
+        if self.cfg.trainer.resume is None and kept:
+            raise ConfigError(
+                f"the run dir {self.run_dir} holds checkpoints of a run ({', '.join(p.name for p in kept[-2:])}): "
+                f"continue it with {self.continue_with()}, or start this run in a new dir (leave hydra.run.dir out)"
+            )
+
     def setup_data(self) -> None:
-        self.data = load_preferences(self.cfg.dataset)
+        """The data source's rows and the stage's objective; a disk fault in the data's cache names the cache."""
+        with disk_faults_named(OmegaConf.select(self.cfg.dataset, "cache_dir", default=None) or datasets_cache()):
+            self.data = load_preferences(self.cfg.dataset)
         self.objective = self.stage.objective(self.cfg, self.data)
 
     def setup_model(self) -> None:
@@ -140,7 +173,8 @@ class Recipe:
         self.policy, self.tokenizer = load_policy(cfg.model, texts, cfg.trainer.seed)
         if self.lora:
             self.policy = wrap_policy(self.policy, cfg.peft)
-        self.splits = Splits.tokenize(self.objective, self.data, self.tokenizer, cfg.dataset)
+        with disk_faults_named(OmegaConf.select(cfg.dataset, "cache_dir", default=None) or datasets_cache()):
+            self.splits = Splits.tokenize(self.objective, self.data, self.tokenizer, cfg.dataset)
         if launched_rank() == 0:  # kept, skipped and truncated rows per split; a warning when truncation is common
             for line in self.stage.data_summary(self.data, self.splits):
                 say(line)
@@ -188,6 +222,8 @@ class Recipe:
             engine, self.state, self.stream, self.guard, self.buffer, self.reference_update, identity, self.objective
         )
         candidates = checkpoint.resume_candidates(self.cfg.trainer.resume, self.run_dir)
+        if self.cfg.trainer.resume == "latest" and not candidates and engine.is_main:
+            say(f"note: trainer.resume=latest: {self.run_dir} has no checkpoint yet; the run starts at step 0")
         if not self.run_state.resume(candidates, self.cfg) and self.objective.uses_reference:
             # the SFT model: the reference, or the policy itself before its first step when no reference is built
             model = engine.reference if self.reference is not None else engine.policy
@@ -199,7 +235,8 @@ class Recipe:
         self.logger = RunLogger(
             self.run_dir, cfg, enabled=engine.is_main, job_type=self.stage.job_type, resume_step=resume_step
         )
-        if engine.is_main:
+        if engine.is_main:  # the records, once the run is known to run (a refused resume leaves the old ones)
+            write_hydra_records(self.run_dir, cfg)
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
             say(self.stage.banner(self.splits, self.total_steps, engine, self.run_dir))
             say(run_state.checkpoint_note(cfg.trainer, engine, self.reference, self.lora))
@@ -228,6 +265,7 @@ class Recipe:
             ),
             stop_requested=self.stop_requested,
             total_steps=self.total_steps,
+            continue_with=self.continue_with(),
         )
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -262,37 +300,69 @@ class Recipe:
             self.logger.log(0, self.stage.data_row(self.data, self.splits, engine.world_size))
             if t.eval_at_start:
                 state.last = self.evaluate()
+        elif state.eval_pending:  # the run stopped at an evaluation point before (or during) its evaluation
+            state.last.update(self.evaluate())
+            state.eval_pending = False
         self.fire("on_train_start")
         while state.step < self.total_steps:
-            micro_batches, loss = self.forward_backward()
-            grad_norm = engine.step()
-            self.buffer.add({"grad_norm": grad_norm})
-            state.step += 1
-            self.guard.observe(state.step, loss, grad_norm)
-            if self.reference_update is not None:
-                update = self.reference_update
-                stats = StepMetrics(
-                    state.step, micro_batches, engine, self.total_steps, state.evaluation, update.distance
-                )
-                update.after_step(stats)
-            self.fire("on_step_end")
-            if state.step % t.log_every == 0 or state.step == self.total_steps:
-                self.log()
-            if self.stop_requested() and state.step < self.total_steps:
-                self.stop_for_preemption()
-            if t.eval_every and state.step % t.eval_every == 0 and state.step < self.total_steps:
-                state.last.update(self.evaluate())
-            if t.save_every and state.step % t.save_every == 0 and state.step < self.total_steps:
-                self.save()
+            self.train_step()
+            self.after_step()
         state.last.update(self.evaluate())
         state.finished = True
         if self.stop_requested():
-            self.stop_for_preemption(phase="before the export (trainer.resume=latest exports)")
+            self.stop_for_preemption(phase="before the export (the resume only exports)")
         if t.save_final:
             self.save()
-        self.fire("on_train_end")
+        self.export()
         self.logger.summary(state.last)
         return state.last
+
+    def train_step(self) -> None:
+        """One optimizer step: its micro-batches, the step, the divergence guard's record, the reference update."""
+        state, engine = self.state, self.engine
+        micro_batches, loss = self.forward_backward()
+        grad_norm = engine.step()
+        self.buffer.add({"grad_norm": grad_norm})
+        state.step += 1
+        self.guard.observe(state.step, loss, grad_norm)
+        if self.reference_update is not None:
+            update = self.reference_update
+            stats = StepMetrics(state.step, micro_batches, engine, self.total_steps, state.evaluation, update.distance)
+            update.after_step(stats)
+        self.fire("on_step_end")
+
+    def after_step(self) -> None:
+        """Log, then stop if a signal came (an evaluation due at this step runs on resume), evaluate (stopping after
+        it, logged, if a signal came during it), checkpoint."""
+        t, state, last = self.cfg.trainer, self.state, self.state.step == self.total_steps
+        if state.step % t.log_every == 0 or last:
+            self.log()
+        evaluate = bool(t.eval_every) and state.step % t.eval_every == 0 and not last
+        if self.stop_requested() and not last:
+            self.stop_for_preemption(eval_pending=evaluate)
+        if evaluate:
+            state.last.update(self.evaluate())
+            if self.stop_requested():  # during an evaluation with no batch left to stop between: it is logged
+                self.stop_for_preemption(phase="after its evaluation")
+        if t.save_every and state.step % t.save_every == 0 and not last:
+            self.save()
+
+    def export(self) -> None:
+        """The models (``on_train_end``: each written whole or not at all), then stop if a signal came meanwhile: the
+        final checkpoint is kept and the resume exports again."""
+        try:
+            self.fire("on_train_end")
+            if self.stop_requested():
+                raise StopRequested("export")
+        except StopRequested:
+            raise Preempted(
+                f"signal {self.state.preempted} at step {self.state.step}, during the export: run stopped; continue "
+                f"with {self.continue_with()} (it only exports)"
+            ) from None
+
+    def continue_with(self) -> str:
+        """The exact command that continues this run (``rundir.resume_command``)."""
+        return resume_command(self.run_dir, self.stage.module)
 
     def finish_again(self) -> dict[str, Any]:
         """A resume of a run whose final evaluation is checkpointed: no new rows; the models are exported again."""
@@ -300,7 +370,7 @@ class Recipe:
             say(
                 f"the run finished at step {self.state.step} (final evaluation logged): exporting again, nothing to train"
             )
-        self.fire("on_train_end")
+        self.export()
         self.logger.summary(self.state.last)
         return self.state.last
 
@@ -339,15 +409,29 @@ class Recipe:
         self.state.last = metrics
 
     def check_divergence(self) -> None:
-        """Stop with one line when a step since the last check diverged, naming the checkpoint to resume from."""
+        """Stop with one line when a step since the last check diverged, naming the last sound checkpoint and what
+        to do (``divergence_advice``)."""
         try:
             self.guard.check(self.engine)
         except Diverged as e:
-            kept = checkpoint.complete_checkpoints(self.run_dir)
-            where = f"resume from {kept[-1].name} (trainer.resume=latest)" if kept else "start again"
-            raise TrainingError(
-                f"{e}; lower {self.stage.divergence_fix} and {where}; metrics so far are in {self.run_dir}"
-            ) from e
+            raise TrainingError(f"{e}; {self.divergence_advice(rise=not isinstance(e, NonFinite))}") from e
+
+    def divergence_advice(self, rise: bool) -> str:
+        """What works after a divergence: a resume would repeat the same steps, and the lr is part of the run's
+        identity (a resume may not change it), so a new run with a lower lr; the last sound checkpoint (each one
+        passed the guard when it was written) is named; a ``rise`` the user expects may go on with the guard off,
+        a setting a resume may change."""
+        kept = checkpoint.complete_checkpoints(self.run_dir)
+        sound = f"the last sound checkpoint is {kept[-1]}" if kept else "no checkpoint was written"
+        lower = f"{float(self.cfg.trainer.lr) / 10:g}"
+        advice = (
+            f"{sound}, but a resume repeats the same steps and keeps trainer.lr (the run's identity): start a new "
+            f"run in a new run dir with a lower {self.stage.divergence_fix} (e.g. trainer.lr={lower})"
+        )
+        if rise and kept:
+            command = resume_command(self.run_dir, self.stage.module)
+            advice += f"; if the rise is expected, continue this run without the check: {command} trainer.divergence_factor=null"
+        return f"{advice}; metrics so far are in {self.run_dir}"
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the objective, plus what the hooks add (generation); logged as one row."""
@@ -368,7 +452,7 @@ class Recipe:
                     )
                 self.fire("on_eval", metrics)
         except StopRequested as e:  # a signal between batches: drop the partial evaluation, keep the steps
-            self.stop_for_preemption(phase=f"during the {e} (not logged)")
+            self.stop_for_preemption(phase=f"during the {e} (not logged)", eval_pending=True)
         finally:
             engine.policy.train()
         if metrics:
@@ -382,8 +466,8 @@ class Recipe:
         self.check_divergence()
         if not self.engine.weights_finite():
             raise TrainingError(
-                f"the policy's weights are not finite after step {self.state.step}: no checkpoint written; lower "
-                f"trainer.lr and resume from the last checkpoint (trainer.resume=latest) in {self.run_dir}"
+                f"the policy's weights are not finite after step {self.state.step}: no checkpoint written; "
+                f"{self.divergence_advice(rise=False)}"
             )
         self.run_state.save(
             self.run_dir,
@@ -392,16 +476,18 @@ class Recipe:
             optimizer=self.cfg.trainer.final_optimizer_state or self.state.step < self.total_steps,
         )
 
-    def stop_for_preemption(self, phase: str = "") -> NoReturn:
-        """Checkpoint the step just finished and stop; ``trainer.resume=latest`` (or a requeue) continues from it.
-        ``phase`` says what was running when the signal came, where it was not a training step."""
+    def stop_for_preemption(self, phase: str = "", eval_pending: bool = False) -> NoReturn:
+        """Checkpoint the step just finished and stop, printing the command that continues the run (a requeue
+        continues it too). ``phase`` says what was running when the signal came, where it was not a training step;
+        ``eval_pending``: this step's evaluation did not run (or was dropped), and runs first on resume."""
         at = f"at step {self.state.step}" + (f", {phase}" if phase else "")
         if self.state.step == 0:  # nothing trained: the step-0 evaluation runs again on the next start
             raise Preempted(f"signal {self.state.preempted} {at}: nothing trained yet, nothing to checkpoint")
+        self.state.eval_pending = eval_pending and self.state.step < self.total_steps  # the final one: on resume
         self.save()
         stopped = f"signal {self.state.preempted} {at}: checkpoint written, run stopped"
         requeued = requeue_on_slurm(self.state.preempted, stopped) if self.engine.is_main else ""
-        raise Preempted(f"{stopped}{requeued}; continue with trainer.resume=latest")
+        raise Preempted(f"{stopped}{requeued}; continue with {self.continue_with()}")
 
     def fire(self, event: str, *args: Any) -> None:
         for hook in self.hooks:

@@ -66,6 +66,7 @@ class RunState:
             "finished": self.state.finished,
             "last": self.state.last,  # the final metrics of a finished run, for its summary on a resume
             "evaluation": self.state.evaluation,  # what an update rule reads of the latest evaluation
+            "eval_pending": self.state.eval_pending,  # this step's evaluation runs first on resume
         }
         if self.objective is not None and (carried := self.objective.state_dict()):
             shared["objective"] = carried  # alike on every rank
@@ -99,6 +100,7 @@ class RunState:
         self.state.sft_train, self.state.sft_eval = shared["sft_train"], shared["sft_eval"]
         self.state.finished, self.state.last = shared.get("finished", False), dict(shared.get("last", {}))
         self.state.evaluation = dict(shared.get("evaluation", {}))
+        self.state.eval_pending = bool(shared.get("eval_pending", False))
         if self.objective is not None and "objective" in shared:
             self.objective.load_state_dict(shared["objective"])
         if self.reference_update is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from trustregion.errors import ConfigError
 
@@ -56,3 +57,41 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
     handle.flush()
     _held[key] = (handle, 1)
     return RunDirLock(run_dir)
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` as the user would type it from here: relative when it is under the working directory."""
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def resume_command(run_dir: Path, module: str) -> str:
+    """The exact command that continues the run in ``run_dir`` (its saved overrides, in the same dir): for one
+    process ``<python> -m <module> trainer.resume=<run dir>``; for a multi-process job, its own launch command (torchrun,
+    srun, a Slurm sweep) with that override."""
+    import shlex
+
+    resume = f"trainer.resume={shlex.quote(_shown(run_dir))}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "SUBMITIT_FOLDER" in os.environ:
+        return f"the job's launch command and {resume}"
+    return f"{shlex.quote(_shown(sys.executable))} -m {module} {resume}"
+
+
+def write_hydra_records(run_dir: Path, cfg: Any) -> None:
+    """Hydra's records of this job in ``<run dir>/.hydra`` (config.yaml, hydra.yaml, overrides.yaml): what the run
+    was started with, which ``trainer.resume=<run dir>`` reads back. Nothing outside a Hydra job (a run from
+    Python)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    records = run_dir / ".hydra"
+    records.mkdir(exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, records / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, records / "overrides.yaml")

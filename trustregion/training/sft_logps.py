@@ -90,9 +90,12 @@ class SFTLogpsCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": self.key, "train": train.cpu(), "eval": None if held is None else held.cpu()}, tmp)
             os.replace(tmp, self.path)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
             tmp.unlink(missing_ok=True)
-            say(f"warning: trainer.sft_logps_cache: could not write {self.path} ({e}); this run goes on without it")
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            say(
+                f"warning: trainer.sft_logps_cache: could not write {self.path} ({reason}); this run goes on without it"
+            )
 
 
 @contextmanager

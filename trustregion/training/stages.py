@@ -32,6 +32,7 @@ class Stage(Protocol):
     exports: tuple[str, ...]  # the models written at the end
     rows_name: str  # what a training row is, in messages
     divergence_fix: str  # the settings to lower when a step diverges
+    module: str  # the entry point that runs it (python -m <module>), for the command that continues a run
 
     def rule(self, cfg: DictConfig) -> Rule | None: ...
 
@@ -57,6 +58,7 @@ class PreferenceStage:
     exports = ("policy", "reference")
     rows_name = "training pairs"
     divergence_fix = "trainer.lr or method.beta"
+    module = "trustregion.train"
 
     def rule(self, cfg: DictConfig) -> Rule:
         return build_rule(cfg.ref_update)
@@ -123,6 +125,7 @@ class SFTStage:
     exports = ("policy",)
     rows_name = "SFT examples"
     divergence_fix = "trainer.lr"
+    module = "trustregion.sft"
 
     def rule(self, cfg: DictConfig) -> None:
         return None

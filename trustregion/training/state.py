@@ -36,6 +36,7 @@ class TrainState:
     resumed: bool = False
     preempted: int = 0  # the signal (SIGTERM, SIGUSR1) that asked the run to checkpoint and stop; 0: none
     finished: bool = False  # the final evaluation is logged and checkpointed (a resume only exports again)
+    eval_pending: bool = False  # stopped at an evaluation point before its evaluation was logged: it runs on resume
     in_setup: bool = True  # a stop signal now ends the run at once: nothing is trained, nothing to checkpoint
 
 
