@@ -40,6 +40,14 @@ def test_runs_started_in_the_same_second_with_default_run_dirs_each_get_their_ow
     assert len(dirs) == 3 and all(d.name.endswith("_dpo-b0.1-frozen") for d in dirs)  # named by the family's label
 
 
+def test_a_start_refused_for_its_data_leaves_no_run_dir_behind(tmp_path):
+    args = [*FAST, "dataset=local", f"dataset.path={tmp_path}/missing.jsonl"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    out = subprocess.run([BIN / "trustregion-train", *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "missing.jsonl: no such file or directory" in out.stderr
+    assert list((tmp_path / "outputs" / "runs").glob("*/*")) == []
+
+
 @pytest.mark.unit
 def test_the_wheel_lists_every_subpackage_and_ships_every_config():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,7 +129,7 @@ def run_locked(fn: Callable[[Any, Path], Any], cfg: Any, records: bool = True) -
     with ``records=False``, in the job once it knows it runs (the training recipe: a refused resume leaves the
     records of the run it would have continued as they are)."""
     from trustregion.engines.launch import launched_rank
-    from trustregion.training.rundir import lock_run_dir, write_hydra_records
+    from trustregion.training.rundir import holds_only_a_start, lock_run_dir, write_hydra_records
 
     run_dir = hydra_run_dir()
     if launched_rank() > 0:
@@ -139,6 +140,11 @@ def run_locked(fn: Callable[[Any, Path], Any], cfg: Any, records: bool = True) -
         if records:
             write_hydra_records(run_dir, cfg)
         return fn(cfg, run_dir)
+    except BaseException:
+        lock.close()
+        if holds_only_a_start(run_dir):  # a refused start: no empty run dir is left behind to pile up
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         lock.close()
 

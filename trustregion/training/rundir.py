@@ -34,6 +34,12 @@ class RunDirLock:
             handle.close()
 
 
+def holds_only_a_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds nothing but what starting a run writes before it runs (the lock, Hydra's log and
+    records): a start that was refused leaves no run there, so the dir is no record of one."""
+    return run_dir.is_dir() and all(p.name in (".lock", ".hydra") or p.suffix == ".log" for p in run_dir.iterdir())
+
+
 def lock_run_dir(run_dir: Path) -> RunDirLock:
     """Take the run dir's lock (released when every returned lock is closed, or the process ends)."""
     key = run_dir.resolve()
