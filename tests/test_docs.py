@@ -66,7 +66,7 @@ def schema_settings() -> set[str]:
     from trustregion import config
     from trustregion.data import sources
     from trustregion.judge import JudgeRunConfig
-    from trustregion.objectives.objective import OBJECTIVES
+    from trustregion.objectives.methods import ALL_SCHEMAS
     from trustregion.reference.registry import RULES
     from trustregion.report.cli import ReportConfig
     from trustregion.search import SearchConfig
@@ -80,7 +80,7 @@ def schema_settings() -> set[str]:
         return found
 
     per_group = {group: [schema] for group, schema in config.schemas().items()}
-    per_group["method"] = [o.config_class for o in OBJECTIVES.values()]
+    per_group["method"] = [o.config_class for o in ALL_SCHEMAS.values()]
     per_group["ref_update"] = [r.config_class for r in RULES.values()]
     per_group["dataset"] = [s.schema for s in sources().values()]
     per_group["eval"] = [config.EvalConfig]
