@@ -32,12 +32,12 @@ def test_runs_started_in_the_same_second_with_default_run_dirs_each_get_their_ow
     env = {**os.environ, "WANDB_MODE": "disabled"}
     starts = [
         subprocess.Popen([BIN / "trustregion-train", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
+        for _ in range(2)
     ]
     errors = [p.communicate(timeout=300)[1] for p in starts]
-    assert [p.returncode for p in starts] == [0, 0, 0], errors
+    assert [p.returncode for p in starts] == [0, 0], errors
     dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
-    assert len(dirs) == 3 and all(d.name.endswith("_dpo-b0.1-frozen") for d in dirs)  # named by the family's label
+    assert len(dirs) == 2 and all(d.name.endswith("_dpo-b0.1-frozen") for d in dirs)  # named by the family's label
 
 
 def test_a_start_refused_for_its_data_leaves_no_run_dir_behind(tmp_path):
