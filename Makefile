@@ -69,7 +69,7 @@ train-smollm2: $(SMOL_STAMP)
 	@du -sh $(SMOL)/sft $(SMOL)/tr-dpo
 
 # Frozen vs Trust-Region on SmolLM2-135M-Instruct with a real gold (VADER sentiment minus penalties for repetition,
-# garble and off-topic text): 5 families x 3 seeds, then the report (README "On a real model"). STUDY=quick: the
+# garble and off-topic text): 5 families x 3 seeds, then the report (docs/results/real-model.md). STUDY=quick: the
 # 10-minute version; STUDY=probe: frozen vs soft TR-DPO on one seed, long enough to look for overoptimization.
 # OUT=<study dir> continues a study that was cut; DRY_RUN=1 prints its plan. Settings: scripts/study_smollm2.sh.
 study-smollm2: $(SMOL_STAMP)

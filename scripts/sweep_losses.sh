@@ -30,8 +30,8 @@ SAMPLES=${SAMPLES:-4}
 EVAL_EVERY=${EVAL_EVERY:-20}
 
 # A beta per loss, by the scale of what it multiplies (the toy's responses are 8 tokens): 0.5 where beta scales a
-# summed log-ratio inside a sigmoid, hinge or softmax (DPO's overoptimizing beta on this toy, README), 0.1 for the
-# squared losses (IPO, SPPO: their targets are +-1/(2 beta) nats) and KTO (as the toy study), 4 for sigmoid_norm
+# summed log-ratio inside a sigmoid, hinge or softmax (DPO's overoptimizing beta on this toy, docs/results/toy.md), 0.1
+# for the squared losses (IPO, SPPO: their targets are +-1/(2 beta) nats) and KTO (as the toy study), 4 for sigmoid_norm
 # (per-token log-ratios, 8 times smaller). Override with BETA_<loss>=<beta>.
 beta_of() {
   local var="BETA_$1"

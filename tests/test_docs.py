@@ -49,7 +49,7 @@ def test_the_site_builds_strictly_with_a_page_for_every_doc_and_the_generated_on
     generated = {Path("reference/config.html"), Path("reference/metrics.html")}
     assert not generated & pages, "a generated page is in docs/: it is written at build time (trustregion/docs.py)"
     assert all((site / p).is_file() for p in pages | generated)
-    assert (site / "smollm2_bands.png").is_file()  # README.md shows it from docs/ too
+    assert (site / "smollm2_bands.png").is_file()  # results/real-model.md shows it
     assert "trustregion.reference.rules.Rule" in (site / "reference/api.html").read_text()  # mkdocstrings ran
 
 

@@ -1,6 +1,7 @@
-"""Resume from the command line as the README shows it: the stop line prints the exact command that continues the run,
-and ``trainer.resume=<run dir>`` continues *in* that dir with the overrides it was started with (display settings may
-change); ``trainer.resume=latest`` with no run dir to look in is one line saying how to point at the run."""
+"""Resume from the command line as docs/guides/reliability.md shows it: the stop line prints the exact command that
+continues the run, and ``trainer.resume=<run dir>`` continues *in* that dir with the overrides it was started with
+(display settings may change); ``trainer.resume=latest`` with no run dir to look in is one line saying how to point at
+the run."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ pytest.importorskip("spellchecker", reason="the sentiment extra: .venv/bin/pip i
 REPO = Path(__file__).resolve().parents[1]
 GOLD = SentimentGold()
 
-# Held-out openings the starting model wrote (README, "On a real model"), each with an honest positive and an honest
+# Held-out openings the starting model wrote (docs/results/real-model.md), each with an honest positive and an honest
 # negative continuation of about the evaluation's 16 tokens, written for this test.
 REVIEWS = {
     "Although the movie lacked depth and": (

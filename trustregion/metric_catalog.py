@@ -1,5 +1,5 @@
-"""Every metric a run logs (``metrics.jsonl`` and wandb), with what it estimates: one place, which the README's and the
-documentation's tables are written from and ``tests/test_metric_catalog.py`` holds every logged key against.
+"""Every metric a run logs (``metrics.jsonl`` and wandb), with what it estimates: one place, which the documentation's
+metrics reference is written from and ``tests/test_metric_catalog.py`` holds every logged key against.
 
 A name ending in ``/*`` stands for a family of keys (``eval/gold/<part>``: one per part of a task's gold).
 """
@@ -106,6 +106,6 @@ def meaning(key: str) -> str | None:
 
 
 def markdown_table(rows: tuple[tuple[str, str], ...] = CATALOG) -> str:
-    """The catalog as a Markdown table (README, documentation)."""
+    """The catalog as a Markdown table (the documentation's metrics reference)."""
     lines = ["| metric | what it estimates |", "|---|---|"]
     return "\n".join([*lines, *(f"| `{name}` | {text} |" for name, text in rows)])

@@ -97,7 +97,7 @@ REAL_CONFIGS = {
     "soft": SOFT,  # chunked response-only head (the default for real models)
     "soft, full logits": [*SOFT, "model.logps=full"],
     "soft, shared prompt": [*SOFT, "model.share_prompt=true"],
-    # LoRA rank 8 on every linear layer: the reference is the shared base plus a delta (README, LoRA)
+    # LoRA rank 8 on every linear layer: the reference is the shared base plus a delta (docs/guides/lora.md)
     "LoRA frozen": ["method=dpo", "ref_update=none", "peft=lora"],
     "LoRA soft, factors": [*SOFT, "peft=lora", "peft.reference=factors", "peft.factors_error=false"],
     "LoRA soft, exact": [*SOFT, "peft=lora", "peft.reference=exact"],

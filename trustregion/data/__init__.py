@@ -2,8 +2,8 @@
 
 A source of the package is a ``Source(name, load, schema)``: ``load(DatasetConfig) -> PreferenceData``; each module
 in ``SOURCE_MODULES`` lists its own in ``SOURCES``. A source written outside the package is a ``DataSource``
-subclass that ``dataset._target_=<module>.<Class>`` names, with a YAML on Hydra's search path (README "Add a data
-source"); its settings are checked against its own schema, like an update rule's.
+subclass that ``dataset._target_=<module>.<Class>`` names, with a YAML on Hydra's search path (docs/guides/extending.md,
+"A data source"); its settings are checked against its own schema, like an update rule's.
 Chat sources also keep ``prompt_messages`` (the conversation before the answer) in each row; the
 tokenizer renders them with its chat template at tokenization, so loaders never need the tokenizer.
 Unpaired sources (``kind="unpaired"``) give prompt/completion/label rows instead of pairs.

@@ -4,7 +4,7 @@ An objective turns a collated batch into a ``StepOutput`` (loss and metric tenso
 also says how its data is tokenized and collated, so the recipe never asks which method it runs.
 ``method._target_`` names the class (``trustregion.objectives.methods``); unpaired data selects its ``unpaired``
 class. Adding a method: a subclass of ``Objective`` anywhere on the Python path (with its config dataclass, a
-``MethodConfig`` subclass, if it has options of its own) and a YAML that names it (README "Add a loss").
+``MethodConfig`` subclass, if it has options of its own) and a YAML that names it (docs/guides/extending.md, "A loss").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each loss maps the per-pair ``PairTerms`` (log-ratios log π/π_ref of the chose
 f-divergence scores, lengths, and the log-probs AOT sorts) and the ``LossOptions`` to one loss per pair. The
 objective (``trustregion.objectives.catalogue``) combines them with weights (MPO) and adds WPO's weights and RPO's
 NLL term. Written from the papers each loss names, checked against TRL's code in tests/test_trl_parity.py; where the
-two differ the paper is followed and the README says so (cDPO's label smoothing, BCO's reward shift δ, the
+two differ the paper is followed and docs/concepts/losses.md says so (cDPO's label smoothing, BCO's reward shift δ, the
 α-divergence's coefficient, IPO's length normalisation).
 
 Batch-level quantities go through ``LossOptions.gather`` (AOT's sorts: every rank's pairs) and ``batch_mean`` (the

@@ -9,7 +9,7 @@ What it estimates, and its bias: when the responses are samples of π_ref, E[log
 reverse of KL(π‖π_ref), which it matches to second order for nearby policies. The preference responses are samples of
 another model (the SFT model, or people), and chosen/rejected are selected by a judge, so D̂ is biased in an unknown
 direction and can be negative; once the reference has moved away from the model that wrote the data the bias grows
-(README, *Rules beyond a fixed (α, τ)*, compares it with the sampled KL on the toy task). The step's metrics are
+(docs/concepts/update-rule.md, *kl_budget*, compares it with the sampled KL on the toy task). The step's metrics are
 measured before the step's optimizer update, so D̂ lags the policy by one step. Measurements taken against an earlier
 reference are dropped at an update.
 """
