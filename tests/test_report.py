@@ -350,6 +350,18 @@ def test_a_lora_trust_region_family_is_paired_with_the_lora_frozen_family(tmp_pa
     assert lora.legend == "LoRA exact soft α=0.03 τ=1" and lora.rule == "soft α=0.03 τ=1" and lora.style == "--"
 
 
+def test_a_methods_options_are_in_its_family_name_but_not_in_its_rule(tmp_path):
+    gold = [frozen_curve(k) for k in FROZEN_KL]
+    for name, tau in (("frozen", None), ("soft", 1)):
+        write_run(tmp_path / name, "robust", tau, 0.03, 0.5, FROZEN_KL, gold, seed=1)
+    study = Study.of(load_runs([str(tmp_path)])[0])
+    names = {f.name: f.rule for f in study.families}
+    assert names == {
+        "robust β=0.5 label_smoothing=0.1 frozen": "frozen",
+        "robust β=0.5 label_smoothing=0.1 soft α=0.03 τ=1": "soft α=0.03 τ=1",
+    }
+
+
 def test_a_rule_beyond_fixed_alpha_tau_is_its_own_family_paired_with_frozen_and_the_best_fixed_rule(sweep):
     for seed, e in SEED_OFFSET.items():
         gold = [frozen_curve(k) + (0.2 if k > 0 else 0.0) + e for k in TR_KL]

@@ -98,8 +98,11 @@ class Family:
 
     @property
     def rule(self) -> str:
-        """The update rule's part of the label (``soft α=0.03 τ=1``, ``frozen``), its split settings too."""
-        return self.legend.removeprefix(f"{self.lora} ") if self.lora else self.legend
+        """The update rule's part of the label (``soft α=0.03 τ=1``, ``frozen``), its split settings too; never the
+        method's options (``label_smoothing=0.1``) nor LoRA's."""
+        if not self.identity.rule:  # a run from before identity.json kept the rule: what the label leaves
+            return self.legend.removeprefix(f"{self.lora} ") if self.lora else self.legend
+        return f"{self.identity.rule} {self.split}" if self.split else self.identity.rule
 
     @property
     def style(self) -> str:

@@ -94,6 +94,7 @@ class RunIdentity:
     seed: int
     moves: bool
     settings: dict[str, Any] = field(compare=False, hash=False)
+    rule: str = field(default="", compare=False)  # the update rule's part of the label: ``frozen``, ``soft α=0.03 τ=1``
 
     @property
     def family(self) -> str:
@@ -136,12 +137,14 @@ class RunIdentity:
             "seed": self.seed,
             "moves": self.moves,
             "family": self.family,
+            "rule": self.rule,
             "settings": self.settings,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunIdentity:
-        return cls(str(data["label"]), str(data["setting"]), int(data["seed"]), bool(data["moves"]), data["settings"])
+        fields = str(data["label"]), str(data["setting"]), int(data["seed"]), bool(data["moves"]), data["settings"]
+        return cls(*fields, str(data.get("rule", "")))  # identity.json files written before the rule was kept: ""
 
 
 def method_settings(method_cfg: DictConfig) -> dict[str, Any]:
@@ -208,7 +211,7 @@ def identity_of(cfg: DictConfig) -> RunIdentity:
     settings = {k: v for k, v in values.items() if k not in dropped and not _matches(k, FORMAT)}
     settings.update({f"ref_update.{k}": v for k, v in used.items()})  # the rule's schema defaults filled in
     parts = [describe_method(cfg.method), _lora_label(values, rule.moves), rule.describe(rule_cfg)]
-    return RunIdentity(" ".join(p for p in parts if p), setting, seed, rule.moves, settings)
+    return RunIdentity(" ".join(p for p in parts if p), setting, seed, rule.moves, settings, rule.describe(rule_cfg))
 
 
 def ignored_settings(cfg: DictConfig) -> list[str]:
