@@ -127,7 +127,7 @@ sweep-toy: install
 	bash scripts/sweep_toy.sh
 
 # The cross-loss study (scripts/sweep_losses.sh): every reference-based loss, frozen vs soft alpha 0.03 and 0.1 at
-# tau 1, 3 seeds (135 runs, about 55 minutes on this machine idle), then the report with paired verdicts.
+# tau 1, 3 seeds (135 runs, 57 minutes on this machine, measured), then the report with paired verdicts.
 # LOSSES="dpo hinge" SEEDS=1,2 for less; OUT=<its dir> continues a cut study (finished runs are not run again).
 sweep-losses: install
 	bash scripts/sweep_losses.sh

@@ -3,7 +3,7 @@
 # Trust-Region updates (alpha 0.03 and 0.1 every step), each over several seeds, then `trustregion.report` with
 # paired verdicts (peak gold, and gold at the frozen run's peak KL). One SFT model for every run.
 #
-#   make sweep-losses                              # 15 losses x 3 families x 3 seeds = 135 runs, about 55 min idle
+#   make sweep-losses                              # 15 losses x 3 families x 3 seeds = 135 runs, 57 min here (measured)
 #   LOSSES="dpo hinge" SEEDS=1 STEPS=40 bash scripts/sweep_losses.sh    # a quick look (the smoke test's mode)
 #   OUT=outputs/sweep_losses/<date>/<time> make sweep-losses            # continue a cut study
 #
