@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 
 
+def skipped(reasons: dict[str, int]) -> str:
+    """``43 held-out pairs within dataset.held_out_margin; 2 identical samples``, or ``none``."""
+    return "; ".join(f"{n} {why}" for why, n in reasons.items()) or "none"
+
+
 def main(argv: list[str]) -> None:
     if not argv or "=" in argv[0]:
         sys.exit("usage: python scripts/sentiment_pairs.py SEEDS [Hydra overrides, with dataset.cache_dir=...]")
@@ -29,8 +34,8 @@ def main(argv: list[str]) -> None:
             sys.exit("error: dataset.cache_dir is null: set it, or the pairs sampled here are thrown away")
         data = load_preferences(cfg.dataset)
         print(
-            f"seed {seed}: {len(data.train)} training pairs, {len(data.eval)} held-out prompts "
-            f"({data.report.skipped} pairs of identical samples skipped), {time.perf_counter() - clock:.0f} s"
+            f"seed {seed}: {len(data.train)} training pairs, {len(data.eval)} held-out pairs of {len(data.prompts)} "
+            f"held-out prompts (skipped: {skipped(data.report.reasons)}), {time.perf_counter() - clock:.0f} s"
         )
 
 

@@ -409,6 +409,7 @@ def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_mod
     proc = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "finished in" in proc.stdout
+    assert "training pairs" in proc.stdout and "of 4 held-out prompts (skipped: " in proc.stdout
     report = json.loads((tmp_path / "study" / "report.json").read_text())
     assert report and (tmp_path / "study" / "bands.png").exists()
     rows = [
