@@ -22,6 +22,29 @@ def test_every_method_trains_with_every_reference_update(fast_cfg, tmp_path, met
     assert rows[-1].get("ref_updates") == expected_updates
 
 
+STANDSTILL = "the policy barely moved from its reference"
+
+
+def said(capsys, caplog) -> str:
+    return capsys.readouterr().out + caplog.text
+
+
+def test_a_run_whose_loss_never_leaves_its_start_says_it_learned_nothing(fast_cfg, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.lr=1e-12", "trainer.max_steps=60", "trainer.log_every=10", "ref_update=none"), tmp_path)
+    lines = [x for x in said(capsys, caplog).splitlines() if STANDSTILL in x]
+    assert len(lines) == 1 and "over 60 steps" in lines[0] and "raise trainer.lr (now 1e-12" in lines[0]
+
+
+@pytest.mark.parametrize("overrides", [("ref_update=none",), ("ref_update=hard", "ref_update.tau=1")])
+def test_a_learning_run_and_a_reference_that_follows_the_policy_say_nothing_of_a_standstill(
+    fast_cfg, tmp_path, capsys, caplog, overrides
+):
+    caplog.set_level("INFO", logger="trustregion")
+    train(fast_cfg("trainer.max_steps=60", "trainer.log_every=10", *overrides), tmp_path)
+    assert "done: step 60" in said(capsys, caplog) and STANDSTILL not in caplog.text
+
+
 def test_run_dir_holds_config_metrics_models_and_tokenizer(fast_cfg, tmp_path):
     train(fast_cfg(), tmp_path)
     assert (tmp_path / "config.yaml").exists()

@@ -164,6 +164,43 @@ class StepTimeHook(BaseHook):
         self.clock, self.since = time.perf_counter(), ctx.state.step
 
 
+class StandstillHook(BaseHook):
+    """Says in one line when a run's loss never left its first logged value: a policy that does not move gives the
+    same loss on every batch (ln 2 for DPO), so the run finished without having learned anything, most often at a
+    learning rate far too small for its model. Exempt: a reference that becomes the policy after every step
+    (α 1, τ 1), which holds the loss at its starting value by design."""
+
+    TOLERANCE = 1e-3
+    MIN_STEPS = 50
+
+    def __init__(self, loss_key: str = "loss") -> None:
+        self.loss_key, self.first, self.spread, self.since = loss_key, None, 0.0, 0
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        self.first, self.spread, self.since = None, 0.0, ctx.state.step
+
+    def on_log(self, ctx: HookContext, metrics: dict[str, Any]) -> None:
+        if self.loss_key not in metrics:
+            return
+        value = float(metrics[self.loss_key])  # reduced for the log row already: no extra sync
+        if self.first is None:
+            self.first = value
+        self.spread = max(self.spread, abs(value - self.first))
+
+    def on_train_end(self, ctx: HookContext) -> None:
+        steps = ctx.state.step - self.since
+        rule = ctx.cfg.get("ref_update") or {}
+        follows = ctx.reference_update is not None and rule.get("alpha") == 1 and rule.get("tau") == 1
+        if follows or self.first is None or steps < self.MIN_STEPS or self.spread >= self.TOLERANCE:
+            return
+        if ctx.engine.is_main:
+            say(
+                f"warning: the loss stayed within {self.TOLERANCE:g} of {self.first:.4f} over {steps} steps: the policy "
+                f"barely moved from its reference, so this run learned next to nothing; raise trainer.lr (now "
+                f"{ctx.cfg.trainer.lr:g}; experiment=toy_overopt holds the toy task's settings)"
+            )
+
+
 def progress_interval(setting: float | None) -> float | None:
     """Seconds between progress lines: ``trainer.progress_every_s``; null: 15 s on a terminal, none (the final
     line only) when stderr is not a terminal (CI, a batch job's log) or in a Hydra multirun."""

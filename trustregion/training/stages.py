@@ -115,7 +115,8 @@ class PreferenceStage:
         found += [hooks.ThroughputHook(), hooks.EpochHook()]
         if generation:
             found.append(hooks.GenerationEvalHook())
-        return found + [hooks.ProgressHook(hooks.progress_interval(cfg.trainer.progress_every_s))]
+        progress = hooks.ProgressHook(hooks.progress_interval(cfg.trainer.progress_every_s))
+        return found + [hooks.StandstillHook(), progress]
 
 
 class SFTStage:
