@@ -203,6 +203,12 @@ def test_a_family_identical_to_frozen_on_every_seed_is_called_identical(tmp_path
     assert report_json(tmp_path)["paired"]["dpo β=0.1 hard τ=128"]["at_kl_verdict"] == "identical"
 
 
+def test_differences_of_float_rounding_alone_are_called_identical():
+    # Frozen runs that peak at step 0 put the matched KL at ~1e-7, where every run still is the starting model.
+    assert t_interval([8e-12, -2e-11, 4e-11]).verdict() == "identical"
+    assert t_interval([1.0e-4, 1.1e-4, 1.2e-4]).verdict() == "better"
+
+
 def test_paired_peak_difference(sweep):
     peak = report_json(sweep)["paired"]["dpo β=0.1 soft α=0.01 τ=1"]["peak"]
     assert peak["mean"] == pytest.approx(0.55 + 0.12 - 0.52)  # TR peaks at KL 5 (0.55 + lift), frozen at 4 (0.52)

@@ -11,6 +11,7 @@ import numpy as np
 CONFIDENCE = 0.95
 POWER = 0.80  # the power at which a study's smallest detectable paired effect is stated
 FEW_SEEDS = 3  # below this many seeds an interval is reported but flagged
+ROUNDING = 1e-9  # paired differences of O(1) golds this small are float rounding (e.g. read at KL 1e-7), not effects
 
 
 @dataclass
@@ -37,8 +38,8 @@ class Interval:
 
     def verdict(self) -> str:
         """Of a paired difference: better/worse where the interval excludes 0, identical where every value is 0."""
-        if self.n >= 1 and self.sd == 0.0 and self.mean == 0.0:
-            return "identical"  # e.g. no reference update happened before the matched KL
+        if self.n >= 1 and abs(self.mean) <= ROUNDING and self.sd <= ROUNDING:
+            return "identical"  # e.g. no reference update happened before the matched KL, or it is the start
         if self.n < 2:
             return "too few seeds"
         if self.lo > 0:
