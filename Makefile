@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install docs train train-smollm2 study-smollm2 test test-all test-fast test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-losses sweep-lora search-toy clean
+.PHONY: install docs train train-smollm2 study-smollm2 test test-all test-fast test-durations test-slurm slurm-up slurm-down gpu-check bench bench-logps sweep-toy sweep-losses sweep-lora search-toy clean
 
 install: $(STAMP)
 
@@ -78,13 +78,18 @@ study-smollm2: $(SMOL_STAMP)
 # Lint, the layer contract, then every test but the slow tier, two at a time (one thread each; tests/test_docs.py builds
 # the documentation site, hence the docs extra), the Slurm ones on a one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those
 # tests are skipped and pytest prints why). Under 10 minutes here; `make test-all` adds the slow tier.
-PYTEST := $(BIN)/python -m pytest tests -rs -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest tests -rs -n 2 --dist loadfile --no-loadscope-reorder
 test: install $(DOCS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	scripts/slurm/cluster.sh up || echo "make test: the Slurm cluster did not start; its tests will be skipped"
 	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
+
+# Re-time each test file into tests/durations.json, the order make test runs files in (longest first); commit it.
+test-durations: install $(DOCS_STAMP)
+	scripts/slurm/cluster.sh up || echo "make test-durations: the Slurm cluster did not start; its tests will be skipped"
+	TRUSTREGION_STORE_DURATIONS=1 OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
 
 # Everything: make test, then the slow tier (variants across stages, objectives, appliers and world sizes).
 test-all: test
