@@ -35,6 +35,27 @@ def test_a_gradient_norm_100x_its_running_median_stops_naming_the_step(engine):
 
 
 @pytest.mark.unit
+def test_a_gradient_norm_10x_its_running_median_is_said_once_and_the_run_goes_on(engine, caplog):
+    guard = DivergenceGuard(factor=100)
+    feed(guard, [0.69] * 14, [10.0] * 11 + [125.0, 130.0, 11.0])
+    with caplog.at_level("INFO", logger="trustregion"):
+        guard.check(engine)
+    assert [r.getMessage() for r in caplog.records if "warning" in r.getMessage()] == [
+        "warning: grad_norm 125 at step 12 is 12.5x its running median 10: the run may be diverging "
+        "(its samples turning to garble); a lower trainer.lr steadies it"
+    ]
+
+
+@pytest.mark.unit
+def test_a_gradient_norm_under_10x_its_running_median_is_not_said(engine, caplog):
+    guard = DivergenceGuard(factor=None)
+    feed(guard, [0.69] * 12, [10.0] * 11 + [99.0])
+    with caplog.at_level("INFO", logger="trustregion"):
+        guard.check(engine)
+    assert not [r for r in caplog.records if "warning" in r.getMessage()]
+
+
+@pytest.mark.unit
 def test_a_loss_falling_toward_zero_does_not_make_noise_an_explosion(engine):
     guard = DivergenceGuard(factor=100)
     feed(guard, [0.69] + [0.001] * 20 + [0.5], [1.0] * 22)
