@@ -75,10 +75,11 @@ train-smollm2: $(SMOL_STAMP)
 study-smollm2: $(SMOL_STAMP)
 	STUDY=$(STUDY) OUT=$(OUT) bash scripts/study_smollm2.sh
 
-# Lint, the layer contract, then every test but the slow tier, two at a time (one thread each; tests/test_docs.py builds
+# Lint, the layer contract, then every test but the slow tier, three at a time on two cores (one thread each; a test
+# waiting on a subprocess, Slurm or a sleep leaves a core idle), longest files first (tests/durations.json; tests/test_docs.py builds
 # the documentation site, hence the docs extra), the Slurm ones on a one-node cluster of this machine (root: apt installs slurm and munge where missing; where it cannot start, those
 # tests are skipped and pytest prints why). Under 10 minutes here; `make test-all` adds the slow tier.
-PYTEST := $(BIN)/python -m pytest tests -rs -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest tests -rs -n 3 --dist loadfile --no-loadscope-reorder
 test: install $(DOCS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
