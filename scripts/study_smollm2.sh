@@ -23,7 +23,7 @@
 # ipo-frozen ipo-soft), STEPS, BATCH (pairs per step, 8), PAIRS (default STEPS x BATCH: one epoch, every pair fresh),
 # EVAL_EVERY, EVAL_PROMPTS (held-out prompts sampled at each evaluation), SAMPLES (per prompt, 2), HELD_OUT (held-out
 # prompts, whose pairs give the held-out preference metrics), HELD_OUT_MARGIN (keep held-out pairs whose gold differs
-# by more), LR, DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1), IPO_SOFT_ALPHA (TR-IPO soft, tau 1; 0.03, the
+# by more), LR, IPO_LR (the IPO families' lr; default LR), DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1), IPO_SOFT_ALPHA (TR-IPO soft, tau 1; 0.03, the
 # toy's best), HARD_TAU (default STEPS / 4: four hard updates a run), LORA=1 (peft=lora), JOBS (runs at once, 2),
 # THREADS (per run, 1), SETUP_THREADS (export and sampling; default: the idle cores), CKPT_EVERY (0), DRY_RUN.
 # A failed run is named and the rest go on; the report covers whatever finished.
@@ -50,6 +50,7 @@ DPO_BETA=${DPO_BETA:-0.1}
 IPO_BETA=${IPO_BETA:-0.1}
 SOFT_ALPHA=${SOFT_ALPHA:-0.1}
 IPO_SOFT_ALPHA=${IPO_SOFT_ALPHA:-0.03}
+IPO_LR=${IPO_LR:-$LR}  # at 3e-4 frozen IPO seed 1 diverged at step 26 (the guard stopped it; gradient norm 6.3e5)
 HARD_TAU=${HARD_TAU:-$(( STEPS / 4 > 0 ? STEPS / 4 : 1 ))}
 LORA=${LORA:-0}
 JOBS=${JOBS:-2}
@@ -99,7 +100,9 @@ rule_of() {
 
 run_args() {  # family, seed -> RUN_ARGS: the run's trustregion.train arguments
   # shellcheck disable=SC2046
-  RUN_ARGS=($(rule_of "$1") "${COMMON[@]}" "trainer.seed=$2" trainer.resume=latest hydra.run.dir="$OUT/$1/seed$2")
+  local lr=$LR; [[ $1 == ipo-* ]] && lr=$IPO_LR
+  RUN_ARGS=($(rule_of "$1") "${COMMON[@]/#trainer.lr=*/trainer.lr=$lr}" "trainer.seed=$2" trainer.resume=latest
+    hydra.run.dir="$OUT/$1/seed$2")
 }
 
 run_state() {  # family, seed -> done | resume <checkpoint> | restart | run; exits 2 on a run finished otherwise

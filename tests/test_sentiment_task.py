@@ -388,6 +388,13 @@ def test_the_plan_takes_every_size_from_the_environment_with_fresh_pairs(tmp_pat
     assert "peft=lora" in run.split() and "ref_update.tau=10" in run.split()  # HARD_TAU: STEPS / 4
 
 
+def test_the_ipo_families_take_their_own_lr_and_the_dpo_families_keep_lr(tmp_path):
+    plan = planned(tmp_path, FAMILIES="dpo-frozen ipo-frozen ipo-soft", LR="3e-4", IPO_LR="1e-4")
+    assert "trainer.lr=3e-4" in plan["dpo-frozen seed 1"].split()
+    for run in ("ipo-frozen seed 1", "ipo-soft seed 1"):
+        assert "trainer.lr=1e-4" in plan[run].split() and "trainer.lr=3e-4" not in plan[run].split()
+
+
 @pytest.mark.slow
 def test_the_study_script_runs_two_steps_per_run_and_writes_the_report(start_model, tmp_path):
     env = {
