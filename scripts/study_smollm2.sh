@@ -6,7 +6,7 @@
 # EVAL_EVERY steps, then `trustregion.report` (bands, matched KL, paired verdicts, detectable effects) and
 # samples.md (the first seed's generations at the start, the gold peak and the last evaluation).
 #
-#   bash scripts/study_smollm2.sh                 # or: make study-smollm2 (5 families x 3 seeds, about 2 h idle)
+#   bash scripts/study_smollm2.sh                 # or: make study-smollm2 (5 families x 3 seeds, about 2 h 15 min idle)
 #   STUDY=probe bash scripts/study_smollm2.sh     # frozen vs soft TR-DPO, seed 101, 96 steps (about 25 min idle)
 #   STUDY=quick bash scripts/study_smollm2.sh     # frozen vs soft TR-DPO, 2 seeds, 12 steps (under 10 minutes)
 #   DRY_RUN=1 OUT=<study dir> bash scripts/study_smollm2.sh   # the plan: what is done, resumed or run; runs nothing
