@@ -49,7 +49,7 @@ def test_a_gradient_norm_10x_its_running_median_is_said_once_and_the_run_goes_on
 @pytest.mark.unit
 def test_a_gradient_norm_under_10x_its_running_median_is_not_said(engine, caplog):
     guard = DivergenceGuard(factor=None)
-    feed(guard, [0.69] * 12, [10.0] * 11 + [99.0])
+    feed(guard, [0.69] * 11 + [50.0], [10.0] * 11 + [99.0])  # nor a loss jump: the warning is the gradient norm's
     with caplog.at_level("INFO", logger="trustregion"):
         guard.check(engine)
     assert not [r for r in caplog.records if "warning" in r.getMessage()]

@@ -65,7 +65,7 @@ class DivergenceGuard:
         first = self.first.setdefault(name, value)
         if name == "loss" and self.factor is not None and seen:
             self._compare(step, name, value, abs(first), "the run's first loss")
-        elif len(seen) >= MIN_HISTORY:
+        elif name == "grad_norm" and len(seen) >= MIN_HISTORY:
             median = abs(statistics.median(seen))
             if self.factor is not None:
                 self._compare(step, name, value, median, "its running median")
