@@ -23,9 +23,10 @@
 # ipo-frozen ipo-soft), STEPS, BATCH (pairs per step, 8), PAIRS (default STEPS x BATCH: one epoch, every pair fresh),
 # EVAL_EVERY, EVAL_PROMPTS (held-out prompts sampled at each evaluation), SAMPLES (per prompt, 2), HELD_OUT (held-out
 # prompts, whose pairs give the held-out preference metrics), HELD_OUT_MARGIN (keep held-out pairs whose gold differs
-# by more), LR, IPO_LR (the IPO families' lr; default LR), DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1), IPO_SOFT_ALPHA (TR-IPO soft, tau 1; 0.03, the
-# toy's best), HARD_TAU (default STEPS / 4: four hard updates a run), LORA=1 (peft=lora), JOBS (runs at once, 2),
-# THREADS (per run, 1), SETUP_THREADS (export and sampling; default: the idle cores), CKPT_EVERY (0), DRY_RUN.
+# by more), LR, IPO_LR (the IPO families' lr; default LR), DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1),
+# IPO_SOFT_ALPHA (TR-IPO soft, tau 1; 0.03, the toy's best), HARD_TAU (default STEPS / 4: four hard updates a run),
+# LORA=1 (peft=lora), JOBS (runs at once, 2), THREADS (per run, 1), SETUP_THREADS (export and sampling; default: the
+# idle cores), CKPT_EVERY (0), DRY_RUN.
 # A failed run is named and the rest go on; the report covers whatever finished.
 {  # the whole script is read before it runs: editing or checking out this file during a study cannot break it
 set -euo pipefail
