@@ -23,7 +23,7 @@
 # ipo-frozen ipo-soft), STEPS, BATCH (pairs per step, 8), PAIRS (default STEPS x BATCH: one epoch, every pair fresh),
 # EVAL_EVERY, EVAL_PROMPTS (held-out prompts sampled at each evaluation), SAMPLES (per prompt, 2), HELD_OUT (held-out
 # prompts, whose pairs give the held-out preference metrics), HELD_OUT_MARGIN (keep held-out pairs whose gold differs
-# by more), LR, IPO_LR (the IPO families' lr; default LR), DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1),
+# by more), LR, IPO_LR (the IPO families' lr, 1e-4), DPO_BETA, IPO_BETA, SOFT_ALPHA (TR-DPO soft, tau 1),
 # IPO_SOFT_ALPHA (TR-IPO soft, tau 1; 0.03, the toy's best), HARD_TAU (default STEPS / 4: four hard updates a run),
 # LORA=1 (peft=lora), JOBS (runs at once, 2), THREADS (per run, 1), SETUP_THREADS (export and sampling; default: the
 # idle cores), CKPT_EVERY (0), DRY_RUN.
@@ -51,7 +51,7 @@ DPO_BETA=${DPO_BETA:-0.1}
 IPO_BETA=${IPO_BETA:-0.1}
 SOFT_ALPHA=${SOFT_ALPHA:-0.1}
 IPO_SOFT_ALPHA=${IPO_SOFT_ALPHA:-0.03}
-IPO_LR=${IPO_LR:-$LR}  # at 3e-4 frozen IPO seed 1 diverged at step 26 (the guard stopped it; gradient norm 6.3e5)
+IPO_LR=${IPO_LR:-1e-4}  # at 3e-4 frozen IPO seed 1 diverged at step 26 (the guard stopped it; gradient norm 6.3e5)
 HARD_TAU=${HARD_TAU:-$(( STEPS / 4 > 0 ? STEPS / 4 : 1 ))}
 LORA=${LORA:-0}
 JOBS=${JOBS:-2}

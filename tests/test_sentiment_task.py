@@ -388,6 +388,12 @@ def test_the_plan_takes_every_size_from_the_environment_with_fresh_pairs(tmp_pat
     assert "peft=lora" in run.split() and "ref_update.tau=10" in run.split()  # HARD_TAU: STEPS / 4
 
 
+def test_the_full_study_trains_dpo_at_3e_4_and_ipo_at_1e_4(tmp_path):
+    plan = planned(tmp_path, STUDY="full")
+    assert "trainer.lr=3e-4" in plan["dpo-hard seed 3"].split()
+    assert "trainer.lr=1e-4" in plan["ipo-soft seed 3"].split()
+
+
 def test_the_ipo_families_take_their_own_lr_and_the_dpo_families_keep_lr(tmp_path):
     plan = planned(tmp_path, FAMILIES="dpo-frozen ipo-frozen ipo-soft", LR="3e-4", IPO_LR="1e-4")
     assert "trainer.lr=3e-4" in plan["dpo-frozen seed 1"].split()
