@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import FAST, TOY
 
 HH = Path(__file__).parent / "fixtures" / "hh"
@@ -19,18 +21,25 @@ def cli_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_the_run_dirs_log_file_holds_what_the_console_showed(tmp_path):
-    proc = cli_run(tmp_path, *TOY, "trainer.max_steps=2")
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-step run with the default console settings and no terminal (stderr a pipe, as in CI): its dir and output."""
+    run = tmp_path_factory.mktemp("plain")
+    proc = cli_run(run, *TOY, "trainer.max_steps=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    log = (tmp_path / "train.log").read_text()
+    return run, proc
+
+
+def test_the_run_dirs_log_file_holds_what_the_console_showed(plain):
+    log = (plain[0] / "train.log").read_text()
     assert "[trustregion][INFO] - 64 train / 16 eval pairs, 2 steps" in log
     assert "one checkpoint ≈" in log and "trainer.keep_last=2 keeps at most 2" in log
 
 
-def test_third_party_progress_bars_are_quiet_unless_verbose(tmp_path):
-    quiet = cli_run(tmp_path / "quiet", *TOY, "trainer.max_steps=1")
+def test_third_party_progress_bars_are_quiet_unless_verbose(plain, tmp_path):
+    quiet = plain[1]
     loud = cli_run(tmp_path / "loud", *TOY, "trainer.max_steps=1", "verbose=true")
-    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:]
+    assert loud.returncode == 0, loud.stderr[-2000:]
     assert "tokenizing" not in quiet.stderr + quiet.stdout and "Setting accelerator" not in quiet.stderr + quiet.stdout
     assert "tokenizing" in loud.stderr + loud.stdout
 
@@ -63,10 +72,8 @@ def test_progress_lines_give_step_loss_rate_and_time_left_then_where_everything_
     assert f"models in {tmp_path}/policy, {tmp_path}/reference; metrics in {tmp_path}/metrics.jsonl" in log
 
 
-def test_without_a_terminal_a_run_prints_no_progress_lines_but_its_final_line(tmp_path):
-    proc = cli_run(tmp_path, *TOY, "trainer.max_steps=2")  # stderr is a pipe here, as in CI
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log = (tmp_path / "train.log").read_text()
+def test_without_a_terminal_a_run_prints_no_progress_lines_but_its_final_line(plain):
+    log = (plain[0] / "train.log").read_text()
     assert "step 1/2" not in log and "eval at step" not in log
     assert re.search(r"done: step 2, loss \d\.\d{4} in \d+s; models in ", log)
 
