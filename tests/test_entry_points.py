@@ -51,10 +51,9 @@ def test_a_start_refused_for_its_data_leaves_no_run_dir_behind(tmp_path):
 @pytest.mark.unit
 def test_the_wheel_lists_every_subpackage_and_ships_every_config():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "trustregion").rglob("__init__.py")} | {
-        "trustregion.conf"
-    }
-    assert set(setuptools["packages"]) == packages
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "trustregion").rglob("__init__.py")}
+    groups = {".".join(("trustregion", *d.relative_to(REPO).parts)) for d in (REPO / "conf").rglob("*") if d.is_dir()}
+    assert set(setuptools["packages"]) == packages | {"trustregion.conf"} | (groups - {"trustregion.conf.__pycache__"})
     from importlib.resources import files
 
     assert (files("trustregion.conf") / "method" / "dpo.yaml").is_file()  # conf/ is the package trustregion.conf
